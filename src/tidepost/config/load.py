@@ -1,0 +1,222 @@
+"""Read a TOML file into a `Config`, reporting every problem with file:line.
+
+Unknown keys, wrong types, values out of bounds and unknown choices are all
+errors: a mistyped key that silently falls back to a default is how mail gets
+lost.  All problems are collected and raised together as one ConfigError, each
+line of the form `FILE:LINE: KEY: reason`.
+
+Durations accept seconds or a number with a unit (`90s`, `15m`, `4h`, `5d`);
+sizes accept bytes or `k`, `M`, `G` suffixes (powers of 1024).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tidepost.config.schema import Config, RouteConfig
+from tidepost.errors import ConfigError
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*\Z")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"\s*(\d+)\s*([kKmMgG]?)[bB]?\s*\Z")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_HEADER = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
+_KEY = re.compile(r"\s*([A-Za-z0-9_\-]+)\s*=")
+
+DEFAULT_ROUTE = RouteConfig(name="uplink", domains=("*",), on_demand=True, start_held=True)
+
+
+def find_config_path(explicit: str | None) -> Path | None:
+    """The config file to read: -c, else $TIDEPOST_CONFIG, else none (embedded)."""
+    chosen = explicit or os.environ.get("TIDEPOST_CONFIG")
+    return Path(chosen) if chosen else None
+
+
+def load_config(path: Path | None) -> Config:
+    """Load and validate `path`, or the embedded default when None."""
+    if path is None:
+        text = resources.files("tidepost.config").joinpath("default.toml").read_text()
+        return parse_config(text, "<embedded default>")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Parse TOML text into a Config or raise ConfigError listing every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: TOML syntax error: {exc}"]) from None
+    builder = _Builder(source, _key_lines(text))
+    config = builder.build(Config, data, "")
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    return _finish(config, source, builder)
+
+
+def _finish(config: Config, source: str, builder: _Builder) -> Config:
+    """Cross-field checks and defaults that depend on several keys."""
+    routes = config.route or (DEFAULT_ROUTE,)
+    names = [r.name for r in routes]
+    for index, route in enumerate(routes):
+        where = f"route[{index}]"
+        if not route.name or not re.fullmatch(r"[A-Za-z0-9_\-]+", route.name):
+            builder.error(f"{where}.name", "a route needs a name of letters, digits, - or _")
+        elif names.count(route.name) > 1 or route.name == "local":
+            builder.error(f"{where}.name", f"route name {route.name!r} is taken")
+        if route.transport == "smarthost" and not route.smarthost:
+            builder.error(f"{where}.smarthost", "transport smarthost needs a smarthost")
+    for index, network in enumerate(config.smtp.relay_networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            builder.error(f"smtp.relay_networks[{index}]", f"{network!r} is not a network")
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    return dataclasses.replace(config, route=tuple(routes), source=source)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map dotted key paths (route[0].name) to the line they are set on."""
+    lines: dict[str, int] = {}
+    table = ""
+    counts: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header and not _KEY.match(line):
+            name = header.group(2)
+            if header.group(1) == "[[":
+                counts[name] = counts.get(name, -1) + 1
+                name = f"{name}[{counts[name]}]"
+            table = name
+            lines.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            path = f"{table}.{key.group(1)}" if table else key.group(1)
+            lines.setdefault(path, number)
+    return lines
+
+
+class _Builder:
+    """Builds dataclasses from TOML tables, collecting problems as it goes."""
+
+    def __init__(self, source: str, lines: dict[str, int]):
+        self.source = source
+        self.lines = lines
+        self.problems: list[str] = []
+
+    def error(self, path: str, reason: str) -> None:
+        """Record one problem with its file and line."""
+        line = self._line_of(path)
+        where = f"{self.source}:{line}" if line else self.source
+        self.problems.append(f"{where}: {path}: {reason}")
+
+    def _line_of(self, path: str) -> int | None:
+        """The line of `path`, or of the closest enclosing table."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+            if parent == path:
+                return None
+            path = parent
+        return None
+
+    def build(self, cls: type, data: Any, prefix: str) -> Any:
+        """Build one dataclass instance from a TOML table."""
+        if not isinstance(data, dict):
+            self.error(prefix, "expected a table")
+            return cls()
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in fields:
+                self.error(path, "unknown key")
+                continue
+            converted = self.convert(hints[key], fields[key].metadata, value, path)
+            if converted is not _INVALID:
+                values[key] = converted
+        return cls(**values)
+
+    def convert(self, hint: Any, metadata: Any, value: Any, path: str) -> Any:
+        """Convert one TOML value to the field's type, checking bounds."""
+        origin = typing.get_origin(hint)
+        if dataclasses.is_dataclass(hint):
+            return self.build(hint, value, path)
+        if origin is tuple:
+            return self._convert_tuple(typing.get_args(hint)[0], metadata, value, path)
+        kind = metadata.get("kind", "")
+        if kind == "duration":
+            value = self._parse_unit(value, _DURATION, _DURATION_UNITS, path, "a duration")
+        elif kind == "size":
+            value = self._parse_unit(value, _SIZE, _SIZE_UNITS, path, "a size")
+        if value is _INVALID:
+            return _INVALID
+        return self._check_scalar(hint, metadata, value, path)
+
+    def _convert_tuple(self, item: Any, metadata: Any, value: Any, path: str) -> Any:
+        """Convert a TOML array (or a single value) to a tuple of `item`."""
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            self.error(path, "expected a list")
+            return _INVALID
+        out = [self.convert(item, metadata, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return _INVALID if _INVALID in out else tuple(out)
+
+    def _parse_unit(self, value: Any, pattern: re.Pattern, units: dict, path: str,
+                    what: str) -> Any:
+        """Turn `15m` or `10M` into a number, or record an error."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        match = pattern.match(value) if isinstance(value, str) else None
+        if not match:
+            self.error(path, f"{value!r} is not {what}")
+            return _INVALID
+        return float(match.group(1)) * units[match.group(2).lower()]
+
+    def _check_scalar(self, hint: Any, metadata: Any, value: Any, path: str) -> Any:
+        """Check type, bounds and choices of a scalar value."""
+        expected = {str: str, bool: bool, int: int, float: (int, float)}.get(hint, object)
+        if isinstance(value, bool) and hint is not bool:
+            self.error(path, f"expected {hint.__name__}, got a boolean")
+            return _INVALID
+        if not isinstance(value, expected):
+            if hint is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                self.error(path, f"expected {getattr(hint, '__name__', hint)}, "
+                           f"got {type(value).__name__}")
+                return _INVALID
+        low, high = metadata.get("low"), metadata.get("high")
+        if low is not None and value < low:
+            self.error(path, f"{value} is below the minimum {low}")
+            return _INVALID
+        if high is not None and value > high:
+            self.error(path, f"{value} is above the maximum {high}")
+            return _INVALID
+        choices = metadata.get("choices") or ()
+        if choices and value not in choices:
+            self.error(path, f"{value!r} is not one of {', '.join(choices)}")
+            return _INVALID
+        return float(value) if hint is float else value
+
+
+_INVALID = types.SimpleNamespace()

@@ -1,0 +1,188 @@
+"""The one configuration schema: every key with its default, bounds and doc.
+
+Each section is a frozen dataclass; each field carries `meta(doc, ...)`
+with its one-line documentation, its bounds and its kind (duration, size).
+`config/load.py` validates a TOML file against these classes, and
+docs/CONFIG.md is generated from them (`python -m tidepost.config.docs`).
+Values reach components through their constructors, never as globals.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def meta(doc: str, *, low: float | None = None, high: float | None = None,
+         kind: str = "", choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field metadata: one-line doc, numeric bounds, kind (duration/size), choices."""
+    return {"doc": doc, "low": low, "high": high, "kind": kind, "choices": choices}
+
+
+def default_spool() -> str:
+    """Spool folder of the embedded default: $TIDEPOST_SPOOL or the user's state dir."""
+    if os.environ.get("TIDEPOST_SPOOL"):
+        return os.environ["TIDEPOST_SPOOL"]
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state) / "tidepost")
+
+
+def default_hostname() -> str:
+    """The kernel's host name: a local call, never a DNS query."""
+    return socket.gethostname()
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SmtpServerConfig:
+    """[smtp]: the SMTP listeners and their limits."""
+
+    listen: tuple[str, ...] = field(default=("127.0.0.1:2525",), metadata=meta(
+        "addresses to listen on, HOST:PORT ([::1]:PORT for IPv6)"))
+    max_message_size: int = field(default=25 * MIB, metadata=meta(
+        "largest message accepted, in bytes (SIZE)", low=1024, high=2**31, kind="size"))
+    max_recipients: int = field(default=100, metadata=meta(
+        "recipients per message; more get 452 4.5.3", low=1, high=100000))
+    max_connections: int = field(default=200, metadata=meta(
+        "concurrent SMTP connections; more get 421 4.7.0", low=1, high=100000))
+    max_connections_per_client: int = field(default=30, metadata=meta(
+        "concurrent connections from one IP address", low=1, high=100000))
+    idle_timeout: float = field(default=300.0, metadata=meta(
+        "seconds a client may stay silent before 421 4.4.2", low=1, high=3600, kind="duration"))
+    max_errors: int = field(default=20, metadata=meta(
+        "bad commands before the connection is closed with 421", low=1, high=1000))
+    relay_networks: tuple[str, ...] = field(default=("127.0.0.0/8", "::1/128"), metadata=meta(
+        "client networks allowed to relay to any domain"))
+    tls_certificate: str = field(default="", metadata=meta(
+        "PEM certificate chain for STARTTLS; empty disables STARTTLS"))
+    tls_key: str = field(default="", metadata=meta("PEM private key for STARTTLS"))
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """[local]: domains delivered to Maildirs on this host."""
+
+    domains: tuple[str, ...] = field(default=("localhost",), metadata=meta(
+        "domains whose mail is delivered here (the host name is always added)"))
+    maildir: str = field(default="{spool}/mail/{user}", metadata=meta(
+        "Maildir of each user; {spool} and {user} are substituted"))
+    aliases_file: str = field(default="", metadata=meta(
+        "aliases file (name: target, target); postmaster always resolves"))
+    users: tuple[str, ...] = field(default=(), metadata=meta(
+        "local users besides system accounts and aliases"))
+    system_users: bool = field(default=True, metadata=meta(
+        "accept mail for accounts in the local password database"))
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """[relay]: domains accepted from anyone and delivered onwards."""
+
+    domains: tuple[str, ...] = field(default=(), metadata=meta(
+        "relay domains (.example.org for all subdomains)"))
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """[queue]: the durable store and retry policy."""
+
+    backend: str = field(default="sqlite", metadata=meta(
+        "queue store", choices=("sqlite", "memory")))
+    lifetime: float = field(default=5 * 86400.0, metadata=meta(
+        "give up and bounce after this long in the queue", low=60, kind="duration"))
+    delay_warning: float = field(default=4 * 3600.0, metadata=meta(
+        "warn the sender after this long undelivered (0 disables)", low=0, kind="duration"))
+    min_backoff: float = field(default=300.0, metadata=meta(
+        "first retry interval after a temporary failure", low=1, kind="duration"))
+    max_backoff: float = field(default=4000.0, metadata=meta(
+        "longest retry interval (doubling from min_backoff)", low=1, kind="duration"))
+    poll_interval: float = field(default=5.0, metadata=meta(
+        "how often the daemon looks for mail queued by other processes", low=0.1,
+        high=3600, kind="duration"))
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """[delivery]: outbound SMTP."""
+
+    smtp_port: int = field(default=25, metadata=meta(
+        "TCP port of MX hosts", low=1, high=65535))
+    connect_timeout: float = field(default=30.0, metadata=meta(
+        "seconds to wait for a TCP connection and greeting", low=0.1, kind="duration"))
+    command_timeout: float = field(default=300.0, metadata=meta(
+        "seconds to wait for a reply (RFC 5321 4.5.3.2)", low=0.1, kind="duration"))
+    max_concurrency: int = field(default=100, metadata=meta(
+        "deliveries in flight at once, all destinations", low=1, high=10000))
+    destination_concurrency: int = field(default=10, metadata=meta(
+        "parallel connections to one destination", low=1, high=1000))
+    recipients_per_transaction: int = field(default=50, metadata=meta(
+        "recipients sent in one SMTP transaction", low=1, high=1000))
+    starttls: str = field(default="opportunistic", metadata=meta(
+        "STARTTLS when offered", choices=("opportunistic", "never")))
+    max_mx_hosts: int = field(default=5, metadata=meta(
+        "MX hosts tried per attempt", low=1, high=50))
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """[dns]: the resolver used for MX, A and AAAA lookups."""
+
+    nameservers: tuple[str, ...] = field(default=(), metadata=meta(
+        "HOST or HOST:PORT of nameservers; empty uses /etc/resolv.conf"))
+    timeout: float = field(default=10.0, metadata=meta(
+        "seconds for one lookup", low=0.1, high=300, kind="duration"))
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """[[route]]: one named outbound path (SPEC section 2)."""
+
+    name: str = field(default="", metadata=meta("the route's name, used by `tidepost link`"))
+    domains: tuple[str, ...] = field(default=("*",), metadata=meta(
+        "destination domains served; first matching route wins; * for the rest"))
+    transport: str = field(default="mx", metadata=meta(
+        "deliver to MX hosts or to a smarthost", choices=("mx", "smarthost")))
+    smarthost: str = field(default="", metadata=meta(
+        "HOST[:PORT] when transport is smarthost"))
+    on_demand: bool = field(default=True, metadata=meta(
+        "an uplink that costs when used (false: an always-up LAN route)"))
+    start_held: bool = field(default=False, metadata=meta(
+        "held at first start (the state then persists across restarts)"))
+    concurrency: int = field(default=0, metadata=meta(
+        "parallel connections per destination on this route (0: [delivery] value)",
+        low=0, high=1000))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one tidepost node."""
+
+    hostname: str = field(default_factory=default_hostname, metadata=meta(
+        "this host's name in greetings, Received and DSNs; never looked up in DNS"))
+    spool: str = field(default_factory=default_spool, metadata=meta(
+        "folder holding the queue, control socket and default Maildirs"))
+    smtp: SmtpServerConfig = field(default_factory=SmtpServerConfig, metadata=meta("SMTP in"))
+    local: LocalConfig = field(default_factory=LocalConfig, metadata=meta("local delivery"))
+    relay: RelayConfig = field(default_factory=RelayConfig, metadata=meta("relay domains"))
+    queue: QueueConfig = field(default_factory=QueueConfig, metadata=meta("the queue"))
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig, metadata=meta("SMTP out"))
+    dns: DnsConfig = field(default_factory=DnsConfig, metadata=meta("DNS"))
+    route: tuple[RouteConfig, ...] = field(default=(), metadata=meta(
+        "outbound routes, in match order"))
+    source: str = field(default="<embedded default>", compare=False, metadata=meta(
+        "where this configuration was read from (not a key)"))
+
+    @property
+    def spool_path(self) -> Path:
+        """The spool folder as a Path."""
+        return Path(self.spool)
+
+    @property
+    def local_domains(self) -> frozenset[str]:
+        """Local domains, the host name included."""
+        return frozenset({*self.local.domains, self.hostname.lower()})

@@ -1,0 +1,48 @@
+"""The exception tree of tidepost.
+
+    TidepostError
+    ├── ConfigError            bad configuration: file, line, key and reason
+    ├── QueueError             the queue store failed (disk full, corrupt)
+    └── DeliveryError          a delivery step failed; carries an RFC 3463 status
+        ├── TempFailure        4xx, becomes Deferred
+        └── PermFailure        5xx, becomes Bounced
+
+Temporary versus permanent sits near the root because it decides everything
+downstream: the SMTP reply class, the outcome, and whether a DSN is sent.
+"""
+
+from __future__ import annotations
+
+
+class TidepostError(Exception):
+    """Root of all tidepost errors."""
+
+
+class ConfigError(TidepostError):
+    """The configuration is invalid; str() names file, line, key and reason."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class QueueError(TidepostError):
+    """The queue store could not do what was asked."""
+
+
+class DeliveryError(TidepostError):
+    """A delivery step failed with an RFC 3463 status and a reason."""
+
+    def __init__(self, status: str, reason: str, remote_mta: str = ""):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.remote_mta = remote_mta
+
+
+class TempFailure(DeliveryError):
+    """Temporary failure (4.x.x): try again later."""
+
+
+class PermFailure(DeliveryError):
+    """Permanent failure (5.x.x): give up and bounce."""

@@ -1,0 +1,92 @@
+"""Pure data that flows between the layers: envelopes, queue entries, jobs.
+
+Nothing here does I/O.  A message is stored once; each of its recipients is
+a queue entry with its own state, so that one message can be delivered to
+some recipients, deferred for others and bounced for the rest.  The states are
+listed in docs/QUEUE.md.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from tidepost.address import Address
+
+
+class RecipientState(enum.Enum):
+    """Durable state of one recipient of a queued message (docs/QUEUE.md)."""
+
+    QUEUED = "queued"        # waiting; eligible once next_try has passed
+    CLAIMED = "claimed"      # leased by one queue runner; in flight
+    DELIVERED = "delivered"  # final: accepted by the next hop or the mailbox
+    BOUNCED = "bounced"      # final: permanently failed or expired; DSN queued
+
+
+class BodyType(enum.Enum):
+    """The BODY= parameter of MAIL FROM (RFC 6152)."""
+
+    SEVEN_BIT = "7BIT"
+    EIGHT_BIT_MIME = "8BITMIME"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Sender and recipients of one message, with the ESMTP parameters kept."""
+
+    sender: Address
+    recipients: tuple[Address, ...]
+    body_type: BodyType = BodyType.SEVEN_BIT
+    smtputf8: bool = False
+
+    @property
+    def is_bounce(self) -> bool:
+        """True for mail from the null sender, which must never be bounced."""
+        return self.sender.is_null
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    """One recipient row as the queue holds it."""
+
+    recipient_id: int
+    message_id: int
+    address: Address
+    attempts: int = 0
+    # Set when a queue runner died while holding this recipient: a delivery
+    # may already have happened, so agents that can check (Maildir) do so.
+    uncertain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    """What the scheduler needs to know about a queued recipient: no more."""
+
+    recipient_id: int
+    message_id: int
+    domain: str
+    next_try: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """Per-message facts that delivery and bounces need (not the body)."""
+
+    message_id: int
+    queue_id: str
+    sender: Address
+    arrival: float
+    size: int
+    body_type: BodyType = BodyType.SEVEN_BIT
+    smtputf8: bool = False
+
+
+@dataclass(slots=True)
+class DeliveryJob:
+    """One message, some of its recipients, one route and next hop."""
+
+    message: MessageInfo
+    recipients: list[QueuedRecipient]
+    route: str
+    nexthop: str  # the recipient domain for MX delivery, or the smarthost
+    body: bytes = field(default=b"", repr=False)

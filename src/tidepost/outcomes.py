@@ -1,0 +1,50 @@
+"""The result of one delivery attempt for one recipient.
+
+Every attempt ends in exactly one outcome per recipient (qmail's r/h/s,
+Postfix's dsn): Delivered, Deferred or Bounced, each with an RFC 3463 status
+code and the reason a person can read.  Agents return outcomes; they never
+let an exception escape.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Verdict(enum.Enum):
+    """What happened to one recipient in one attempt."""
+
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The verdict for one recipient, its RFC 3463 status and reason."""
+
+    recipient_id: int
+    verdict: Verdict
+    status: str          # enhanced status code, e.g. "2.0.0", "4.4.1", "5.1.1"
+    reason: str          # reply text or local diagnosis, one line
+    remote_mta: str = ""  # host that gave the reply, for DSNs and logs
+    # Seconds until the next attempt is allowed, when the cause is known to
+    # last (a destination in backoff); None lets the backoff policy decide.
+    retry_after: float | None = None
+
+
+def delivered(recipient_id: int, reason: str, remote_mta: str = "") -> Outcome:
+    """Build a Delivered outcome."""
+    return Outcome(recipient_id, Verdict.DELIVERED, "2.0.0", reason, remote_mta)
+
+
+def deferred(recipient_id: int, status: str, reason: str, remote_mta: str = "",
+             retry_after: float | None = None) -> Outcome:
+    """Build a Deferred outcome (status must be 4.x.x)."""
+    return Outcome(recipient_id, Verdict.DEFERRED, status, reason, remote_mta, retry_after)
+
+
+def bounced(recipient_id: int, status: str, reason: str, remote_mta: str = "") -> Outcome:
+    """Build a Bounced outcome (status must be 5.x.x)."""
+    return Outcome(recipient_id, Verdict.BOUNCED, status, reason, remote_mta)

@@ -1,0 +1,405 @@
+"""The default queue store: one SQLite database in the spool.
+
+WAL mode with synchronous=FULL: a COMMIT returns only after the write-ahead
+log is fsync'd, so a committed message survives a crash or power loss.
+
+Group commit: all writes go through one writer thread, which takes every
+operation waiting for it and runs them in a single transaction (each inside
+its own SAVEPOINT, so one failure does not spoil the others).  Twenty
+concurrent SMTP sessions therefore share one fsync instead of paying twenty.
+Reads run on a second thread with its own connection; nothing here blocks the
+event loop.  Other processes (`tidepost sendmail`, `tidepost flush`) open the
+same file; SQLite's locking and the busy timeout serialise them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue as thread_queue
+import secrets
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tidepost.address import Address
+from tidepost.errors import QueueError
+from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
+from tidepost.outcomes import Verdict
+from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
+                                    RecipientUpdate)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id        INTEGER PRIMARY KEY,
+    queue_id  TEXT NOT NULL UNIQUE,
+    sender    TEXT NOT NULL,
+    arrival   REAL NOT NULL,
+    size      INTEGER NOT NULL,
+    body_type TEXT NOT NULL,
+    smtputf8  INTEGER NOT NULL,
+    warned    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS bodies (
+    message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    body       BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id          INTEGER PRIMARY KEY,
+    message_id  INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    local       TEXT NOT NULL,
+    domain      TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    next_try    REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT NOT NULL DEFAULT '',
+    lease_owner TEXT,
+    lease_until REAL,
+    uncertain   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS recipients_by_state ON recipients(state, next_try);
+CREATE INDEX IF NOT EXISTS recipients_by_message ON recipients(message_id);
+CREATE TABLE IF NOT EXISTS holds (
+    route   TEXT PRIMARY KEY,
+    held    INTEGER NOT NULL,
+    changed REAL NOT NULL,
+    cause   TEXT NOT NULL
+);
+"""
+
+QUEUED = RecipientState.QUEUED.value
+CLAIMED = RecipientState.CLAIMED.value
+BATCH_LIMIT = 512      # operations per group commit
+CHUNK = 500            # ids per IN (...) list
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the queue database with the durability settings tidepost relies on."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=60000")
+    return conn
+
+
+def new_queue_id() -> str:
+    """A short, unique, visible message id (like Postfix's queue id)."""
+    return secrets.token_hex(6).upper()
+
+
+def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    """Split an id list so that IN (...) stays within SQLite's variable limit."""
+    return [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)]
+
+
+def _marks(ids: Sequence[int]) -> str:
+    """Placeholders for an IN list."""
+    return ",".join("?" * len(ids))
+
+
+class _Writer:
+    """The writer thread: runs queued operations in group-committed transactions."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._ops: thread_queue.SimpleQueue = thread_queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
+        self._thread.start()
+
+    def run(self, op: Callable[[sqlite3.Connection], Any]) -> asyncio.Future:
+        """Schedule `op` in the next transaction; the future resolves after COMMIT."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._ops.put((op, future, loop))
+        return future
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        self._ops.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        """Thread body: batch, execute, commit, report."""
+        conn = connect(self._path)
+        try:
+            while True:
+                first = self._ops.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < BATCH_LIMIT:
+                    try:
+                        item = self._ops.get_nowait()
+                    except thread_queue.Empty:
+                        break
+                    if item is None:
+                        self._ops.put(None)
+                        break
+                    batch.append(item)
+                self._commit(conn, batch)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, batch: list) -> None:
+        """Run a batch in one transaction; each op inside its own savepoint."""
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, _, _ in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((op(conn), None))
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # reported to that op's caller only
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((None, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = QueueError(f"queue write failed: {exc}")
+            results = [(None, error)] * len(batch)
+        for (_, future, loop), (value, error) in zip(batch, results):
+            loop.call_soon_threadsafe(_resolve, future, value, error)
+
+
+def _resolve(future: asyncio.Future, value: Any, error: BaseException | None) -> None:
+    """Complete a future from the loop thread unless its waiter gave up."""
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class SqliteQueue:
+    """QueueBackend on one SQLite file (see module docstring)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        with connect(path) as conn:
+            conn.executescript(SCHEMA)
+        self._writer = _Writer(path)
+        self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
+        self._reader: sqlite3.Connection | None = None
+
+    async def _read(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run a read-only `op` on the reader thread."""
+        def run() -> Any:
+            if self._reader is None:
+                self._reader = connect(self.path)
+            return op(self._reader)
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
+
+    async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
+        """Queue one message durably; returns after the group COMMIT."""
+        return await self._writer.run(lambda conn: _insert(conn, message))
+
+    async def claim(self, recipient_ids: Sequence[int], owner: str, lease: float,
+                    now: float, force: bool = False) -> ClaimResult:
+        """Lease due recipients to `owner` (see QueueBackend.claim)."""
+        ids = list(recipient_ids)
+        return await self._writer.run(lambda conn: _claim(conn, ids, owner, lease, now, force))
+
+    async def load_body(self, message_id: int) -> bytes:
+        """The message bytes, read off the event loop."""
+        def op(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute("SELECT body FROM bodies WHERE message_id=?",
+                               (message_id,)).fetchone()
+            if row is None:
+                raise QueueError(f"message {message_id} has no body")
+            return bytes(row[0])
+        return await self._read(op)
+
+    async def record(self, owner: str, updates: Sequence[RecipientUpdate],
+                     new_messages: Sequence[NewMessage] = (),
+                     warned: Sequence[int] = ()) -> list[ScheduleEntry]:
+        """Apply outcomes, queue DSNs, mark warnings and drop finished messages."""
+        def op(conn: sqlite3.Connection) -> list[ScheduleEntry]:
+            _apply_updates(conn, owner, updates)
+            conn.executemany("UPDATE messages SET warned=1 WHERE id=?", [(m,) for m in warned])
+            entries = [e for m in new_messages for e in _insert(conn, m)]
+            _drop_finished(conn, updates)
+            return entries
+        return await self._writer.run(op)
+
+    async def walk(self) -> list[ScheduleEntry]:
+        """Every QUEUED recipient."""
+        return await self.entries_since(0)
+
+    async def entries_since(self, recipient_id: int) -> list[ScheduleEntry]:
+        """QUEUED recipients with id above `recipient_id`."""
+        def op(conn: sqlite3.Connection) -> list[ScheduleEntry]:
+            rows = conn.execute(
+                "SELECT id, message_id, domain, next_try FROM recipients "
+                "WHERE state=? AND id>? ORDER BY id", (QUEUED, recipient_id))
+            return [ScheduleEntry(*row) for row in rows]
+        return await self._read(op)
+
+    async def recover_orphans(self, is_alive: Callable[[str], bool], now: float) -> int:
+        """Return dead runners' leases to QUEUED, marked uncertain."""
+        def op(conn: sqlite3.Connection) -> int:
+            owners = [row[0] for row in conn.execute(
+                "SELECT DISTINCT lease_owner FROM recipients WHERE state=?", (CLAIMED,))]
+            count = 0
+            for owner in owners:
+                expired = "" if not is_alive(owner) else " AND lease_until < ?"
+                args: tuple = (QUEUED, now, CLAIMED, owner) + ((now,) if expired else ())
+                count += conn.execute(
+                    "UPDATE recipients SET state=?, lease_owner=NULL, lease_until=NULL, "
+                    "uncertain=1, next_try=MIN(next_try, ?) "
+                    f"WHERE state=? AND lease_owner=?{expired}", args).rowcount
+            return count
+        return await self._writer.run(op)
+
+    async def release_claims(self, owner: str) -> int:
+        """Return all of `owner`'s leases to QUEUED unchanged."""
+        return await self._writer.run(lambda conn: conn.execute(
+            "UPDATE recipients SET state=?, lease_owner=NULL, lease_until=NULL "
+            "WHERE state=? AND lease_owner=?", (QUEUED, CLAIMED, owner)).rowcount)
+
+    async def rows(self) -> list[QueueRow]:
+        """Undelivered recipients for `tidepost queue`."""
+        def op(conn: sqlite3.Connection) -> list[QueueRow]:
+            rows = conn.execute(
+                "SELECT m.queue_id, m.arrival, m.size, m.sender, "
+                "r.local || CASE WHEN r.domain='' THEN '' ELSE '@' || r.domain END, "
+                "r.domain, r.state, r.attempts, r.next_try, r.last_error "
+                "FROM recipients r JOIN messages m ON m.id=r.message_id "
+                "WHERE r.state IN (?,?) ORDER BY m.arrival, m.id, r.id", (QUEUED, CLAIMED))
+            return [QueueRow(*row) for row in rows]
+        return await self._read(op)
+
+    async def holds(self) -> dict[str, HoldState]:
+        """Persisted hold states."""
+        def op(conn: sqlite3.Connection) -> dict[str, HoldState]:
+            rows = conn.execute("SELECT route, held, changed, cause FROM holds")
+            return {r[0]: HoldState(r[0], bool(r[1]), r[2], r[3]) for r in rows}
+        return await self._read(op)
+
+    async def set_hold(self, route: str, held: bool, now: float, cause: str) -> None:
+        """Persist a route's hold state."""
+        await self._writer.run(lambda conn: conn.execute(
+            "INSERT INTO holds(route, held, changed, cause) VALUES (?,?,?,?) "
+            "ON CONFLICT(route) DO UPDATE SET held=excluded.held, "
+            "changed=excluded.changed, cause=excluded.cause",
+            (route, int(held), now, cause)))
+
+    async def reschedule(self, recipient_ids: Sequence[int], next_try: float) -> None:
+        """Make QUEUED recipients due at `next_try`."""
+        def op(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(list(recipient_ids)):
+                conn.execute(f"UPDATE recipients SET next_try=? WHERE state=? "
+                             f"AND id IN ({_marks(chunk)})", (next_try, QUEUED, *chunk))
+        await self._writer.run(op)
+
+    async def close(self) -> None:
+        """Drain the writer and close both connections."""
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+        def close_reader() -> None:
+            if self._reader is not None:
+                self._reader.close()
+        await asyncio.get_running_loop().run_in_executor(self._reader_pool, close_reader)
+        self._reader_pool.shutdown()
+
+
+def _insert(conn: sqlite3.Connection, message: NewMessage) -> list[ScheduleEntry]:
+    """Insert a message, its body and its recipients; return schedule entries."""
+    queue_id = message.queue_id or new_queue_id()
+    cursor = conn.execute(
+        "INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
+        "VALUES (?,?,?,?,?,?)",
+        (queue_id, str(message.sender), message.arrival, len(message.body),
+         message.body_type.value, int(message.smtputf8)))
+    message_id = cursor.lastrowid
+    conn.execute("INSERT INTO bodies(message_id, body) VALUES (?,?)", (message_id, message.body))
+    entries = []
+    for rcpt in message.recipients:
+        rid = conn.execute(
+            "INSERT INTO recipients(message_id, local, domain, state, next_try) "
+            "VALUES (?,?,?,?,?)",
+            (message_id, rcpt.local, rcpt.domain, QUEUED, message.arrival)).lastrowid
+        entries.append(ScheduleEntry(rid, message_id, rcpt.domain, message.arrival))
+    return entries
+
+
+def _claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease: float,
+           now: float, force: bool) -> ClaimResult:
+    """Lease the due ones among `ids`; report the queued-but-not-due rest."""
+    result = ClaimResult()
+    due = "" if force else " AND next_try<=?"
+    for chunk in _chunks(ids):
+        args = (CLAIMED, owner, now + lease, QUEUED, *chunk) + (() if force else (now,))
+        conn.execute(f"UPDATE recipients SET state=?, lease_owner=?, lease_until=? "
+                     f"WHERE state=? AND id IN ({_marks(chunk)}){due}", args)
+        rows = conn.execute(
+            "SELECT r.id, r.message_id, r.local, r.domain, r.attempts, r.uncertain, "
+            "r.state, r.lease_owner, r.next_try, m.queue_id, m.sender, m.arrival, m.size, "
+            "m.body_type, m.smtputf8 FROM recipients r JOIN messages m ON m.id=r.message_id "
+            f"WHERE r.id IN ({_marks(chunk)}) ORDER BY r.message_id, r.id", chunk).fetchall()
+        _group_claimed(rows, owner, result)
+    return result
+
+
+def _group_claimed(rows: list, owner: str, result: ClaimResult) -> None:
+    """Sort claim query rows into claimed (by message) and not-due entries."""
+    by_message: dict[int, tuple[MessageInfo, list[QueuedRecipient]]] = {}
+    for (rid, mid, local, domain, attempts, uncertain, state, lease_owner, next_try,
+         queue_id, sender, arrival, size, body_type, smtputf8) in rows:
+        if state == CLAIMED and lease_owner == owner:
+            if mid not in by_message:
+                info = MessageInfo(mid, queue_id, _sender(sender), arrival, size,
+                                   BodyType(body_type), bool(smtputf8))
+                by_message[mid] = (info, [])
+            by_message[mid][1].append(
+                QueuedRecipient(rid, mid, Address(local, domain), attempts, bool(uncertain)))
+        elif state == QUEUED:
+            result.not_due.append(ScheduleEntry(rid, mid, domain, next_try))
+    result.claimed.extend(by_message.values())
+
+
+def _sender(text: str) -> Address:
+    """Rebuild a stored sender (written by str(Address)) without re-parsing."""
+    if not text:
+        return Address("", "")
+    local, _, domain = text.rpartition("@")
+    return Address(local, domain) if local else Address(text, "")
+
+
+def _apply_updates(conn: sqlite3.Connection, owner: str,
+                   updates: Sequence[RecipientUpdate]) -> None:
+    """Write each outcome: final state, or QUEUED again with its next try."""
+    for update in updates:
+        outcome = update.outcome
+        error = "" if outcome.verdict is Verdict.DELIVERED else \
+            f"{outcome.status} {outcome.reason}"[:500]
+        if update.next_try is None:
+            state = (RecipientState.DELIVERED if outcome.verdict is Verdict.DELIVERED
+                     else RecipientState.BOUNCED).value
+            conn.execute("UPDATE recipients SET state=?, lease_owner=NULL, lease_until=NULL, "
+                         "attempts=attempts+1, last_error=? WHERE id=? AND lease_owner=?",
+                         (state, error, outcome.recipient_id, owner))
+        else:
+            conn.execute("UPDATE recipients SET state=?, lease_owner=NULL, lease_until=NULL, "
+                         "attempts=attempts+1, last_error=?, next_try=?, uncertain=0 "
+                         "WHERE id=? AND lease_owner=?",
+                         (QUEUED, error, update.next_try, outcome.recipient_id, owner))
+
+
+def _drop_finished(conn: sqlite3.Connection, updates: Sequence[RecipientUpdate]) -> None:
+    """Delete messages none of whose recipients is QUEUED or CLAIMED any more."""
+    finished = {u.outcome.recipient_id for u in updates if u.next_try is None}
+    if not finished:
+        return
+    for chunk in _chunks(sorted(finished)):
+        conn.execute(
+            "DELETE FROM messages WHERE id IN (SELECT message_id FROM recipients "
+            f"WHERE id IN ({_marks(chunk)})) AND NOT EXISTS (SELECT 1 FROM recipients r "
+            "WHERE r.message_id=messages.id AND r.state IN (?,?))",
+            (*chunk, QUEUED, CLAIMED))

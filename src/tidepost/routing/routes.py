@@ -1,0 +1,63 @@
+"""Which route serves a recipient domain (Postfix trivial-rewrite, in small).
+
+Local domains always go to the built-in `local` route (Maildir delivery);
+every other domain goes to the first configured route whose `domains` match
+(`*` matches all, `.example.org` matches the domain and its subdomains).
+A domain no route serves has no route: its mail is refused at RCPT time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from tidepost.address import domain_matches
+from tidepost.config.schema import Config, RouteConfig
+
+LOCAL_ROUTE = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a delivery job goes: a route and its next hop."""
+
+    route: str
+    nexthop: str  # recipient domain (MX lookup), smarthost, or "" for local
+
+
+class Router:
+    """Maps recipient domains to routes and destinations."""
+
+    def __init__(self, config: Config):
+        self._local_domains = config.local_domains
+        self._routes = config.route
+        self.by_name: dict[str, RouteConfig] = {r.name: r for r in config.route}
+        self.route_of = lru_cache(maxsize=65536)(self._route_of)
+
+    def is_local(self, domain: str) -> bool:
+        """True for the host's own domains (and the domainless `postmaster`)."""
+        return domain == "" or domain in self._local_domains
+
+    def _route_of(self, domain: str) -> str | None:
+        """Name of the route serving `domain`, or None when no route does."""
+        if self.is_local(domain):
+            return LOCAL_ROUTE
+        for route in self._routes:
+            if any(domain_matches(domain, pattern) for pattern in route.domains):
+                return route.name
+        return None
+
+    def destination(self, domain: str) -> Destination | None:
+        """The destination for mail to `domain`."""
+        name = self.route_of(domain)
+        if name is None:
+            return None
+        if name == LOCAL_ROUTE:
+            return Destination(LOCAL_ROUTE, "")
+        route = self.by_name[name]
+        nexthop = route.smarthost if route.transport == "smarthost" else domain
+        return Destination(name, nexthop)
+
+    def route_names(self) -> list[str]:
+        """All route names, `local` first."""
+        return [LOCAL_ROUTE, *self.by_name]

@@ -1,0 +1,125 @@
+"""Local recipients: aliases, configured users and system accounts.
+
+The aliases file uses the familiar /etc/aliases syntax (`name: target, ...`,
+`#` comments, continuation lines starting with white space).  A target is a
+local name (expanded again, up to 10 levels) or a full address (forwarded).
+Program (`|cmd`) and file (`/path`) targets are refused at load: a queue that
+runs commands from a text file is a security hole we do not need.
+
+`postmaster` always resolves (RFC 5321 4.5.1): to its alias if there is one,
+else to the mailbox `postmaster`.  `user+detail` resolves like `user`.
+Config keys read: local.domains, local.aliases_file, local.users,
+local.system_users.
+"""
+
+from __future__ import annotations
+
+import pwd
+from pathlib import Path
+
+from tidepost.address import Address, AddressError, parse_mailbox
+from tidepost.config.schema import Config
+from tidepost.errors import ConfigError
+
+MAX_DEPTH = 10
+BUILTIN = {"mailer-daemon": ["postmaster"], "abuse": ["postmaster"]}
+
+
+def parse_aliases(text: str, source: str) -> dict[str, list[str]]:
+    """Parse aliases text into name -> targets; ConfigError names file:line."""
+    aliases: dict[str, list[str]] = {}
+    problems: list[str] = []
+    logical: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0] in " \t" and logical:
+            logical[-1] = (logical[-1][0], logical[-1][1] + " " + line.strip())
+        else:
+            logical.append((number, line.strip()))
+    for number, line in logical:
+        name, colon, rest = line.partition(":")
+        targets = [t.strip() for t in rest.split(",") if t.strip()]
+        if not colon or not name.strip() or not targets:
+            problems.append(f"{source}:{number}: expected 'name: target, ...'")
+        elif any(t[0] in "|/" for t in targets):
+            problems.append(f"{source}:{number}: program and file targets are not supported")
+        else:
+            aliases[name.strip().lower()] = targets
+    if problems:
+        raise ConfigError(problems)
+    return aliases
+
+
+class Aliases:
+    """Answers 'does this local user exist?' and 'where does it go?'."""
+
+    def __init__(self, config: Config, aliases: dict[str, list[str]] | None = None):
+        self._primary = config.local.domains[0] if config.local.domains else \
+            config.hostname.lower()
+        self._users = {u.lower() for u in config.local.users}
+        self._system_users = config.local.system_users
+        if aliases is None:
+            aliases = load_aliases_file(config.local.aliases_file)
+        self._aliases = {**BUILTIN, **aliases}
+
+    @property
+    def primary_domain(self) -> str:
+        """The local domain expanded local names are written with."""
+        return self._primary
+
+    def exists(self, local_part: str) -> bool:
+        """True when `local_part` is an alias, a configured or a system user."""
+        name = self._base(local_part.lower())
+        return name == "postmaster" or name in self._aliases or self._is_user(name)
+
+    def expand(self, local_part: str) -> list[Address]:
+        """Final recipients for a local name (aliases followed recursively)."""
+        out: list[Address] = []
+        self._expand(local_part.lower(), 0, set(), out)
+        return out
+
+    def _expand(self, name: str, depth: int, seen: set[str], out: list[Address]) -> None:
+        """Depth-limited expansion; a name seen twice stops the loop there."""
+        base = self._base(name)
+        if base in self._aliases and base not in seen and depth < MAX_DEPTH:
+            seen.add(base)
+            for target in self._aliases[base]:
+                if "@" in target:
+                    try:
+                        out.append(parse_mailbox(target))
+                    except AddressError:
+                        continue
+                else:
+                    self._expand(target.lower(), depth + 1, seen, out)
+            return
+        out.append(Address(base, self._primary))
+
+    def _base(self, name: str) -> str:
+        """`user+detail` -> `user` when `user` exists and `user+detail` does not."""
+        if "+" in name and name not in self._aliases and not self._is_user(name):
+            return name.split("+", 1)[0]
+        return name
+
+    def _is_user(self, name: str) -> bool:
+        """True for configured users and, if enabled, system accounts."""
+        if name in self._users:
+            return True
+        if not self._system_users:
+            return False
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            return False
+        return True
+
+
+def load_aliases_file(path: str) -> dict[str, list[str]]:
+    """Read the aliases file named in the config ('' means none)."""
+    if not path:
+        return {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read aliases file: {exc.strerror}"]) from None
+    return parse_aliases(text, path)

@@ -1,0 +1,111 @@
+"""The one way into the queue, for SMTP sessions and the command line.
+
+`Submission.submit()` takes a parsed envelope and the raw message (CRLF line
+endings, already dot-unstuffed), expands local aliases, prepends a Received
+header, checks for mail loops, and commits the message through the queue
+backend.  It returns the queue id only after the commit: that return is the
+moment a message counts as queued, and only then may a caller say 250 or exit 0.
+
+Recipient checks made while a client talks (does this local user exist? which
+route serves that domain?) live here too, so that the SMTP server and
+`tidepost sendmail` apply the same rules.  Nothing here touches DNS.
+
+Config keys read: hostname, local.*, relay.domains (through Router).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Callable
+
+from tidepost.address import Address
+from tidepost.clock import Clock
+from tidepost.config.schema import Config
+from tidepost.model import Envelope, ScheduleEntry
+from tidepost.queue.backend import NewMessage, QueueBackend
+from tidepost.queue.sqlite import new_queue_id
+from tidepost.routing.routes import Router
+from tidepost.submission.aliases import Aliases
+from tidepost.submission.headers import count_received, received_header
+
+MAX_RECEIVED = 50  # more Received headers than this is a mail loop (RFC 5321 6.3)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who handed us the message."""
+
+    address: str = ""          # IP address; "" for the command line
+    helo: str = ""
+    protocol: str = "ESMTP"    # SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, or "local"
+    authenticated: str = ""    # SMTP AUTH identity, if any
+    local_user: str = ""       # login name for command-line submissions
+
+
+class SubmissionRejected(Exception):
+    """The message cannot be queued; carries the SMTP reply to give."""
+
+    def __init__(self, code: int, status: str, text: str):
+        super().__init__(f"{code} {status} {text}")
+        self.code = code
+        self.status = status
+        self.text = text
+
+
+class Submission:
+    """Validates, rewrites and queues messages."""
+
+    def __init__(self, config: Config, queue: QueueBackend, clock: Clock,
+                 router: Router, aliases: Aliases,
+                 on_queued: Callable[[list[ScheduleEntry]], None] = lambda entries: None):
+        self._hostname = config.hostname
+        self._queue = queue
+        self._clock = clock
+        self.router = router
+        self.aliases = aliases
+        self._on_queued = on_queued
+
+    def is_local_domain(self, domain: str) -> bool:
+        """True when mail for `domain` is delivered on this host."""
+        return self.router.is_local(domain)
+
+    def local_user_exists(self, local_part: str) -> bool:
+        """True when a local mailbox or alias answers to `local_part`."""
+        return self.aliases.exists(local_part)
+
+    def has_route(self, domain: str) -> bool:
+        """True when some route serves `domain`."""
+        return self.router.route_of(domain) is not None
+
+    async def submit(self, envelope: Envelope, body: bytes, client: ClientInfo) -> str:
+        """Queue `body` for the envelope durably; return the queue id after commit."""
+        if count_received(body) > MAX_RECEIVED:
+            raise SubmissionRejected(554, "5.4.6", "Too many Received headers: mail loop")
+        recipients = self._expand(envelope.recipients)
+        if not recipients:
+            raise SubmissionRejected(550, "5.1.1", "No valid recipients after alias expansion")
+        queue_id = new_queue_id()
+        now = self._clock.now()
+        stamped = received_header(client, self._hostname, queue_id, envelope, now) + body
+        message = NewMessage(envelope.sender, recipients, stamped, now,
+                             envelope.body_type, envelope.smtputf8, queue_id)
+        entries = await self._queue.submit(message)
+        self._on_queued(entries)
+        return queue_id
+
+    def _expand(self, recipients: tuple[Address, ...]) -> tuple[Address, ...]:
+        """Expand aliases of local recipients; drop duplicates, keep order."""
+        out: dict[Address, None] = {}
+        for rcpt in recipients:
+            if self.router.is_local(rcpt.domain):
+                for target in self.aliases.expand(rcpt.local):
+                    out[target] = None
+            else:
+                out[rcpt] = None
+        return tuple(out)
+
+
+def date_header(now: float) -> str:
+    """An RFC 5322 date for headers tidepost writes."""
+    return formatdate(now, localtime=True)
