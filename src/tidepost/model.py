@@ -79,6 +79,7 @@ class MessageInfo:
     size: int
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
+    warned: bool = False  # a delay warning has been sent for this message
 
 
 @dataclass(slots=True)

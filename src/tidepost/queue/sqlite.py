@@ -341,7 +341,7 @@ def _claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease: float,
         rows = conn.execute(
             "SELECT r.id, r.message_id, r.local, r.domain, r.attempts, r.uncertain, "
             "r.state, r.lease_owner, r.next_try, m.queue_id, m.sender, m.arrival, m.size, "
-            "m.body_type, m.smtputf8 FROM recipients r JOIN messages m ON m.id=r.message_id "
+            "m.body_type, m.smtputf8, m.warned FROM recipients r JOIN messages m ON m.id=r.message_id "
             f"WHERE r.id IN ({_marks(chunk)}) ORDER BY r.message_id, r.id", chunk).fetchall()
         _group_claimed(rows, owner, result)
     return result
@@ -351,11 +351,11 @@ def _group_claimed(rows: list, owner: str, result: ClaimResult) -> None:
     """Sort claim query rows into claimed (by message) and not-due entries."""
     by_message: dict[int, tuple[MessageInfo, list[QueuedRecipient]]] = {}
     for (rid, mid, local, domain, attempts, uncertain, state, lease_owner, next_try,
-         queue_id, sender, arrival, size, body_type, smtputf8) in rows:
+         queue_id, sender, arrival, size, body_type, smtputf8, warned) in rows:
         if state == CLAIMED and lease_owner == owner:
             if mid not in by_message:
                 info = MessageInfo(mid, queue_id, _sender(sender), arrival, size,
-                                   BodyType(body_type), bool(smtputf8))
+                                   BodyType(body_type), bool(smtputf8), bool(warned))
                 by_message[mid] = (info, [])
             by_message[mid][1].append(
                 QueuedRecipient(rid, mid, Address(local, domain), attempts, bool(uncertain)))

@@ -1,0 +1,109 @@
+"""The default scheduler: a heap of recipients by next-try time, held per route.
+
+Pure policy, no I/O (OpenSMTPD's scheduler_ramqueue): the manager inserts
+entries, asks `next_batch(now, limit)` and gets either a Batch of due entries
+(which leave the scheduler: the manager owns them until their outcome comes
+back and it re-inserts the deferred ones) or a Sleep saying how long nothing
+will be due.  An entry whose route is held is parked when it comes due and
+comes back, due at once, when the route is released; parking is not an
+attempt.  Stale heap items (entries removed or rescheduled) are skipped lazily.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Callable
+
+from tidepost.model import ScheduleEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Entries due now, to be claimed and delivered."""
+
+    entries: list[ScheduleEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Nothing is due for `seconds` (None: nothing is scheduled at all)."""
+
+    seconds: float | None
+
+
+class RamQueue:
+    """Scheduler keeping every queued recipient in memory."""
+
+    def __init__(self, route_of: Callable[[str], str | None]):
+        self._route_of = route_of
+        self._entries: dict[int, ScheduleEntry] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._held_routes: set[str] = set()
+        self._parked: dict[str, set[int]] = {}
+
+    def insert(self, entry: ScheduleEntry) -> None:
+        """Add or reschedule a recipient."""
+        self._entries[entry.recipient_id] = entry
+        heapq.heappush(self._heap, (entry.next_try, entry.recipient_id))
+
+    def remove(self, recipient_id: int) -> None:
+        """Forget a recipient (delivered, bounced, or claimed elsewhere)."""
+        entry = self._entries.pop(recipient_id, None)
+        if entry is not None:
+            route = self._route_of(entry.domain) or ""
+            self._parked.get(route, set()).discard(recipient_id)
+
+    def __contains__(self, recipient_id: int) -> bool:
+        return recipient_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def hold(self, route: str) -> None:
+        """Stop handing out entries of `route`."""
+        self._held_routes.add(route)
+
+    def release(self, route: str, now: float) -> int:
+        """Resume `route`; its parked entries become due at `now`. Returns their count."""
+        self._held_routes.discard(route)
+        parked = self._parked.pop(route, set())
+        for recipient_id in parked:
+            entry = self._entries[recipient_id]
+            self.insert(ScheduleEntry(entry.recipient_id, entry.message_id, entry.domain,
+                                      min(entry.next_try, now)))
+        return len(parked)
+
+    def is_held(self, route: str) -> bool:
+        """True while `route` is held."""
+        return route in self._held_routes
+
+    def next_batch(self, now: float, limit: int) -> Batch | Sleep:
+        """Due entries (up to `limit`), or how long until one is due."""
+        due: list[ScheduleEntry] = []
+        while self._heap and len(due) < limit:
+            next_try, recipient_id = self._heap[0]
+            if next_try > now:
+                break
+            heapq.heappop(self._heap)
+            entry = self._entries.get(recipient_id)
+            if entry is None or entry.next_try != next_try:
+                continue  # stale: removed or rescheduled since pushed
+            route = self._route_of(entry.domain) or ""
+            if route in self._held_routes:
+                self._parked.setdefault(route, set()).add(recipient_id)
+                continue
+            del self._entries[recipient_id]
+            due.append(entry)
+        if due:
+            return Batch(due)
+        return Sleep(self._heap[0][0] - now if self._heap else None)
+
+    def entries_of_route(self, route: str) -> list[ScheduleEntry]:
+        """Every entry currently scheduled (or parked) on `route`."""
+        return [e for e in self._entries.values() if self._route_of(e.domain) == route]
+
+    def statistics(self) -> dict[str, int]:
+        """Counts for `tidepost status`."""
+        return {"scheduled": len(self._entries), "heap": len(self._heap),
+                "parked": sum(len(p) for p in self._parked.values())}
