@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS bodies (
     body       BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS recipients (
-    id          INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: ids never reused, so "id > last seen" finds all new rows
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id  INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     local       TEXT NOT NULL,
     domain      TEXT NOT NULL,

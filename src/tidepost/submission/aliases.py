@@ -63,6 +63,10 @@ class Aliases:
             aliases = load_aliases_file(config.local.aliases_file)
         self._aliases = {**BUILTIN, **aliases}
 
+    def replace(self, aliases: dict[str, list[str]]) -> None:
+        """Swap in a re-read aliases table (SIGHUP)."""
+        self._aliases = {**BUILTIN, **aliases}
+
     @property
     def primary_domain(self) -> str:
         """The local domain expanded local names are written with."""

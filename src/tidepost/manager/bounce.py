@@ -1,0 +1,113 @@
+"""Delivery status notifications (RFC 3464): bounces and delay warnings.
+
+A DSN is a multipart/report with a human-readable part, a
+message/delivery-status part (one block per recipient) and the original
+message's headers only (text/rfc822-headers): on a metered link, returning
+a 20 MB attachment to say it failed is waste.
+
+Never bounce a bounce: a message from the null sender gets no DSN (the
+caller checks `Envelope.is_bounce` / `MessageInfo.sender.is_null`), and every
+DSN is itself sent from the null sender, so a DSN that fails is dropped.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from email.utils import formatdate
+
+from tidepost.address import NULL_SENDER
+from tidepost.model import BodyType, MessageInfo, QueuedRecipient
+from tidepost.outcomes import Outcome
+from tidepost.queue.backend import NewMessage
+from tidepost.queue.sqlite import new_queue_id
+from tidepost.submission.headers import header_section
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One recipient to report on, with the outcome that explains it."""
+
+    recipient: QueuedRecipient
+    outcome: Outcome
+
+
+def make_dsn(message: MessageInfo, original: bytes, failures: list[Failure],
+             hostname: str, now: float, *, delayed: bool = False) -> NewMessage:
+    """Build the DSN for `failures` of `message`, addressed to its sender."""
+    queue_id = new_queue_id()
+    boundary = f"{queue_id}.{secrets.token_hex(8)}/{hostname}"
+    subject = ("Delayed Mail (still being retried)" if delayed
+               else "Undelivered Mail Returned to Sender")
+    head = (
+        f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
+        f"To: <{message.sender}>\r\n"
+        f"Subject: {subject}\r\n"
+        f"Date: {formatdate(now, localtime=True)}\r\n"
+        f"Message-ID: <{queue_id}.{int(now)}@{hostname}>\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+        f"\tboundary=\"{boundary}\"\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    )
+    parts = [
+        _part("text/plain; charset=utf-8",
+              _human_text(message, failures, hostname, delayed)),
+        _part("message/delivery-status",
+              _status_fields(message, failures, hostname, now, delayed)),
+        _part("text/rfc822-headers", header_section(original).decode("utf-8", "replace")),
+    ]
+    body = head + "".join(f"--{boundary}\r\n{p}" for p in parts) + f"--{boundary}--\r\n"
+    return NewMessage(NULL_SENDER, (message.sender,), body.encode(), now,
+                      BodyType.EIGHT_BIT_MIME, not message.sender.is_ascii, queue_id)
+
+
+def _part(content_type: str, text: str) -> str:
+    """One MIME body part with CRLF line endings."""
+    text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    if not text.endswith("\r\n"):
+        text += "\r\n"
+    return f"Content-Type: {content_type}\r\n\r\n{text}\r\n"
+
+
+def _human_text(message: MessageInfo, failures: list[Failure], hostname: str,
+                delayed: bool) -> str:
+    """The part a person reads first."""
+    if delayed:
+        intro = (f"This is the mail system at host {hostname}.\n\n"
+                 "Your message could not be delivered yet. It is still in the queue\n"
+                 "and will be retried; you do not need to send it again.\n")
+    else:
+        intro = (f"This is the mail system at host {hostname}.\n\n"
+                 "Your message could not be delivered to one or more recipients.\n"
+                 "It has been returned below (headers only).\n")
+    lines = [f"<{f.recipient.address}>: {f.outcome.reason}" for f in failures]
+    return intro + f"\nQueue ID: {message.queue_id}\n\n" + "\n".join(lines) + "\n"
+
+
+def _status_fields(message: MessageInfo, failures: list[Failure], hostname: str,
+                   now: float, delayed: bool) -> str:
+    """The machine-readable message/delivery-status part (RFC 3464 2.2, 2.3)."""
+    blocks = [f"Reporting-MTA: dns; {hostname}\n"
+              f"X-Tidepost-Queue-ID: {message.queue_id}\n"
+              f"Arrival-Date: {formatdate(message.arrival, localtime=True)}\n"]
+    for failure in failures:
+        outcome = failure.outcome
+        address = failure.recipient.address
+        kind = "rfc822" if address.is_ascii else "utf-8"
+        block = (f"Final-Recipient: {kind}; {address}\n"
+                 f"Action: {'delayed' if delayed else 'failed'}\n"
+                 f"Status: {outcome.status}\n")
+        if outcome.remote_mta:
+            block += f"Remote-MTA: dns; {outcome.remote_mta}\n"
+        diagnostic = "smtp" if outcome.remote_mta else "x-tidepost"
+        block += f"Diagnostic-Code: {diagnostic}; {_one_line(outcome.reason)}\n"
+        block += f"Last-Attempt-Date: {formatdate(now, localtime=True)}\n"
+        blocks.append(block)
+    return "\n".join(blocks)
+
+
+def _one_line(text: str) -> str:
+    """Keep a diagnostic on one header-safe line."""
+    return " ".join(text.split())[:900]

@@ -1,0 +1,150 @@
+"""Per-destination delivery: concurrency, connection reuse, destination backoff.
+
+Jobs are queued per Destination (route + next hop).  Up to the destination's
+concurrency, a worker task takes jobs off that queue one after another over
+one agent session, so consecutive messages to one MX host or smarthost reuse
+one SMTP connection; a worker ends when its queue is empty.  A global
+semaphore bounds all workers (delivery.max_concurrency).
+
+When a session reports `destination_failed` (no MX host answered), the
+destination is marked dead for a backoff interval that doubles with each
+consecutive failure; until then its jobs are deferred without connecting.
+Config keys read (through the constructor): delivery.max_concurrency,
+delivery.destination_concurrency, route.concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from tidepost.clock import Clock
+from tidepost.delivery.agent import AgentSession
+from tidepost.model import DeliveryJob
+from tidepost.outcomes import Outcome, deferred
+from tidepost.routing.routes import Destination
+from tidepost.scheduler.backoff import Backoff
+
+log = logging.getLogger("tidepost.dispatch")
+
+OnDone = Callable[[DeliveryJob, list[Outcome]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _DestinationQueue:
+    """Jobs waiting for one destination and the workers serving it."""
+
+    jobs: deque[DeliveryJob] = field(default_factory=deque)
+    workers: int = 0
+
+
+@dataclass(slots=True)
+class _DeadDestination:
+    """A destination in backoff after consecutive connection-level failures."""
+
+    until: float
+    failures: int
+    status: str
+    reason: str
+
+
+class Dispatcher:
+    """Runs delivery jobs with per-destination workers."""
+
+    def __init__(self, tasks: asyncio.TaskGroup, clock: Clock, backoff: Backoff,
+                 open_session: Callable[[Destination], AgentSession],
+                 concurrency_of: Callable[[Destination], int],
+                 load_body: Callable[[int], Awaitable[bytes]],
+                 on_done: OnDone, max_concurrency: int):
+        self._tasks = tasks
+        self._clock = clock
+        self._backoff = backoff
+        self._open_session = open_session
+        self._concurrency_of = concurrency_of
+        self._load_body = load_body
+        self._on_done = on_done
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._queues: dict[Destination, _DestinationQueue] = {}
+        self._dead: dict[Destination, _DeadDestination] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.delivered_jobs = 0
+
+    def submit(self, job: DeliveryJob, destination: Destination) -> None:
+        """Queue a job for its destination and start a worker if allowed."""
+        queue = self._queues.setdefault(destination, _DestinationQueue())
+        queue.jobs.append(job)
+        self._idle.clear()
+        if queue.workers < min(self._concurrency_of(destination), len(queue.jobs)):
+            queue.workers += 1
+            self._tasks.create_task(self._work(destination, queue))
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is queued or running."""
+        await self._idle.wait()
+
+    def dead_destinations(self) -> dict[Destination, float]:
+        """Destinations in backoff and when they may be tried again."""
+        now = self._clock.now()
+        return {d: dead.until for d, dead in self._dead.items() if dead.until > now}
+
+    async def _work(self, destination: Destination, queue: _DestinationQueue) -> None:
+        """Worker: deliver this destination's jobs over one session."""
+        try:
+            async with self._slots:
+                session = self._open_session(destination)
+                try:
+                    while queue.jobs:
+                        await self._run_job(destination, session, queue.jobs.popleft())
+                finally:
+                    await session.close()
+        finally:
+            queue.workers -= 1
+            if not queue.workers and not queue.jobs:
+                self._queues.pop(destination, None)
+            if not self._queues:
+                self._idle.set()
+
+    async def _run_job(self, destination: Destination, session: AgentSession,
+                       job: DeliveryJob) -> None:
+        """Deliver one job (or defer it if the destination is dead) and report."""
+        outcomes = self._defer_if_dead(destination, job)
+        if outcomes is None:
+            try:
+                job.body = await self._load_body(job.message.message_id)
+                outcomes = await session.deliver(job)
+            except Exception as exc:  # noqa: BLE001 - never lose the job's outcome
+                outcomes = [deferred(r.recipient_id, "4.3.0", f"delivery failed: {exc}")
+                            for r in job.recipients]
+            self._note_health(destination, session)
+        try:
+            await self._on_done(job, outcomes)
+        except Exception:  # noqa: BLE001 - the lease keeps the recipients safe
+            log.exception("%s: recording outcomes failed; the recipients stay leased "
+                          "and return to the queue when this runner ends",
+                          job.message.queue_id)
+        finally:
+            job.body = b""
+            self.delivered_jobs += 1
+
+    def _defer_if_dead(self, destination: Destination, job: DeliveryJob) -> list[Outcome] | None:
+        """Deferred outcomes when the destination is in backoff, else None."""
+        dead = self._dead.get(destination)
+        now = self._clock.now()
+        if dead is None or dead.until <= now:
+            return None
+        return [deferred(r.recipient_id, dead.status, dead.reason, retry_after=dead.until - now)
+                for r in job.recipients]
+
+    def _note_health(self, destination: Destination, session: AgentSession) -> None:
+        """Mark the destination dead or alive after an attempt."""
+        if session.destination_failed is None:
+            self._dead.pop(destination, None)
+            return
+        status, reason = session.destination_failed
+        failures = self._dead[destination].failures + 1 if destination in self._dead else 1
+        until = self._clock.now() + self._backoff.interval(failures)
+        self._dead[destination] = _DeadDestination(until, failures, status, reason)

@@ -1,0 +1,306 @@
+"""The queue manager: joins queue, scheduler and delivery agents (Postfix qmgr).
+
+Daemon mode (`run`): at start, leases of dead runners are returned to the
+queue, route holds are loaded and every queued recipient is inserted into the
+scheduler.  Then, forever: ask the scheduler for due recipients, claim them
+in the queue (the claim, not the scheduler, decides who delivers), group
+them into jobs by message and destination, hand the jobs to the dispatcher,
+and record each job's outcomes.  When nothing is due, wait for a wake-up
+(a new submission, a release, a control command) or a timer; the timer also
+picks up mail queued by other processes, since a wake-up is only a hint.
+
+Flush mode (`flush`): one pass over every queued recipient, ignoring retry
+times but not holds, as `sendmail -q` does; used by `tidepost flush`, which
+may run beside the daemon.
+
+Config keys read: queue.poll_interval, delivery.max_concurrency,
+delivery.destination_concurrency, route.*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from tidepost.clock import Clock
+from tidepost.config.schema import Config
+from tidepost.delivery.agent import AgentSession, DeliveryAgent
+from tidepost.manager.dispatch import Dispatcher
+from tidepost.manager.settle import add_dsns, settle
+from tidepost.model import DeliveryJob, ScheduleEntry
+from tidepost.outcomes import Outcome, Verdict, deferred
+from tidepost.queue.backend import QueueBackend
+from tidepost.queue.owner import runner_alive
+from tidepost.routing.routes import LOCAL_ROUTE, Destination, Router
+from tidepost.scheduler.backoff import Backoff
+from tidepost.scheduler.ramqueue import Batch, RamQueue
+
+log = logging.getLogger("tidepost.manager")
+
+LEASE_SECONDS = 3600.0   # longer than any single delivery; dead runners are detected sooner
+IN_FLIGHT_PER_SLOT = 20  # claimed recipients per delivery slot, to keep claims ahead of work
+
+
+@dataclass
+class FlushReport:
+    """What one flush pass did."""
+
+    attempted: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    held: int = 0
+
+
+class Manager:
+    """Schedules, claims, dispatches and records deliveries."""
+
+    def __init__(self, config: Config, queue: QueueBackend, router: Router,
+                 agents: dict[str, DeliveryAgent], clock: Clock, owner: str):
+        self._config = config
+        self._queue = queue
+        self._router = router
+        self._agents = agents
+        self._clock = clock
+        self._owner = owner
+        self._backoff = Backoff.from_config(config.queue)
+        self.scheduler = RamQueue(router.route_of)
+        self._wake = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._warned: set[int] = set()
+        self._last_seen_id = 0
+        self._daemon = False
+        self._report = FlushReport()
+        self._dispatcher: Dispatcher | None = None
+        self.on_result: Callable[[int, int], None] = lambda done, total: None
+
+    @property
+    def owner(self) -> str:
+        """This runner's lease owner string."""
+        return self._owner
+
+    # -- wiring -------------------------------------------------------------
+
+    def _open_dispatcher(self, tasks: asyncio.TaskGroup) -> Dispatcher:
+        """Build the dispatcher that owns delivery workers in `tasks`."""
+        delivery = self._config.delivery
+        self._dispatcher = Dispatcher(
+            tasks, self._clock, self._backoff, self._open_session, self._concurrency_of,
+            self._queue.load_body, self._record, delivery.max_concurrency)
+        return self._dispatcher
+
+    def _open_session(self, destination: Destination) -> AgentSession:
+        """A session of the agent serving `destination`'s route."""
+        if destination.route == LOCAL_ROUTE:
+            return self._agents[LOCAL_ROUTE].session(None, "")
+        route = self._router.by_name[destination.route]
+        return self._agents["smtp"].session(route, destination.nexthop)
+
+    def _concurrency_of(self, destination: Destination) -> int:
+        """Parallel workers allowed for `destination`."""
+        route = self._router.by_name.get(destination.route)
+        if route is not None and route.concurrency:
+            return route.concurrency
+        return self._config.delivery.destination_concurrency
+
+    # -- entry points -------------------------------------------------------
+
+    def queued(self, entries: list[ScheduleEntry]) -> None:
+        """Submission callback: new recipients are in the queue."""
+        if self._daemon:
+            for entry in entries:
+                self.scheduler.insert(entry)
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the queue now rather than at the next timer."""
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Daemon loop until `stopping` is set; in-flight jobs finish first."""
+        self._daemon = True
+        await self._load()
+        async with asyncio.TaskGroup() as tasks:
+            dispatcher = self._open_dispatcher(tasks)
+            poller = tasks.create_task(self._poll_forever(stopping))
+            while not stopping.is_set():
+                await self._schedule_once(stopping)
+            poller.cancel()
+            await dispatcher.wait_idle()
+        await self._queue.release_claims(self._owner)
+
+    async def flush(self, wanted: Callable[[ScheduleEntry, str], bool]) -> FlushReport:
+        """One pass over the queue now, skipping held routes; returns counts."""
+        self._report = FlushReport()
+        await self._queue.recover_orphans(runner_alive, self._clock.now())
+        held = await self.held_routes()
+        entries = [e for e in await self._queue.walk()
+                   if wanted(e, self._router.route_of(e.domain) or "")]
+        runnable = [e for e in entries if self._router.route_of(e.domain) not in held]
+        self._report.held = len(entries) - len(runnable)
+        self._report.attempted = len(runnable)
+        async with asyncio.TaskGroup() as tasks:
+            dispatcher = self._open_dispatcher(tasks)
+            for start in range(0, len(runnable), 500):
+                await self._claim_and_dispatch(runnable[start:start + 500], force=True)
+            await dispatcher.wait_idle()
+        return self._report
+
+    async def held_routes(self) -> set[str]:
+        """Routes held now: persisted states, else each route's start_held."""
+        states = await self._queue.holds()
+        held = {name for name, state in states.items() if state.held}
+        for route in self._config.route:
+            if route.name not in states and route.start_held:
+                held.add(route.name)
+        return held
+
+    async def hold(self, route: str, cause: str) -> None:
+        """Hold `route`: nothing new starts on it; deliveries in flight finish."""
+        await self._queue.set_hold(route, True, self._clock.now(), cause)
+        self.scheduler.hold(route)
+        log.info("route %s held (%s)", route, cause)
+
+    async def release(self, route: str, cause: str) -> int:
+        """Release `route`: its held recipients become due at once."""
+        await self._queue.set_hold(route, False, self._clock.now(), cause)
+        count = self.scheduler.release(route, self._clock.now())
+        log.info("route %s released (%s): %d recipients due", route, cause, count)
+        self._wake.set()
+        return count
+
+    # -- daemon internals ---------------------------------------------------
+
+    async def _load(self) -> None:
+        """Recover dead runners' leases, apply holds, fill the scheduler."""
+        now = self._clock.now()
+        recovered = await self._queue.recover_orphans(runner_alive, now)
+        if recovered:
+            log.warning("returned %d recipients of dead queue runners to the queue", recovered)
+        states = await self._queue.holds()
+        for route in self._config.route:
+            if route.name not in states and route.start_held:
+                await self._queue.set_hold(route.name, True, now, "start_held")
+        for route in await self.held_routes():
+            self.scheduler.hold(route)
+        entries = await self._queue.walk()
+        for entry in entries:
+            self.scheduler.insert(entry)
+        self._last_seen_id = max((e.recipient_id for e in entries), default=0)
+        log.info("queue loaded: %d recipients", len(entries))
+
+    async def _schedule_once(self, stopping: asyncio.Event) -> None:
+        """Dispatch what is due, or sleep until something may be."""
+        room = self._config.delivery.max_concurrency * IN_FLIGHT_PER_SLOT - len(self._in_flight)
+        decision = self.scheduler.next_batch(self._clock.now(), room) if room > 0 else None
+        if isinstance(decision, Batch):
+            await self._claim_and_dispatch(decision.entries, force=False)
+            return
+        timeout = self._config.queue.poll_interval
+        if decision is not None and decision.seconds is not None:
+            timeout = min(timeout, max(decision.seconds, 0.0))
+        self._wake.clear()
+        waiter = asyncio.ensure_future(self._wake.wait())
+        stopper = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({waiter, stopper}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+
+    async def _poll_forever(self, stopping: asyncio.Event) -> None:
+        """Pick up recipients queued by other processes, every poll interval."""
+        while not stopping.is_set():
+            await asyncio.sleep(self._config.queue.poll_interval)
+            try:
+                await self._poll_new()
+            except Exception:  # noqa: BLE001 - polling must go on
+                log.exception("polling the queue failed")
+
+    async def _poll_new(self) -> None:
+        """Insert QUEUED recipients the scheduler has not seen yet."""
+        entries = await self._queue.entries_since(self._last_seen_id)
+        fresh = [e for e in entries
+                 if e.recipient_id not in self.scheduler and e.recipient_id not in self._in_flight]
+        for entry in fresh:
+            self.scheduler.insert(entry)
+        if entries:
+            self._last_seen_id = max(self._last_seen_id, entries[-1].recipient_id)
+        if fresh:
+            self._wake.set()
+
+    # -- claiming and recording ---------------------------------------------
+
+    async def _claim_and_dispatch(self, entries: list[ScheduleEntry], force: bool) -> None:
+        """Claim `entries`; turn what we now hold into jobs for the dispatcher."""
+        assert self._dispatcher is not None
+        result = await self._queue.claim([e.recipient_id for e in entries], self._owner,
+                                         LEASE_SECONDS, self._clock.now(), force)
+        if self._daemon:
+            for entry in result.not_due:
+                self.scheduler.insert(entry)
+        for message, recipients in result.claimed:
+            by_destination: dict[Destination | None, list] = {}
+            for rcpt in recipients:
+                self._in_flight.add(rcpt.recipient_id)
+                by_destination.setdefault(self._router.destination(rcpt.address.domain),
+                                          []).append(rcpt)
+            for destination, group in by_destination.items():
+                job = DeliveryJob(message, group, destination.route if destination else "",
+                                  destination.nexthop if destination else "")
+                if destination is None:
+                    await self._record(job, [deferred(r.recipient_id, "4.4.4",
+                                                      "no route serves this domain")
+                                             for r in group])
+                else:
+                    self._dispatcher.submit(job, destination)
+
+    async def _record(self, job: DeliveryJob, outcomes: list[Outcome]) -> None:
+        """Write a job's outcomes, queue its DSNs, reschedule what was deferred."""
+        now = self._clock.now()
+        message = job.message
+        result = settle(job, outcomes, self._backoff, now,
+                        message.warned or message.message_id in self._warned)
+        if (result.failures or result.warned) and not message.sender.is_null:
+            original = job.body or await self._queue.load_body(message.message_id)
+            add_dsns(result, job, original, self._config.hostname, now)
+        if result.warned:
+            self._warned.add(message.message_id)
+        new_entries = await self._queue.record(
+            self._owner, result.updates, result.dsns,
+            [message.message_id] if result.warned else [])
+        for update in result.updates:
+            self._in_flight.discard(update.outcome.recipient_id)
+            self._log(job, update.outcome, now)
+            self._count(update.outcome.verdict)
+            if self._daemon and update.next_try is not None:
+                rcpt = next(r for r in job.recipients
+                            if r.recipient_id == update.outcome.recipient_id)
+                self.scheduler.insert(ScheduleEntry(rcpt.recipient_id, message.message_id,
+                                                    rcpt.address.domain, update.next_try))
+        for entry in new_entries:
+            if self._daemon:
+                self.scheduler.insert(entry)
+        if new_entries:
+            self._wake.set()
+
+    def _count(self, verdict: Verdict) -> None:
+        """Tally a verdict for the flush report and progress display."""
+        if verdict is Verdict.DELIVERED:
+            self._report.delivered += 1
+        elif verdict is Verdict.DEFERRED:
+            self._report.deferred += 1
+        else:
+            self._report.bounced += 1
+        done = self._report.delivered + self._report.deferred + self._report.bounced
+        self.on_result(done, self._report.attempted)
+
+    @staticmethod
+    def _log(job: DeliveryJob, outcome: Outcome, now: float) -> None:
+        """One Postfix-style log line per recipient attempt."""
+        rcpt = next(r for r in job.recipients if r.recipient_id == outcome.recipient_id)
+        log.info("%s: to=<%s>, route=%s, relay=%s, delay=%.2f, status=%s (%s %s)",
+                 job.message.queue_id, rcpt.address, job.route or "none",
+                 outcome.remote_mta or job.nexthop or "local", now - job.message.arrival,
+                 outcome.verdict.value, outcome.status, outcome.reason)

@@ -1,0 +1,68 @@
+"""Turn one job's outcomes into queue updates and DSNs (pure policy).
+
+Delivered and Bounced are final.  Deferred goes back to the queue with the
+next retry time from the backoff policy, unless the message has outlived the
+queue lifetime, in which case it becomes Bounced with status 5.4.7.  Bounced
+recipients produce one DSN per job to the sender; a message still deferred
+past the delay-warning age produces one "delayed" DSN per message.  Mail
+from the null sender produces no DSN at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tidepost.manager.bounce import Failure, make_dsn
+from tidepost.model import DeliveryJob
+from tidepost.outcomes import Outcome, Verdict, bounced
+from tidepost.queue.backend import NewMessage, RecipientUpdate
+from tidepost.scheduler.backoff import Backoff
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What to write for one job: updates, DSNs, and whether a warning went out."""
+
+    updates: list[RecipientUpdate] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    delays: list[Failure] = field(default_factory=list)
+    dsns: list[NewMessage] = field(default_factory=list)
+    warned: bool = False
+
+
+def settle(job: DeliveryJob, outcomes: list[Outcome], backoff: Backoff, now: float,
+           already_warned: bool) -> Settlement:
+    """Decide each recipient's next state; collect what the sender must hear."""
+    result = Settlement()
+    by_id = {r.recipient_id: r for r in job.recipients}
+    expired = backoff.expired(job.message.arrival, now)
+    for outcome in outcomes:
+        recipient = by_id[outcome.recipient_id]
+        if outcome.verdict is Verdict.DEFERRED and expired:
+            outcome = bounced(outcome.recipient_id, "5.4.7",
+                              f"delivery time expired: {outcome.reason}", outcome.remote_mta)
+        if outcome.verdict is Verdict.DEFERRED:
+            next_try = backoff.next_try(recipient.attempts + 1, now)
+            if outcome.retry_after is not None:
+                next_try = max(next_try, now + outcome.retry_after)
+            result.updates.append(RecipientUpdate(outcome, next_try))
+            result.delays.append(Failure(recipient, outcome))
+            continue
+        result.updates.append(RecipientUpdate(outcome, None))
+        if outcome.verdict is Verdict.BOUNCED:
+            result.failures.append(Failure(recipient, outcome))
+    result.warned = bool(result.delays) and not already_warned and \
+        backoff.warning_due(job.message.arrival, now)
+    return result
+
+
+def add_dsns(result: Settlement, job: DeliveryJob, original: bytes, hostname: str,
+             now: float) -> None:
+    """Build the DSNs a settlement calls for (none for mail from <>)."""
+    if job.message.sender.is_null:
+        return
+    if result.failures:
+        result.dsns.append(make_dsn(job.message, original, result.failures, hostname, now))
+    if result.warned:
+        result.dsns.append(make_dsn(job.message, original, result.delays, hostname, now,
+                                    delayed=True))

@@ -1,0 +1,158 @@
+"""Composition root: one Config in, a running tidepost node out.
+
+Builds the queue backend, router, aliases, submission, delivery agents,
+queue manager, SMTP listeners and control socket, and runs them under one
+TaskGroup until asked to stop.  This is the only place that knows every
+component; each receives what it needs through its constructor.
+
+Signals: SIGTERM/SIGINT stop the node (deliveries in flight get
+`SHUTDOWN_GRACE` seconds to finish, then their recipients return to the
+queue); SIGHUP re-reads the aliases file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from tidepost.clock import Clock, SystemClock
+from tidepost.config.schema import Config
+from tidepost.control.client import socket_path
+from tidepost.control.server import ControlServer
+from tidepost.delivery.agent import DeliveryAgent
+from tidepost.delivery.maildir import MaildirAgent
+from tidepost.delivery.smtp import SmtpAgent
+from tidepost.manager.manager import Manager
+from tidepost.queue.backend import QueueBackend, open_queue
+from tidepost.queue.owner import this_runner
+from tidepost.resolver.resolver import Resolver
+from tidepost.routing.routes import LOCAL_ROUTE, Router
+from tidepost.smtp_server.listeners import SmtpServer
+from tidepost.submission.aliases import Aliases, load_aliases_file
+from tidepost.submission.submit import Submission
+
+log = logging.getLogger("tidepost.node")
+
+SHUTDOWN_GRACE = 30.0
+
+
+@dataclass
+class Parts:
+    """The components of a node, for the CLI commands that need only some."""
+
+    config: Config
+    queue: QueueBackend
+    router: Router
+    aliases: Aliases
+    manager: Manager
+    submission: Submission
+
+
+def build(config: Config, clock: Clock | None = None) -> Parts:
+    """Wire the queue, routing, agents, manager and submission for `config`."""
+    clock = clock or SystemClock()
+    config.spool_path.mkdir(parents=True, exist_ok=True)
+    queue = open_queue(config.queue.backend, config.spool_path)
+    router = Router(config)
+    aliases = Aliases(config)
+    manager = Manager(config, queue, router, build_agents(config, clock), clock, this_runner())
+    submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
+    return Parts(config, queue, router, aliases, manager, submission)
+
+
+def build_agents(config: Config, clock: Clock) -> dict[str, DeliveryAgent]:
+    """The delivery agents by kind: `local` (Maildir) and `smtp`."""
+    return {
+        LOCAL_ROUTE: MaildirAgent(config.local.maildir, config.spool_path, config.hostname),
+        "smtp": SmtpAgent(config.delivery, Resolver(config.dns), config.hostname, clock),
+    }
+
+
+def server_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The STARTTLS context of the listeners, if a certificate is configured."""
+    if not config.smtp.tls_certificate:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.smtp.tls_certificate, config.smtp.tls_key or None)
+    return context
+
+
+async def serve(config: Config) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    parts = build(config)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(parts))
+    server = SmtpServer(config, parts.submission, server_tls_context(config))
+    control = ControlServer(socket_path(config.spool_path), control_handlers(parts))
+    await server.start()
+    await control.start()
+    log.info("tidepost started: %s, spool %s, config %s",
+             ", ".join(config.smtp.listen), config.spool, config.source)
+    try:
+        await _run_manager(parts, stopping)
+    finally:
+        server.close()
+        await server.wait_closed()
+        await control.close()
+        await parts.queue.close()
+        log.info("tidepost stopped")
+
+
+async def _run_manager(parts: Parts, stopping: asyncio.Event) -> None:
+    """Run the manager; on stop, give deliveries in flight a grace period."""
+    task = asyncio.create_task(parts.manager.run(stopping))
+    await stopping.wait()
+    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_GRACE)
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await parts.queue.release_claims(parts.manager.owner)
+    elif task.exception() is not None:
+        raise task.exception()
+
+
+def _reload(parts: Parts) -> None:
+    """SIGHUP: re-read the aliases file."""
+    try:
+        parts.aliases.replace(load_aliases_file(parts.config.local.aliases_file))
+        log.info("aliases re-read")
+    except Exception as exc:  # noqa: BLE001 - keep the old aliases
+        log.error("SIGHUP: keeping the old aliases: %s", exc)
+
+
+def control_handlers(parts: Parts) -> dict[str, Any]:
+    """Control socket commands of a running node."""
+    manager = parts.manager
+
+    async def wake(request: dict) -> dict:
+        manager.wake()
+        return {}
+
+    async def hold(request: dict) -> dict:
+        route = _known_route(parts, request.get("route"))
+        await manager.hold(route, request.get("cause", "command"))
+        return {"route": route, "held": True}
+
+    async def release(request: dict) -> dict:
+        route = _known_route(parts, request.get("route"))
+        count = await manager.release(route, request.get("cause", "command"))
+        return {"route": route, "held": False, "scheduled": count}
+
+    async def status(request: dict) -> dict:
+        return {"scheduler": manager.scheduler.statistics()}
+
+    return {"wake": wake, "hold": hold, "release": release, "status": status}
+
+
+def _known_route(parts: Parts, name: Any) -> str:
+    """Validate a route name from a control request."""
+    if name not in parts.router.route_names():
+        raise ValueError(f"no route named {name!r}")
+    return name

@@ -1,0 +1,66 @@
+"""Messages typed or piped on this host: line endings, missing headers, Bcc.
+
+Local programs write LF line endings and often omit From, Date and
+Message-ID; RFC 5322 requires From and Date, and a Message-ID is expected,
+so the submission adds them, as every sendmail does.  Only the header
+section is touched.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from email.utils import formatdate
+
+from tidepost.address import Address
+from tidepost.submission.headers import has_header, header_section
+
+_FIELD = re.compile(rb"[!-9;-~]+:")
+
+
+def from_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
+    """CRLF-normalise standard input; a lone '.' line ends it unless -i."""
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for line in lines:
+        line = line[:-1] if line.endswith(b"\r") else line
+        if dot_ends_input and line == b".":
+            break
+        out.append(line)
+    return b"".join(line + b"\r\n" for line in out)
+
+
+def complete_headers(body: bytes, sender: Address, full_name: str | None,
+                     hostname: str) -> bytes:
+    """Add From, Date and Message-ID when the message lacks them."""
+    added = b""
+    if not has_header(body, b"from"):
+        display = f"{full_name} " if full_name else ""
+        added += f"From: {display}<{sender or 'MAILER-DAEMON@' + hostname}>\r\n".encode()
+    if not has_header(body, b"date"):
+        added += f"Date: {formatdate(localtime=True)}\r\n".encode()
+    if not has_header(body, b"message-id"):
+        added += f"Message-ID: <{secrets.token_hex(10)}@{hostname}>\r\n".encode()
+    if not added:
+        return body
+    starts_with_header = bool(_FIELD.match(body)) and bool(header_section(body))
+    return added + body if starts_with_header else added + b"\r\n" + body
+
+
+def remove_bcc(body: bytes) -> bytes:
+    """Drop Bcc header fields (with their continuation lines)."""
+    headers = header_section(body)
+    if not headers:
+        return body
+    kept, skipping = [], False
+    for line in headers.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.lower().startswith(b"bcc:")
+        if not skipping:
+            kept.append(line)
+    return b"\r\n".join(kept) + body[len(headers):]
