@@ -1,0 +1,81 @@
+"""Settling outcomes and the RFC 3464 reports they produce."""
+
+import email
+from email import policy
+
+from tidepost.address import Address
+from tidepost.manager.settle import add_dsns, settle
+from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient
+from tidepost.outcomes import Verdict, bounced, deferred, delivered
+from tidepost.scheduler.backoff import Backoff
+
+ORIGINAL = b"Subject: hello\r\nFrom: alice@site.test\r\n\r\n" + b"x" * 10000 + b"\r\n"
+BACKOFF = Backoff(min_backoff=300, max_backoff=4000, lifetime=86400, delay_warning=3600)
+
+
+def job(sender=Address("alice", "site.test"), arrival=0.0, attempts=0) -> DeliveryJob:
+    info = MessageInfo(7, "ABC123", sender, arrival, len(ORIGINAL))
+    rcpts = [QueuedRecipient(i, 7, Address(f"u{i}", "example.test"), attempts) for i in (1, 2, 3)]
+    return DeliveryJob(info, rcpts, "uplink", "example.test", ORIGINAL)
+
+
+def test_outcomes_become_final_or_rescheduled():
+    j = job(attempts=2)
+    result = settle(j, [delivered(1, "250 ok"), deferred(2, "4.2.0", "busy"),
+                        bounced(3, "5.1.1", "550 5.1.1 no such user", "mx.example.test")],
+                    BACKOFF, now=100, already_warned=False)
+    next_tries = {u.outcome.recipient_id: u.next_try for u in result.updates}
+    assert next_tries == {1: None, 2: 100 + 1200, 3: None}
+    assert [f.recipient.recipient_id for f in result.failures] == [3]
+    assert not result.warned
+
+
+def test_retry_after_from_a_dead_destination_is_respected():
+    result = settle(job(), [deferred(1, "4.4.1", "down", retry_after=5000)], BACKOFF, 0, False)
+    assert result.updates[0].next_try == 5000
+
+
+def test_deferred_past_lifetime_becomes_a_5_4_7_bounce():
+    result = settle(job(), [deferred(1, "4.4.1", "connection refused")], BACKOFF, 86400, False)
+    [update] = result.updates
+    assert update.next_try is None and update.outcome.verdict is Verdict.BOUNCED
+    assert update.outcome.status == "5.4.7"
+
+
+def test_bounce_report_is_rfc3464_with_headers_only():
+    j = job()
+    result = settle(j, [bounced(3, "5.1.1", "550 5.1.1 no such user", "mx.example.test")],
+                    BACKOFF, 50, False)
+    add_dsns(result, j, ORIGINAL, "site.test", 50)
+    [dsn] = result.dsns
+    assert dsn.sender.is_null and dsn.recipients == (Address("alice", "site.test"),)
+    report = email.message_from_bytes(dsn.body, policy=policy.default)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    parts = list(report.iter_parts())
+    assert [p.get_content_type() for p in parts] == \
+        ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    status = parts[1].as_string()
+    for field in ("Reporting-MTA: dns; site.test", "Final-Recipient: rfc822; u3@example.test",
+                  "Action: failed", "Status: 5.1.1", "Remote-MTA: dns; mx.example.test",
+                  "Diagnostic-Code: smtp; 550 5.1.1 no such user"):
+        assert field in status
+    assert b"x" * 100 not in dsn.body  # the body is not returned
+    assert b"Subject: hello" in dsn.body
+
+
+def test_never_bounce_a_bounce():
+    j = job(sender=Address("", ""))
+    result = settle(j, [bounced(1, "5.1.1", "no such user")], BACKOFF, 50, False)
+    add_dsns(result, j, ORIGINAL, "site.test", 50)
+    assert result.dsns == [] and result.updates[0].next_try is None
+
+
+def test_delay_warning_once():
+    j = job()
+    result = settle(j, [deferred(1, "4.4.1", "down")], BACKOFF, 3600, already_warned=False)
+    add_dsns(result, j, ORIGINAL, "site.test", 3600)
+    assert result.warned and len(result.dsns) == 1
+    assert b"Action: delayed" in result.dsns[0].body
+    again = settle(j, [deferred(1, "4.4.1", "down")], BACKOFF, 7200, already_warned=True)
+    assert not again.warned

@@ -1,0 +1,231 @@
+"""The queue manager end to end in one process: real SQLite queue and Maildirs,
+a scripted SMTP agent standing in for the network."""
+
+import asyncio
+from pathlib import Path
+
+from tidepost.address import Address
+from tidepost.clock import SystemClock
+from tidepost.config.load import parse_config
+from tidepost.delivery.maildir import MaildirAgent
+from tidepost.manager.manager import Manager
+from tidepost.model import Envelope
+from tidepost.outcomes import bounced, deferred, delivered
+from tidepost.queue.sqlite import SqliteQueue
+from tidepost.routing.routes import Router
+from tidepost.submission.aliases import Aliases
+from tidepost.submission.submit import ClientInfo, Submission
+
+ALICE = Address("alice", "site.test")
+BODY = b"Subject: test\r\nFrom: alice@site.test\r\n\r\nhello\r\n"
+
+
+class ScriptedAgent:
+    """An SMTP agent whose answers come from a function of (recipient, attempt)."""
+
+    def __init__(self, answer=None, failing_destination=False):
+        self.answer = answer or (lambda rcpt, attempt: "delivered")
+        self.failing_destination = failing_destination
+        self.deliveries: list[str] = []
+        self.attempts: dict[str, int] = {}
+
+    def session(self, route, nexthop):
+        return ScriptedSession(self)
+
+
+class ScriptedSession:
+    def __init__(self, agent):
+        self.agent = agent
+        self.destination_failed = None
+
+    async def deliver(self, job):
+        outcomes = []
+        for rcpt in job.recipients:
+            key = str(rcpt.address)
+            self.agent.attempts[key] = self.agent.attempts.get(key, 0) + 1
+            if self.agent.failing_destination:
+                self.destination_failed = ("4.4.1", "connection refused")
+            verdict = self.agent.answer(key, self.agent.attempts[key])
+            if verdict == "delivered":
+                self.agent.deliveries.append(key)
+                outcomes.append(delivered(rcpt.recipient_id, "250 ok", "mx.test"))
+            elif verdict == "deferred":
+                outcomes.append(deferred(rcpt.recipient_id, "4.2.0", "450 busy", "mx.test"))
+            else:
+                outcomes.append(bounced(rcpt.recipient_id, "5.1.1", "550 no such user", "mx.test"))
+        return outcomes
+
+    async def close(self):
+        pass
+
+
+def make_config(spool: Path, held: bool = False, concurrency: int = 10):
+    return parse_config(f'''
+hostname = "site.test"
+spool = "{spool}"
+[local]
+domains = ["site.test"]
+users = ["alice", "bob"]
+system_users = false
+[queue]
+min_backoff = "1s"
+max_backoff = "1s"
+poll_interval = "0.1s"
+[delivery]
+destination_concurrency = {concurrency}
+[[route]]
+name = "uplink"
+start_held = {"true" if held else "false"}
+''', "test")
+
+
+class Harness:
+    def __init__(self, spool: Path, agent: ScriptedAgent, held: bool = False, owner="test:1:1",
+                 concurrency: int = 10):
+        self.config = make_config(spool, held, concurrency)
+        self.queue = SqliteQueue(spool / "queue.sqlite")
+        router = Router(self.config)
+        agents = {"local": MaildirAgent(self.config.local.maildir, spool, "site.test"),
+                  "smtp": agent}
+        self.manager = Manager(self.config, self.queue, router, agents, SystemClock(), owner)
+        self.submission = Submission(self.config, self.queue, SystemClock(), router,
+                                     Aliases(self.config), on_queued=self.manager.queued)
+        self.spool = spool
+
+    async def send(self, *rcpts: str, sender=ALICE):
+        envelope = Envelope(sender, tuple(Address(*r.split("@")) for r in rcpts))
+        return await self.submission.submit(envelope, BODY, ClientInfo("127.0.0.1", "client"))
+
+    def maildir(self, user: str) -> list[bytes]:
+        folder = self.spool / "mail" / user / "new"
+        return [p.read_bytes() for p in folder.iterdir()] if folder.exists() else []
+
+
+async def run_until(harness: Harness, condition, timeout: float = 10.0):
+    stopping = asyncio.Event()
+    task = asyncio.create_task(harness.manager.run(stopping))
+    try:
+        for _ in range(int(timeout / 0.05)):
+            if condition():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+    finally:
+        stopping.set()
+        await task
+
+
+def test_local_and_remote_delivery(tmp_path):
+    agent = ScriptedAgent()
+
+    async def scenario():
+        h = Harness(tmp_path, agent)
+        await h.send("bob@site.test", "carol@example.test")
+        assert await run_until(h, lambda: h.maildir("bob") and agent.deliveries)
+        assert agent.deliveries == ["carol@example.test"]
+        [mail] = h.maildir("bob")
+        assert mail.startswith(b"Return-Path: <alice@site.test>\r\nDelivered-To: bob@site.test")
+        assert b"Received: from client ([127.0.0.1])" in mail
+        assert await h.queue.rows() == []
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_deferred_recipient_is_retried(tmp_path):
+    agent = ScriptedAgent(lambda rcpt, attempt: "deferred" if attempt == 1 else "delivered")
+
+    async def scenario():
+        h = Harness(tmp_path, agent)
+        await h.send("carol@example.test")
+        assert await run_until(h, lambda: agent.deliveries)
+        assert agent.attempts == {"carol@example.test": 2}
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_bounce_reaches_the_local_sender(tmp_path):
+    agent = ScriptedAgent(lambda rcpt, attempt: "bounced")
+
+    async def scenario():
+        h = Harness(tmp_path, agent)
+        await h.send("nobody@example.test")
+        assert await run_until(h, lambda: h.maildir("alice"))
+        [dsn] = h.maildir("alice")
+        assert b"Return-Path: <>" in dsn and b"Status: 5.1.1" in dsn
+        assert await h.queue.rows() == []
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_bounce_of_a_bounce_is_dropped(tmp_path):
+    agent = ScriptedAgent(lambda rcpt, attempt: "bounced")
+
+    async def scenario():
+        h = Harness(tmp_path, agent)
+        await h.send("nobody@example.test", sender=Address("", ""))
+        assert await run_until(h, lambda: agent.attempts)
+        await asyncio.sleep(0.3)
+        assert await h.queue.rows() == [] and h.maildir("alice") == []
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_held_route_waits_for_release_while_local_mail_flows(tmp_path):
+    agent = ScriptedAgent()
+
+    async def scenario():
+        h = Harness(tmp_path, agent, held=True)
+        await h.send("carol@example.test", "bob@site.test")
+        assert await run_until(h, lambda: h.maildir("bob"))
+        await asyncio.sleep(0.3)
+        assert agent.attempts == {}
+        stopping = asyncio.Event()
+        task = asyncio.create_task(h.manager.run(stopping))
+        await asyncio.sleep(0.2)
+        assert agent.attempts == {}  # held state persisted across the restart
+        await h.manager.release("uplink", "test")
+        for _ in range(100):
+            if agent.deliveries:
+                break
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await task
+        assert agent.deliveries == ["carol@example.test"]
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_dead_destination_defers_without_connecting(tmp_path):
+    agent = ScriptedAgent(lambda rcpt, attempt: "deferred", failing_destination=True)
+
+    async def scenario():
+        h = Harness(tmp_path, agent, concurrency=1)  # one worker: jobs in series
+        for n in range(5):
+            await h.send(f"user{n}@example.test")
+        await run_until(h, lambda: False, timeout=0.5)
+        assert sum(agent.attempts.values()) == 1  # the other four were deferred unseen
+        rows = await h.queue.rows()
+        assert len(rows) == 5
+        assert sum("connection refused" in r.last_error for r in rows) == 4
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_two_flushes_at_once_deliver_each_recipient_once(tmp_path):
+    agent = ScriptedAgent()
+
+    async def scenario():
+        first = Harness(tmp_path, agent, owner="test:1:1")
+        second = Harness(tmp_path, agent, owner="test:2:2")
+        for n in range(60):
+            await first.send(f"user{n}@example.test", f"other{n}@example.test")
+        everything = lambda entry, route: True  # noqa: E731
+        reports = await asyncio.gather(first.manager.flush(everything),
+                                       second.manager.flush(everything))
+        assert sorted(agent.deliveries) == sorted(
+            [f"user{n}@example.test" for n in range(60)] +
+            [f"other{n}@example.test" for n in range(60)])
+        assert sum(r.delivered for r in reports) == 120
+        await first.queue.close()
+        await second.queue.close()
+    asyncio.run(scenario())

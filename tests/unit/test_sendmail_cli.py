@@ -1,0 +1,57 @@
+"""sendmail flag parsing and the handling of locally typed messages."""
+
+import pytest
+
+from tidepost.address import Address
+from tidepost.cli.sendmail import UsageError, parse_args
+from tidepost.submission.local_message import complete_headers, from_local_input, remove_bcc
+
+
+def test_usual_flags():
+    opts = parse_args(["-oi", "-t", "-f", "alice@site.test", "-FAlice Example", "-odb",
+                       "-oem", "-v", "bob@example.test"])
+    assert (opts.from_headers, opts.dot_ends_input, opts.sender, opts.full_name) == \
+        (True, False, "alice@site.test", "Alice Example")
+    assert opts.recipients == ["bob@example.test"]
+
+
+def test_modes():
+    assert parse_args(["-bp"]).mode == "list"
+    assert parse_args(["-q"]).mode == "flush"
+    assert parse_args(["-q15m"]).mode == "flush"
+    opts = parse_args(["-qR", "example.test"])
+    assert (opts.mode, opts.flush_domain) == ("flush", "example.test")
+    assert parse_args(["-qRexample.test"]).flush_domain == "example.test"
+    assert parse_args(["-bs"]).mode == "smtp"
+    assert parse_args(["-C", "/etc/t.toml", "x"]).config == "/etc/t.toml"
+
+
+def test_bad_flags():
+    with pytest.raises(UsageError):
+        parse_args(["-Z"])
+    with pytest.raises(UsageError):
+        parse_args(["-f"])
+    with pytest.raises(UsageError):
+        parse_args(["-bd"])
+
+
+def test_local_input_is_crlf_and_a_lone_dot_ends_it_unless_i():
+    raw = b"Subject: x\n\nline\n.\nafter\n"
+    assert from_local_input(raw, dot_ends_input=True) == b"Subject: x\r\n\r\nline\r\n"
+    assert from_local_input(raw, dot_ends_input=False) == \
+        b"Subject: x\r\n\r\nline\r\n.\r\nafter\r\n"
+
+
+def test_missing_headers_are_added_once():
+    body = complete_headers(b"Subject: x\r\n\r\nhi\r\n", Address("root", "site.test"),
+                            "Root", "site.test")
+    assert body.startswith(b"From: Root <root@site.test>\r\nDate: ")
+    assert b"\r\nMessage-ID: <" in body and body.endswith(b"Subject: x\r\n\r\nhi\r\n")
+    assert complete_headers(body, Address("root", "site.test"), None, "site.test") == body
+    bare = complete_headers(b"just text\r\n", Address("root", "site.test"), None, "site.test")
+    assert b"\r\n\r\njust text\r\n" in bare
+
+
+def test_bcc_is_removed_with_its_continuation():
+    body = b"To: a@x.test\r\nBcc: b@x.test,\r\n c@x.test\r\nSubject: s\r\n\r\nBcc: body\r\n"
+    assert remove_bcc(body) == b"To: a@x.test\r\nSubject: s\r\n\r\nBcc: body\r\n"
