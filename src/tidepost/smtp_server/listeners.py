@@ -1,0 +1,171 @@
+"""The SMTP listeners: accept TCP connections, run a Conversation on each.
+
+`SmtpServer(config, submission, tls_context=None)`; `await server.start()`
+binds every `smtp.listen` entry ("HOST:PORT", "[::1]:PORT", "*:PORT" for all
+addresses; port 0 picks a free port, see `addresses()`).  `server.close()`
+stops listening and cancels the conversations (each says 421 4.3.2 if it
+can; a message whose submission was cancelled is not acknowledged), and
+`await server.wait_closed()` waits for them to end.  `statistics()` returns a
+`ServerStatistics` snapshot.
+
+Limits: at most `smtp.max_connections` conversations at once and
+`smtp.max_connections_per_client` from one IP address; a connection over
+either limit gets `421 4.7.0 Too many connections` and is closed.  No DNS:
+clients are known by IP address only, and the greeting names
+`config.hostname`.  Every conversation task is owned by the server.
+Config keys read: smtp.listen, smtp.max_connections,
+smtp.max_connections_per_client (the rest through Conversation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter as Tally
+from dataclasses import asdict, dataclass
+
+from tidepost.config.schema import Config
+from tidepost.errors import ConfigError
+from tidepost.smtp_server import replies as S
+from tidepost.smtp_server import tls
+from tidepost.smtp_server.access import AccessPolicy
+from tidepost.smtp_server.session import Conversation
+from tidepost.smtp_server.state import Counters
+from tidepost.submission.submit import Submission
+
+log = logging.getLogger("tidepost.smtp_server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """A snapshot of one SmtpServer's counters."""
+
+    connections_active: int
+    connections_total: int
+    connections_refused: int
+    sessions: int
+    commands: int
+    errors: int
+    timeouts: int
+    error_disconnects: int
+    recipients_accepted: int
+    recipients_rejected: int
+    messages_accepted: int
+    messages_rejected: int
+
+
+def parse_listen(entry: str) -> tuple[str | None, int]:
+    """"HOST:PORT" or "[v6]:PORT" -> (host, port); host None means all addresses."""
+    host, colon, port = entry.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not port.isdigit() or int(port) > 65535 or not host:
+        raise ConfigError([f"smtp.listen: {entry!r} is not HOST:PORT"])
+    return (None if host == "*" else host), int(port)
+
+
+class SmtpServer:
+    """Listens on the configured addresses and serves SMTP on each connection."""
+
+    def __init__(self, config: Config, submission: Submission,
+                 tls_context: ssl.SSLContext | None = None):
+        self._config = config
+        self._submission = submission
+        self._tls_context = tls_context
+        self._access = AccessPolicy(config, submission)
+        self._counters = Counters()
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._per_client: Tally[str] = Tally()
+        self._total = 0
+        self._refused = 0
+        self._closing = False
+
+    async def start(self) -> None:
+        """Bind every `smtp.listen` address and start accepting."""
+        for entry in self._config.smtp.listen:
+            host, port = parse_listen(entry)
+            server = await asyncio.start_server(self._on_connection, host, port)
+            self._servers.append(server)
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs actually bound."""
+        return [sock.getsockname()[:2] for server in self._servers
+                for sock in server.sockets]
+
+    def close(self) -> None:
+        """Stop listening and cancel the conversations in progress."""
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until the listeners and every conversation have ended."""
+        for server in self._servers:
+            await server.wait_closed()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def statistics(self) -> ServerStatistics:
+        """Current counters: connections, commands, errors, messages."""
+        return ServerStatistics(len(self._tasks), self._total, self._refused,
+                                **asdict(self._counters))
+
+    async def _on_connection(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        """Serve one accepted connection, or refuse it over the limits."""
+        peer = writer.get_extra_info("peername")
+        ip = peer[0] if peer else ""
+        self._total += 1
+        if self._over_limits(ip):
+            await self._refuse(writer)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._per_client[ip] += 1
+        try:
+            await self._converse(reader, writer, ip)
+        except asyncio.CancelledError:
+            # Our own close() cancelled it.  End normally: Python 3.11's
+            # start_server callback logs a cancelled connection task as an error.
+            if not self._closing:
+                raise
+        finally:
+            self._tasks.discard(task)
+            self._per_client[ip] -= 1
+            if not self._per_client[ip]:
+                del self._per_client[ip]
+
+    def _over_limits(self, ip: str) -> bool:
+        """True when accepting `ip` would exceed a connection limit."""
+        limits = self._config.smtp
+        return (len(self._tasks) >= limits.max_connections
+                or self._per_client[ip] >= limits.max_connections_per_client)
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Say 421 Too many connections and hang up."""
+        self._refused += 1
+        try:
+            writer.write(bytes(S.S421_TOO_MANY_CONNECTIONS))
+            await asyncio.wait_for(writer.drain(), 5.0)
+        except (ConnectionError, TimeoutError):
+            pass
+        writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, ip: str) -> None:
+        """Run one Conversation; errors end that connection only."""
+        conversation = Conversation(
+            self._config, self._submission, reader, writer, peer_ip=ip,
+            access=self._access, tls_context=self._tls_context,
+            tls_upgrade=tls.upgrade, counters=self._counters)
+        try:
+            await conversation.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("SMTP conversation with %s failed", ip)

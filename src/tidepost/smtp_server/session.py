@@ -1,0 +1,349 @@
+"""One SMTP conversation, on any pair of byte streams.
+
+`Conversation(config, submission, stream, writer, peer_ip=...)` greets the
+client and serves commands until QUIT, end of input, the idle timeout
+(`smtp.idle_timeout`: 421 4.4.2) or too many errors (`smtp.max_errors`:
+421 4.7.0).  It needs only an async `stream.read(n)` and a writer with
+`write()`, `drain()` and `close()`, so it serves TCP connections (listeners.py)
+and `tidepost sendmail -bs` on stdin/stdout alike (pass `trusted=True`).
+
+State (state.py): `Session` lives as long as the connection (client, HELO, TLS, AUTH,
+error count); `Transaction` from MAIL to the end of DATA or RSET.
+Verbs are methods named `smtp_<VERB>` (sync or async); a subclass adds ETRN,
+ATRN or AUTH by defining more, and may override `extensions()` (EHLO lines)
+and `check_recipient()` (policy hook).
+
+Invariants: replies go out in command order, batched while the client has
+pipelined complete lines (RFC 2920); 250 after DATA is sent only after
+`submission.submit()` has returned; any failure there is 451 4.3.0 and the
+message is not acknowledged.  DATA while input is already buffered behind it
+(the client did not wait for 354, RFC 2920 3.1) is refused with 554 5.5.0
+and the connection closed, so message text can never run as commands.
+Every 5xx reply counts as an error towards `smtp.max_errors`.
+Config keys read: hostname, smtp.max_message_size, smtp.max_recipients,
+smtp.idle_timeout, smtp.max_errors (relay keys through AccessPolicy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import ssl
+from typing import Any, Awaitable, Callable, Protocol
+
+from tidepost.address import Address
+from tidepost.config.schema import Config
+from tidepost.model import Envelope
+from tidepost.smtp_server import replies as S
+from tidepost.smtp_server.access import AccessPolicy
+from tidepost.smtp_server.data import client_info, content_problem
+from tidepost.smtp_server.parsing import parse_mail, parse_rcpt
+from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconnected,
+                                         LineTooLong, SmtpReader)
+from tidepost.smtp_server.replies import Reply
+from tidepost.smtp_server.state import Counters, Session, Transaction
+from tidepost.submission.submit import Submission, SubmissionRejected
+
+log = logging.getLogger("tidepost.smtp_server")
+
+COMMAND_LINE_LIMIT = 2048  # octets incl. CRLF: 512 (RFC 5321) plus ESMTP parameters
+FLUSH_THRESHOLD = 64 * 1024  # flush pending replies beyond this many octets
+
+
+class Writer(Protocol):
+    """Where replies go (asyncio.StreamWriter fits)."""
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for sending."""
+
+    async def drain(self) -> None:
+        """Wait until the queued bytes may be sent."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+
+TlsUpgrade = Callable[[Any, ssl.SSLContext], Awaitable[tuple[ByteStream, Writer]]]
+
+
+class Conversation:
+    """Serves one SMTP client over a stream and a writer."""
+
+    def __init__(self, config: Config, submission: Submission, stream: ByteStream,
+                 writer: Writer, *, peer_ip: str = "", trusted: bool = False,
+                 access: AccessPolicy | None = None, tls_context: ssl.SSLContext | None = None,
+                 tls_upgrade: TlsUpgrade | None = None, counters: Counters | None = None):
+        self.config = config
+        self.limits = config.smtp
+        self.submission = submission
+        self.access = access or AccessPolicy(config, submission)
+        self.counters = counters or Counters()
+        self.session = Session(peer_ip=peer_ip, trusted=trusted)
+        self.session.may_relay = self.access.may_relay(peer_ip, "", trusted)
+        self.transaction: Transaction | None = None
+        self._reader = SmtpReader(stream, self.limits.idle_timeout)
+        self._writer = writer
+        self._tls_context = tls_context
+        self._tls_upgrade = tls_upgrade
+        self._pending: list[bytes] = []
+        self._closing = False
+
+    async def run(self) -> None:
+        """Greet, then serve commands until QUIT, EOF, idle timeout or error limit."""
+        self.counters.sessions += 1
+        self.reply(S.greeting(self.config.hostname))
+        try:
+            while not self._closing:
+                if not self._reader.has_line() or self._pending_size() > FLUSH_THRESHOLD:
+                    await self.flush()
+                await self._serve_command()
+            await self.flush()
+        except (ClientDisconnected, ConnectionError):
+            pass
+        except TimeoutError:
+            self.counters.timeouts += 1
+            self._last_words(S.S421_IDLE_TIMEOUT)
+        except asyncio.CancelledError:
+            self._last_words(S.S421_SHUTTING_DOWN)
+            raise
+        finally:
+            self._writer.close()
+
+    def reply(self, reply: Reply) -> None:
+        """Queue a reply; count 5xx errors and hang up when there are too many."""
+        self._pending.append(bytes(reply))
+        if reply.code >= 500:
+            self.session.errors += 1
+            self.counters.errors += 1
+            if self.session.errors >= self.limits.max_errors and not self._closing:
+                self.counters.error_disconnects += 1
+                self._pending.append(bytes(S.S421_TOO_MANY_ERRORS))
+                self._closing = True
+
+    def reply_lines(self, code: int, lines: list[str]) -> None:
+        """Queue a multi-line reply (EHLO, HELP)."""
+        self._pending.append(S.render_multiline(code, lines))
+
+    def close_after_reply(self) -> None:
+        """End the conversation once the queued replies are sent."""
+        self._closing = True
+
+    async def flush(self) -> None:
+        """Send the queued replies; a client that does not read times out."""
+        if not self._pending:
+            return
+        self._writer.write(b"".join(self._pending))
+        self._pending.clear()
+        async with asyncio.timeout(self.limits.idle_timeout):
+            await self._writer.drain()
+
+    def _pending_size(self) -> int:
+        """Octets of replies queued but not yet written."""
+        return sum(map(len, self._pending))
+
+    def _last_words(self, reply: Reply) -> None:
+        """Write queued replies and a final 421 without waiting for the client."""
+        self._pending.append(bytes(reply))
+        try:
+            self._writer.write(b"".join(self._pending))
+        except (ConnectionError, RuntimeError):
+            pass
+        self._pending.clear()
+
+    async def _serve_command(self) -> None:
+        """Read one command line and dispatch it to its `smtp_<VERB>` method."""
+        try:
+            line = await self._reader.read_line(COMMAND_LINE_LIMIT)
+        except LineTooLong:
+            return self.reply(S.S500_LINE_TOO_LONG)
+        except BareLineFeed:
+            return self.reply(S.S500_BARE_LF)
+        self.counters.commands += 1
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.reply(S.S500_NOT_UTF8)
+        verb, _, arg = text.partition(" ")
+        handler = self._handler(verb)
+        if handler is None:
+            return self.reply(S.S500_UNKNOWN_COMMAND)
+        await self._call(handler, arg.strip(" "))
+
+    def _handler(self, verb: str) -> Callable[[str], Any] | None:
+        """The `smtp_<VERB>` method for `verb`, or None for unknown verbs."""
+        if not (verb.isascii() and verb.isalpha()):
+            return None
+        return getattr(self, "smtp_" + verb.upper(), None)
+
+    async def _call(self, handler: Callable[[str], Any], arg: str) -> None:
+        """Run a verb handler; a bug in it costs the transaction, not the session."""
+        try:
+            result = handler(arg)
+            if inspect.isawaitable(result):
+                await result
+        except (ClientDisconnected, ConnectionError, TimeoutError):
+            raise
+        except Exception:
+            log.exception("error handling SMTP command from %s", self.session.peer_ip)
+            self.transaction = None
+            self.reply(S.S451_LOCAL_ERROR)
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords offered now (subclasses may add to them)."""
+        keywords = ["PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME",
+                    "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        if self._tls_available() and not self.session.tls:
+            keywords.append("STARTTLS")
+        return keywords
+
+    def check_recipient(self, rcpt: Address) -> Reply:
+        """Policy hook: the reply to RCPT TO for a parsed recipient."""
+        return self.access.check_recipient(rcpt, self.session.may_relay)
+
+    def _tls_available(self) -> bool:
+        """True when STARTTLS can be offered on this connection."""
+        return self._tls_context is not None and self._tls_upgrade is not None
+
+    def smtp_HELO(self, arg: str) -> None:
+        """HELO: identify, plain SMTP."""
+        self._greet(arg, esmtp=False)
+
+    def smtp_EHLO(self, arg: str) -> None:
+        """EHLO: identify and list the extensions."""
+        self._greet(arg, esmtp=True)
+
+    def _greet(self, arg: str, esmtp: bool) -> None:
+        """Record the client's name, reset any transaction, reply."""
+        if not arg:
+            return self.reply(S.S501_HELO_SYNTAX)
+        self.session.helo = arg.split()[0]
+        self.session.esmtp = esmtp
+        self.transaction = None
+        if esmtp:
+            self.reply_lines(250, [self.config.hostname, *self.extensions()])
+        else:
+            self.reply(Reply(250, "", self.config.hostname))
+
+    def smtp_MAIL(self, arg: str) -> None:
+        """MAIL FROM: start a transaction."""
+        if not self.session.helo:
+            return self.reply(S.S503_HELO_FIRST)
+        if self.transaction is not None:
+            return self.reply(S.S503_NESTED_MAIL)
+        command = parse_mail(arg, self.limits.max_message_size)
+        if isinstance(command, Reply):
+            return self.reply(command)
+        self.transaction = Transaction(command.sender, command.body_type, command.smtputf8)
+        self.reply(S.S250_SENDER_OK)
+
+    def smtp_RCPT(self, arg: str) -> None:
+        """RCPT TO: add a recipient if the policy allows it."""
+        transaction = self.transaction
+        if transaction is None:
+            return self.reply(S.S503_MAIL_FIRST)
+        rcpt = parse_rcpt(arg)
+        if isinstance(rcpt, Reply):
+            return self.reply(rcpt)
+        if not rcpt.is_ascii and not transaction.smtputf8:
+            return self.reply(S.S553_NEEDS_SMTPUTF8)
+        if len(transaction.recipients) >= self.limits.max_recipients:
+            return self.reply(S.S452_TOO_MANY_RECIPIENTS)
+        verdict = self.check_recipient(rcpt)
+        if verdict.code == 250:
+            transaction.recipients.append(rcpt)
+            self.counters.recipients_accepted += 1
+        else:
+            self.counters.recipients_rejected += 1
+        self.reply(verdict)
+
+    def smtp_RSET(self, arg: str) -> None:
+        """RSET: abandon the transaction."""
+        if arg:
+            return self.reply(S.S501_SYNTAX)
+        self.transaction = None
+        self.reply(S.S250_OK)
+
+    def smtp_NOOP(self, arg: str) -> None:
+        """NOOP: do nothing (an argument is allowed and ignored)."""
+        self.reply(S.S250_OK)
+
+    def smtp_QUIT(self, arg: str) -> None:
+        """QUIT: say goodbye and close."""
+        self.reply(S.S221_BYE)
+        self.close_after_reply()
+
+    def smtp_VRFY(self, arg: str) -> None:
+        """VRFY: never confirm users (address harvesting), RFC 5321 3.5.3."""
+        self.reply(S.S252_CANNOT_VRFY if arg else S.S501_SYNTAX)
+
+    def smtp_EXPN(self, arg: str) -> None:
+        """EXPN: lists are not disclosed."""
+        self.reply(S.S502_EXPN_DISABLED)
+
+    def smtp_HELP(self, arg: str) -> None:
+        """HELP: name the commands."""
+        self.reply(S.S214_HELP)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """STARTTLS: upgrade to TLS, forget everything said before (RFC 3207)."""
+        if arg:
+            return self.reply(S.S501_SYNTAX)
+        if self.session.tls:
+            return self.reply(S.S503_TLS_ACTIVE)
+        if not self._tls_available():
+            return self.reply(S.S454_TLS_UNAVAILABLE)
+        self.reply(S.S220_READY_FOR_TLS)
+        await self.flush()
+        self._reader.discard_buffer()
+        try:
+            stream, self._writer = await self._tls_upgrade(self._writer, self._tls_context)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.session.peer_ip, exc)
+            raise ClientDisconnected() from exc
+        self._reader = SmtpReader(stream, self.limits.idle_timeout)
+        self.session.tls = True
+        self.session.helo, self.session.esmtp = "", False
+        self.transaction = None
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA: read the message, check it, submit it; 250 only after commit."""
+        if arg:
+            return self.reply(S.S501_SYNTAX)
+        if self._reader.buffered:
+            self.transaction = None
+            self.reply(S.S554_PIPELINED_DATA)
+            return self.close_after_reply()
+        transaction, self.transaction = self.transaction, None
+        if transaction is None:
+            return self.reply(S.S503_MAIL_FIRST)
+        if not transaction.recipients:
+            return self.reply(S.S554_NO_VALID_RECIPIENTS)
+        self.reply(S.S354_START_DATA)
+        await self.flush()
+        data = await self._reader.read_data(self.limits.max_message_size)
+        outcome = content_problem(data)
+        if outcome is None:
+            outcome = await self._submit(transaction, data.body)
+        if outcome.code == 250:
+            self.counters.messages_accepted += 1
+        else:
+            self.counters.messages_rejected += 1
+        self.reply(outcome)
+
+    async def _submit(self, transaction: Transaction, body: bytes) -> Reply:
+        """Hand the message to the submission; the reply reflects its commit."""
+        try:
+            queue_id = await self.submission.submit(
+                self._envelope(transaction), body, client_info(self.session))
+        except SubmissionRejected as exc:
+            return S.rejected(exc.code, exc.status, exc.text)
+        except Exception:
+            log.exception("submission failed for a message from %s", self.session.peer_ip)
+            return S.S451_LOCAL_ERROR
+        return S.queued(queue_id)
+
+    def _envelope(self, transaction: Transaction) -> Envelope:
+        """The model Envelope for a finished transaction."""
+        return Envelope(transaction.sender, tuple(transaction.recipients),
+                        transaction.body_type, transaction.smtputf8)

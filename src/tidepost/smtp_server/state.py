@@ -1,0 +1,54 @@
+"""Conversation state, kept in two parts, and the server's counters.
+
+`Session` is connection state: who the client is (address, HELO name, TLS,
+AUTH identity, relay right) and its error count; it lives as long as the
+connection (STARTTLS resets the HELO name).  `Transaction` is one mail
+transaction, from MAIL FROM to the end of DATA or RSET.  `Counters` are the
+statistics all conversations of one server add to.  Pure data, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tidepost.address import Address
+from tidepost.model import BodyType
+
+
+@dataclass(slots=True)
+class Session:
+    """Connection state: who the client is; survives transactions."""
+
+    peer_ip: str = ""
+    trusted: bool = False     # a local user on stdin (sendmail -bs)
+    helo: str = ""
+    esmtp: bool = False
+    tls: bool = False
+    authenticated: str = ""
+    may_relay: bool = False
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class Transaction:
+    """Transaction state: from MAIL FROM to the end of DATA or RSET."""
+
+    sender: Address
+    body_type: BodyType = BodyType.SEVEN_BIT
+    smtputf8: bool = False
+    recipients: list[Address] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Counters:
+    """Statistics shared by all conversations of one server."""
+
+    sessions: int = 0
+    commands: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    error_disconnects: int = 0
+    recipients_accepted: int = 0
+    recipients_rejected: int = 0
+    messages_accepted: int = 0
+    messages_rejected: int = 0

@@ -1,0 +1,44 @@
+"""STARTTLS for server connections: the context, and the in-place upgrade.
+
+`context_from_config(config)` loads `smtp.tls_certificate` and `smtp.tls_key`
+into a server `ssl.SSLContext` (None when no certificate is configured, which
+disables STARTTLS).  `upgrade(writer, context)` turns a plain asyncio stream
+connection into a TLS one and returns a NEW reader and writer.
+
+Why a new reader: RFC 3207 section 4.2 (and CVE-2011-0411) require that
+plaintext a client (or an attacker in the path) sent after STARTTLS is never
+read as if it had come over TLS.  `StreamWriter.start_tls()` keeps the old
+`StreamReader`, whose buffer may still hold such plaintext; a fresh
+`StreamReader` behind a fresh protocol starts empty, so only decrypted bytes
+reach the session.  The session also drops its own buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from tidepost.config.schema import Config
+
+HANDSHAKE_TIMEOUT = 30.0  # seconds
+
+
+def context_from_config(config: Config) -> ssl.SSLContext | None:
+    """A server TLS context from the configured certificate, or None."""
+    if not config.smtp.tls_certificate:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.smtp.tls_certificate, config.smtp.tls_key or None)
+    return context
+
+
+async def upgrade(writer: asyncio.StreamWriter, context: ssl.SSLContext
+                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Run the server side of a TLS handshake; return the new reader and writer."""
+    loop = asyncio.get_running_loop()
+    await writer.drain()
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport = await loop.start_tls(writer.transport, protocol, context, server_side=True,
+                                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

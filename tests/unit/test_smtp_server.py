@@ -1,0 +1,416 @@
+"""SMTP server transcripts: a real server on 127.0.0.1, a fake submission.
+
+Each test is a short conversation; replies are compared with the named
+constants in `tidepost.smtp_server.replies`, so a test reads like the
+transcript it checks.  No pytest-asyncio: each test runs `asyncio.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from typing import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from tidepost.address import domain_matches
+from tidepost.config.schema import Config, LocalConfig, RelayConfig, SmtpServerConfig
+from tidepost.model import BodyType
+from tidepost.smtp_server import replies as S
+from tidepost.smtp_server.listeners import SmtpServer, parse_listen
+from tidepost.smtp_server.replies import Reply
+from tidepost.submission.submit import SubmissionRejected
+
+
+class FakeSubmission:
+    """Records submissions; local users alice and postmaster; routes as given."""
+
+    def __init__(self, routes: tuple[str, ...] = ("*",)):
+        self.routes = routes
+        self.submitted: list[tuple] = []
+        self.gate: asyncio.Event | None = None
+        self.failure: Exception | None = None
+
+    def is_local_domain(self, domain: str) -> bool:
+        """Local: local.example and the domainless postmaster."""
+        return domain in ("", "local.example")
+
+    def local_user_exists(self, local_part: str) -> bool:
+        """Only alice and postmaster live here."""
+        return local_part.lower() in ("alice", "postmaster")
+
+    def has_route(self, domain: str) -> bool:
+        """True when a configured pattern matches."""
+        return any(domain_matches(domain, p) for p in self.routes)
+
+    async def submit(self, envelope, body, client) -> str:
+        """Wait for the gate if any, fail if told to, else record and name it."""
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        self.submitted.append((envelope, body, client))
+        return f"Q{len(self.submitted)}"
+
+
+def make_config(**smtp) -> Config:
+    """A test config: local.example local, .customer.example relayed, no relay nets."""
+    smtp = {"listen": ("127.0.0.1:0",), "relay_networks": (), **smtp}
+    return dataclasses.replace(
+        Config(), hostname="mx.test", smtp=SmtpServerConfig(**smtp),
+        local=LocalConfig(domains=("local.example",)),
+        relay=RelayConfig(domains=(".customer.example",)))
+
+
+class Client:
+    """A line-oriented SMTP client that returns each reply as a Reply."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.lines: list[str] = []
+
+    async def reply(self, timeout: float = 5.0) -> Reply:
+        """Read one (possibly multi-line) reply; its lines go to self.lines."""
+        self.lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), timeout)
+            assert line.endswith(b"\r\n"), f"connection closed or bad line: {line!r}"
+            self.lines.append(line[:-2].decode())
+            if line[3:4] == b" ":
+                return Reply.parse(self.lines[-1])
+
+    async def send(self, data: bytes) -> None:
+        """Write raw bytes."""
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def cmd(self, line: str | bytes) -> Reply:
+        """Send one command line (CRLF added) and read its reply."""
+        await self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return await self.reply()
+
+    async def at_eof(self) -> bool:
+        """True when the server has closed the connection."""
+        return await asyncio.wait_for(self.reader.read(), 5.0) == b""
+
+    async def ehlo(self) -> None:
+        """Greeting and EHLO, both expected to succeed."""
+        assert (await self.reply()).code == 220
+        assert (await self.cmd("EHLO client.test")).code == 250
+
+    async def message(self, body: bytes, rcpt: str = "alice@local.example") -> Reply:
+        """One whole transaction; returns the reply after the data."""
+        assert await self.cmd("MAIL FROM:<sender@origin.test>") == S.S250_SENDER_OK
+        assert await self.cmd(f"RCPT TO:<{rcpt}>") == S.S250_RECIPIENT_OK
+        assert await self.cmd("DATA") == S.S354_START_DATA
+        await self.send(body)
+        return await self.reply()
+
+
+Scenario = Callable[[Callable[[], Awaitable[Client]], SmtpServer], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config, submission: FakeSubmission) -> AsyncIterator[tuple]:
+    """Run an SmtpServer; yield (connect, server)."""
+    server = SmtpServer(config, submission)
+    await server.start()
+    host, port = server.addresses()[0]
+    clients: list[Client] = []
+
+    async def connect() -> Client:
+        client = Client(*await asyncio.open_connection(host, port))
+        clients.append(client)
+        return client
+    try:
+        yield connect, server
+    finally:
+        for client in clients:
+            client.writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def run(scenario: Scenario, config: Config | None = None,
+        submission: FakeSubmission | None = None) -> FakeSubmission:
+    """Run a scenario against a fresh server; return the fake submission."""
+    submission = submission or FakeSubmission()
+
+    async def main() -> None:
+        async with serving(config or make_config(), submission) as (connect, server):
+            await asyncio.wait_for(scenario(connect, server), 20)
+    asyncio.run(main())
+    return submission
+
+
+def test_greeting_and_ehlo_keywords():
+    async def scenario(connect, server):
+        c = await connect()
+        assert await c.reply() == S.greeting("mx.test")
+        assert (await c.cmd("EHLO client.test")).code == 250
+        assert c.lines == ["250-mx.test", "250-PIPELINING", f"250-SIZE {25 * 1024 * 1024}",
+                           "250-8BITMIME", "250-ENHANCEDSTATUSCODES", "250 SMTPUTF8"]
+        assert await c.cmd("STARTTLS") == S.S454_TLS_UNAVAILABLE
+        assert await c.cmd("HELO client.test") == Reply(250, "", "mx.test")
+        assert await c.cmd("QUIT") == S.S221_BYE
+        assert await c.at_eof()
+    run(scenario)
+
+
+def test_command_sequence_errors():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.reply()
+        assert await c.cmd("MAIL FROM:<a@origin.test>") == S.S503_HELO_FIRST
+        assert await c.cmd("EHLO") == S.S501_HELO_SYNTAX
+        assert (await c.cmd("EHLO client.test")).code == 250
+        assert await c.cmd("RCPT TO:<alice@local.example>") == S.S503_MAIL_FIRST
+        assert await c.cmd("DATA") == S.S503_MAIL_FIRST
+        assert await c.cmd("MAIL FROM:<a@origin.test>") == S.S250_SENDER_OK
+        assert await c.cmd("MAIL FROM:<a@origin.test>") == S.S503_NESTED_MAIL
+        assert await c.cmd("DATA") == S.S554_NO_VALID_RECIPIENTS
+        assert await c.cmd("FROB") == S.S500_UNKNOWN_COMMAND
+        assert await c.cmd("VRFY alice") == S.S252_CANNOT_VRFY
+        assert await c.cmd("NOOP") == S.S250_OK
+        assert await c.cmd("RSET") == S.S250_OK
+        assert await c.cmd("HELP") == S.S214_HELP
+    run(scenario)
+
+
+def test_mail_parameters():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert await c.cmd("MAIL FROM:<a@origin.test> FROB=1") == S.S555_UNKNOWN_PARAMETER
+        assert await c.cmd("MAIL FROM:<a@origin.test> BODY=9BIT") == S.S501_SYNTAX
+        assert await c.cmd(f"MAIL FROM:<a@origin.test> SIZE={10**9}") == S.S552_TOO_BIG
+        assert await c.cmd("MAIL FROM:a@origin.test") == S.S501_MAIL_SYNTAX
+        assert await c.cmd("MAIL FROM:<a@@origin.test>") == S.S501_BAD_SENDER
+        assert await c.cmd("MAIL FROM:<δ@origin.test>") == S.S553_NEEDS_SMTPUTF8
+        assert await c.cmd("MAIL FROM:<δ@origin.test> BODY=8BITMIME SMTPUTF8 SIZE=100"
+                           ) == S.S250_SENDER_OK
+        assert await c.cmd("RCPT TO:<alice@local.example> NOTIFY=NEVER"
+                           ) == S.S555_UNKNOWN_PARAMETER
+        assert await c.cmd("RCPT TO:<alice@local.example>") == S.S250_RECIPIENT_OK
+        assert await c.cmd("DATA") == S.S354_START_DATA
+        await c.send(b"Subject: hi\r\n\r\n..dotted\r\n.\r\n")
+        assert await c.reply() == S.queued("Q1")
+    submission = run(scenario)
+    envelope, body, client = submission.submitted[0]
+    assert envelope.body_type is BodyType.EIGHT_BIT_MIME and envelope.smtputf8
+    assert body == b"Subject: hi\r\n\r\n.dotted\r\n"
+    assert (client.address, client.helo, client.protocol) == ("127.0.0.1", "client.test",
+                                                              "ESMTP")
+
+
+def test_local_recipients():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        await c.cmd("MAIL FROM:<>")
+        assert await c.cmd("RCPT TO:<alice@LOCAL.EXAMPLE.>") == S.S250_RECIPIENT_OK
+        assert await c.cmd("RCPT TO:<bob@local.example>") == S.S550_NO_SUCH_USER
+        assert await c.cmd("RCPT TO:<Postmaster>") == S.S250_RECIPIENT_OK
+        assert await c.cmd("RCPT TO:<bob>") == S.S501_BAD_RECIPIENT
+        assert await c.cmd("RCPT TO:alice@local.example") == S.S501_RCPT_SYNTAX
+        assert await c.cmd("RCPT TO:<user@sub.customer.example>") == S.S250_RECIPIENT_OK
+    run(scenario)
+
+
+DISGUISES = [
+    "user@remote.example",
+    "user%remote.example@local.example",          # percent hack
+    '"user@remote.example"@local.example',        # quoted @ in the local part
+    "@local.example:user@remote.example",         # source route
+    "@local.example,@x.example:user@remote.example",
+    "remote.example!user@local.example",          # bang path
+    "user@[192.0.2.1]",                           # address literal
+    "user@remote.example.",                       # trailing dot
+    "USER@REMOTE.EXAMPLE",                        # case
+    "user%remote.example@sub.customer.example",   # percent hack via a relay domain
+]
+
+
+@pytest.mark.parametrize("rcpt", DISGUISES)
+def test_relay_denied_in_disguise(rcpt):
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        await c.cmd("MAIL FROM:<spammer@origin.test>")
+        assert await c.cmd(f"RCPT TO:<{rcpt}>") == S.S550_RELAY_DENIED
+        assert await c.cmd("DATA") == S.S554_NO_VALID_RECIPIENTS
+    assert run(scenario).submitted == []
+
+
+def test_relay_allowed_from_relay_network():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        await c.cmd("MAIL FROM:<lan@local.example>")
+        assert await c.cmd("RCPT TO:<USER@REMOTE.EXAMPLE>") == S.S250_RECIPIENT_OK
+        assert await c.cmd("RCPT TO:<user%x@local.example>") == S.S550_NO_SUCH_USER
+        assert await c.cmd("RCPT TO:<user@unrouted.test>") == S.S550_NO_ROUTE
+    config = make_config(relay_networks=("127.0.0.0/8",))
+    run(scenario, config, FakeSubmission(routes=(".example", "local.example")))
+
+
+END_OF_DATA_VARIANTS = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r"]
+
+
+@pytest.mark.parametrize("variant", END_OF_DATA_VARIANTS)
+def test_smuggling_variants_submit_nothing(variant):
+    smuggled = (b"Subject: outer\r\n\r\nhello" + variant
+                + b"MAIL FROM:<admin@local.example>\r\nRCPT TO:<alice@local.example>\r\n"
+                + b"DATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n")
+
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert await c.message(smuggled) == S.S550_BARE_CR_LF
+        assert await c.cmd("NOOP") == S.S250_OK  # nothing else was read as a command
+    assert run(scenario).submitted == []
+
+
+def test_nul_and_long_text_lines_are_refused():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert await c.message(b"a\0b\r\n.\r\n") == S.S550_NUL
+        assert await c.message(b"x" * 999 + b"\r\n.\r\n") == S.S550_LINE_TOO_LONG
+        assert await c.message(b"x" * 998 + b"\r\n.\r\n") == S.queued("Q1")
+    assert len(run(scenario).submitted) == 1
+
+
+def test_over_long_and_bare_lf_command_lines():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert await c.cmd("NOOP " + "x" * 5000) == S.S500_LINE_TOO_LONG
+        await c.send(b"NOOP\nNOOP\r\n")
+        assert [await c.reply(), await c.reply()] == [S.S500_BARE_LF, S.S250_OK]
+        assert await c.cmd(b"\xff\xfe\x00garbage") == S.S500_NOT_UTF8
+        assert await c.cmd("NOOP") == S.S250_OK
+    run(scenario)
+
+
+def test_oversize_data_is_refused_and_session_continues():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert await c.message(b"x" * 100 + b"\r\n" * 2000 + b".\r\n") == S.S552_TOO_BIG
+        assert await c.message(b"small\r\n.\r\n") == S.queued("Q1")
+    assert len(run(scenario, make_config(max_message_size=2048)).submitted) == 1
+
+
+def test_too_many_recipients():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        await c.cmd("MAIL FROM:<a@origin.test>")
+        for _ in range(100):
+            assert await c.cmd("RCPT TO:<alice@local.example>") == S.S250_RECIPIENT_OK
+        assert await c.cmd("RCPT TO:<alice@local.example>") == S.S452_TOO_MANY_RECIPIENTS
+    run(scenario)
+
+
+def test_idle_timeout():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert await c.reply() == S.S421_IDLE_TIMEOUT
+        assert await c.at_eof()
+    run(scenario, make_config(idle_timeout=0.2))
+
+
+def test_error_count_disconnects():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert await c.cmd("FROB") == S.S500_UNKNOWN_COMMAND
+        assert await c.cmd("FROB") == S.S500_UNKNOWN_COMMAND
+        assert await c.cmd("FROB") == S.S500_UNKNOWN_COMMAND
+        assert await c.reply() == S.S421_TOO_MANY_ERRORS
+        assert await c.at_eof()
+        assert server.statistics().error_disconnects == 1
+    run(scenario, make_config(max_errors=3))
+
+
+def test_pipelined_transaction_replies_in_order():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.reply()
+        await c.send(b"EHLO client.test\r\nMAIL FROM:<a@origin.test>\r\n"
+                     b"RCPT TO:<alice@local.example>\r\nRCPT TO:<bob@local.example>\r\n"
+                     b"RCPT TO:<postmaster@local.example>\r\nDATA\r\n")
+        assert (await c.reply()).code == 250
+        assert [await c.reply() for _ in range(5)] == [
+            S.S250_SENDER_OK, S.S250_RECIPIENT_OK, S.S550_NO_SUCH_USER,
+            S.S250_RECIPIENT_OK, S.S354_START_DATA]
+        await c.send(b"Subject: p\r\n\r\nbody\r\n.\r\nRSET\r\nQUIT\r\n")
+        assert [await c.reply() for _ in range(3)] == [S.queued("Q1"), S.S250_OK, S.S221_BYE]
+    submission = run(scenario)
+    assert [str(a) for a in submission.submitted[0][0].recipients] == [
+        "alice@local.example", "postmaster@local.example"]
+
+
+def test_data_pipelined_before_354_is_refused():
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        await c.cmd("MAIL FROM:<a@origin.test>")
+        await c.cmd("RCPT TO:<alice@local.example>")
+        await c.send(b"DATA\r\nMAIL FROM:<x@origin.test>\r\n.\r\n")
+        assert await c.reply() == S.S554_PIPELINED_DATA
+        assert await c.at_eof()
+    assert run(scenario).submitted == []
+
+
+def test_250_only_after_submit_returns():
+    submission = FakeSubmission()
+
+    async def scenario(connect, server):
+        submission.gate = asyncio.Event()
+        c = await connect()
+        await c.ehlo()
+        await c.cmd("MAIL FROM:<a@origin.test>")
+        await c.cmd("RCPT TO:<alice@local.example>")
+        await c.cmd("DATA")
+        await c.send(b"hello\r\n.\r\n")
+        with pytest.raises(asyncio.TimeoutError):
+            await c.reply(timeout=0.3)
+        assert submission.submitted == []
+        submission.gate.set()
+        assert await c.reply() == S.queued("Q1")
+    run(scenario, submission=submission)
+
+
+def test_submission_failures_are_not_acknowledged():
+    submission = FakeSubmission()
+
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        submission.failure = OSError("disk full")
+        assert await c.message(b"x\r\n.\r\n") == S.S451_LOCAL_ERROR
+        submission.failure = SubmissionRejected(554, "5.4.6", "Mail loop")
+        assert await c.message(b"x\r\n.\r\n") == Reply(554, "5.4.6", "Mail loop")
+        assert server.statistics().messages_rejected == 2
+    assert run(scenario, submission=submission).submitted == []
+
+
+def test_connections_per_client_limit():
+    async def scenario(connect, server):
+        first = await connect()
+        assert (await first.reply()).code == 220
+        second = await connect()
+        assert await second.reply() == S.S421_TOO_MANY_CONNECTIONS
+        assert await second.at_eof()
+        assert server.statistics().connections_refused == 1
+    run(scenario, make_config(max_connections_per_client=1))
+
+
+def test_parse_listen():
+    assert parse_listen("127.0.0.1:25") == ("127.0.0.1", 25)
+    assert parse_listen("[::1]:2525") == ("::1", 2525)
+    assert parse_listen("*:25") == (None, 25)
