@@ -77,13 +77,18 @@ class Aliases:
         name = self._base(local_part.lower())
         return name == "postmaster" or name in self._aliases or self._is_user(name)
 
-    def expand(self, local_part: str) -> list[Address]:
-        """Final recipients for a local name (aliases followed recursively)."""
+    def expand(self, local_part: str, domain: str = "") -> list[Address]:
+        """Final recipients for a local name (aliases followed recursively).
+
+        Local names keep the domain the mail was addressed to (the primary
+        local domain when it had none), so Delivered-To shows what was asked.
+        """
         out: list[Address] = []
-        self._expand(local_part.lower(), 0, set(), out)
+        self._expand(local_part.lower(), domain or self._primary, 0, set(), out)
         return out
 
-    def _expand(self, name: str, depth: int, seen: set[str], out: list[Address]) -> None:
+    def _expand(self, name: str, domain: str, depth: int, seen: set[str],
+                out: list[Address]) -> None:
         """Depth-limited expansion; a name seen twice stops the loop there."""
         base = self._base(name)
         if base in self._aliases and base not in seen and depth < MAX_DEPTH:
@@ -95,9 +100,9 @@ class Aliases:
                     except AddressError:
                         continue
                 else:
-                    self._expand(target.lower(), depth + 1, seen, out)
+                    self._expand(target.lower(), domain, depth + 1, seen, out)
             return
-        out.append(Address(base, self._primary))
+        out.append(Address(base, domain))
 
     def _base(self, name: str) -> str:
         """`user+detail` -> `user` when `user` exists and `user+detail` does not."""

@@ -99,7 +99,7 @@ class Submission:
         out: dict[Address, None] = {}
         for rcpt in recipients:
             if self.router.is_local(rcpt.domain):
-                for target in self.aliases.expand(rcpt.local):
+                for target in self.aliases.expand(rcpt.local, rcpt.domain):
                     out[target] = None
             else:
                 out[rcpt] = None
