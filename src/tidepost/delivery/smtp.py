@@ -1,0 +1,186 @@
+"""The SMTP delivery agent: mail for remote domains, to MX hosts or a smarthost.
+
+`SmtpAgent.session(route, nexthop)` gives an `SmtpAgentSession` for one
+destination.  Transport "mx": `nexthop` is the recipient domain, looked up
+in DNS (smtp_client/mx.py) and dialled on [delivery] smtp_port.  Transport
+"smarthost": `nexthop` is "host[:port]" or "[host]:port" (port 25 by
+default); lookup failures for a smarthost are never permanent, because a
+typo in our configuration must not bounce mail (as Postfix does).
+
+The session connects lazily on its first job, tries at most max_mx_hosts
+hosts (every address of each, IPv6 first) and keeps the connection for later
+jobs: a job after a completed transaction starts with MAIL FROM.  A job's
+recipients are split into transactions of recipients_per_transaction.
+
+Destination failure: when no host gives a usable session, every recipient
+is Deferred 4.4.1 with the last error, and `destination_failed` is set to
+that (status, reason) so the manager defers the destination's other jobs.
+A permanent DNS result (null MX, NXDOMAIN) bounces every recipient instead.
+`deliver()` never raises; an unexpected exception defers the job with 4.3.0.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+from tidepost.clock import Clock
+from tidepost.config.schema import DeliveryConfig, RouteConfig
+from tidepost.errors import DeliveryError, PermFailure, TempFailure
+from tidepost.model import DeliveryJob, QueuedRecipient
+from tidepost.outcomes import Outcome, bounced, deferred
+from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, next_hops,
+                                     parse_smarthost)
+from tidepost.smtp_client.session import Peer, SmtpSession, open_session
+from tidepost.smtp_client.transaction import Transaction, send_transaction
+
+log = logging.getLogger("tidepost.delivery.smtp")
+
+
+class SmtpAgent:
+    """Makes SMTP sessions, one per destination (route + next hop)."""
+
+    def __init__(self, delivery_config: DeliveryConfig, resolver: MxResolver,
+                 helo_name: str, clock: Clock, *, rng: random.Random | None = None):
+        self.config = delivery_config
+        self.resolver = resolver
+        self.helo_name = helo_name
+        self.clock = clock  # for dial delays and statistics (a later issue)
+        self.rng = rng or random.Random()
+
+    def session(self, route: RouteConfig | None, nexthop: str) -> SmtpAgentSession:
+        """A not yet connected session for `nexthop` on `route`."""
+        if route is not None and route.transport == "smarthost":
+            return SmtpAgentSession(self, parse_smarthost(nexthop, 25), smarthost=True)
+        return SmtpAgentSession(self, Target(nexthop, self.config.smtp_port, True),
+                                smarthost=False)
+
+
+class SmtpAgentSession:
+    """Delivers successive jobs to one destination over one reused connection."""
+
+    def __init__(self, agent: SmtpAgent, target: Target, *, smarthost: bool):
+        self.agent = agent
+        self.target = target
+        self.smarthost = smarthost
+        self.destination_failed: tuple[str, str] | None = None
+        self._hops: list[NextHop] | None = None
+        self._permanent: PermFailure | None = None
+        self._smtp: SmtpSession | None = None
+        self._connections = 0
+        self._transactions = 0
+
+    def statistics(self) -> dict[str, int]:
+        """Connections opened and transactions completed by this session."""
+        return {"connections": self._connections, "transactions": self._transactions}
+
+    async def deliver(self, job: DeliveryJob) -> list[Outcome]:
+        """Deliver one job; one outcome per recipient; never raises."""
+        try:
+            return await self._deliver(job)
+        except Exception as error:  # habit 7: an agent returns outcomes, always
+            log.exception("SMTP delivery to %s failed unexpectedly", self.target.host)
+            if self._smtp is not None:
+                self._smtp.close()
+            return _defer_all(job.recipients, "4.3.0", f"internal error: {error!r}")
+
+    async def close(self) -> None:
+        """Say QUIT and drop the connection, if one is open; never raises."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                await smtp.quit()
+            except Exception:
+                smtp.close()
+
+    async def _deliver(self, job: DeliveryJob) -> list[Outcome]:
+        """Connect if needed, then send the job in transactions of bounded size."""
+        if self.destination_failed is not None:
+            return _defer_all(job.recipients, *self.destination_failed)
+        try:
+            smtp = await self._connection()
+        except PermFailure as failure:
+            return [bounced(r.recipient_id, failure.status, failure.reason)
+                    for r in job.recipients]
+        except TempFailure as failure:
+            self.destination_failed = (failure.status, failure.reason)
+            return _defer_all(job.recipients, failure.status, failure.reason)
+        return await self._send_job(smtp, job)
+
+    async def _send_job(self, smtp: SmtpSession, job: DeliveryJob) -> list[Outcome]:
+        """Run one transaction per slice of recipients on the open connection."""
+        outcomes: list[Outcome] = []
+        size = self.agent.config.recipients_per_transaction
+        for start in range(0, len(job.recipients), size):
+            chunk = job.recipients[start:start + size]
+            if smtp.broken:
+                outcomes += _defer_all(chunk, "4.4.2", f"connection with {smtp.peer} "
+                                       "was lost earlier in this delivery", smtp.peer.host)
+                continue
+            transaction = Transaction(job.message.sender, chunk, job.body,
+                                      job.message.body_type, job.message.smtputf8)
+            before = smtp.transactions
+            outcomes += await send_transaction(smtp, transaction)
+            self._transactions += smtp.transactions - before
+        return outcomes
+
+    async def _connection(self) -> SmtpSession:
+        """The open connection, or a new one to the first host that answers."""
+        if self._smtp is not None and _usable(self._smtp):
+            return self._smtp
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+        hops = await self._next_hops()
+        self._smtp = await self._dial(hops)
+        self._connections += 1
+        return self._smtp
+
+    async def _next_hops(self) -> list[NextHop]:
+        """Resolve the destination once per session; a permanent answer sticks."""
+        if self._permanent is not None:
+            raise self._permanent
+        if self._hops is None:
+            try:
+                self._hops = await self._resolve()
+            except PermFailure as failure:
+                if self.smarthost:
+                    raise TempFailure("4.4.3", f"smarthost {self.target.host}: "
+                                      f"{failure.reason}") from None
+                self._permanent = failure
+                raise
+        return self._hops
+
+    async def _resolve(self) -> list[NextHop]:
+        """MX routing for a domain or smarthost name; plain addresses for [host]."""
+        config, target = self.agent.config, self.target
+        if not target.mx_lookup:
+            return await host_hops(self.agent.resolver, target.host)
+        return await next_hops(self.agent.resolver, target.host, config.max_mx_hosts,
+                               self.agent.rng)
+
+    async def _dial(self, hops: Sequence[NextHop]) -> SmtpSession:
+        """Open a session with the first host and address that accepts us."""
+        last: DeliveryError | None = None
+        for hop in hops:
+            for address in hop.addresses:
+                peer = Peer(hop.host, address, self.target.port)
+                try:
+                    return await open_session(peer, self.agent.helo_name, self.agent.config)
+                except TempFailure as failure:
+                    log.info("%s", failure.reason)
+                    last = failure
+        reason = last.reason if last else f"no host to try for {self.target.host}"
+        raise TempFailure("4.4.1", reason)
+
+
+def _usable(smtp: SmtpSession) -> bool:
+    """True when a kept connection can carry another transaction."""
+    return not (smtp.broken or smtp.reader.at_eof() or smtp.writer.is_closing())
+
+
+def _defer_all(recipients: Sequence[QueuedRecipient], status: str, reason: str,
+               remote_mta: str = "") -> list[Outcome]:
+    """Deferred outcomes for every recipient."""
+    return [deferred(r.recipient_id, status, reason, remote_mta) for r in recipients]

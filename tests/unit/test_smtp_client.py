@@ -1,0 +1,514 @@
+"""The SMTP client against scripted servers on 127.0.0.1: transcripts on the wire.
+
+`ScriptedServer` answers each command from a small script (verb -> replies,
+RCPT address -> reply) and records every connection's raw bytes, so tests
+assert on what the client actually sent and how it grouped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from tidepost.address import Address, parse_mailbox
+from tidepost.config.schema import DeliveryConfig
+from tidepost.model import BodyType, DeliveryJob, MessageInfo, QueuedRecipient
+from tidepost.outcomes import Verdict
+from tidepost.resolver.resolver import MxAnswer, MxRecord
+from tidepost.smtp_client.replies import CLOSING, OK, SERVICE_NOT_AVAILABLE, START_MAIL_INPUT
+from tidepost.smtp_client.session import Peer, open_session
+from tidepost.smtp_client.transaction import Transaction, send_transaction
+from tidepost.delivery.smtp import SmtpAgent
+from tidepost.testing.clock import FakeClock
+
+ALL_EXTENSIONS = ("PIPELINING", "SIZE 1000000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES")
+BODY = b"Subject: test\r\n\r\nHello\r\n.hidden dot\r\n..two dots\r\nend\r\n"
+
+
+@dataclass
+class Connection:
+    """What one client connection sent: raw chunks as read, and command lines."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    messages: list[bytes] = field(default_factory=list)  # raw DATA payloads, stuffed
+
+
+class ScriptedServer:
+    """A tiny SMTP server that replies from a script and records the wire."""
+
+    def __init__(self, *, greeting: str = f"220 fake ESMTP", extensions=ALL_EXTENSIONS,
+                 replies: dict[str, list[str]] | None = None,
+                 rcpt: dict[str, str] | None = None, close_after: tuple[str, ...] = ()):
+        self.greeting = greeting
+        self.extensions = extensions
+        self.replies = {verb: list(r) for verb, r in (replies or {}).items()}
+        self.rcpt = rcpt or {}
+        self.close_after = close_after  # verbs whose reply ends the connection (421 always)
+        self.connections: list[Connection] = []
+        self.port = 0
+
+    async def __aenter__(self) -> ScriptedServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader, writer) -> None:
+        conn = Connection()
+        self.connections.append(conn)
+        try:
+            await self._converse(reader, writer, conn)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _converse(self, reader, writer, conn: Connection) -> None:
+        writer.write(self.greeting.encode() + b"\r\n")
+        if not self.greeting.startswith("2"):
+            await writer.drain()
+            return
+        buffer = b""
+        in_data = False
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            conn.chunks.append(chunk)
+            buffer += chunk
+            while True:
+                if in_data:
+                    end = buffer.find(b"\r\n.\r\n")
+                    if end < 0 and not buffer.startswith(b".\r\n"):
+                        break
+                    cut = 3 if buffer.startswith(b".\r\n") else end + 5
+                    conn.messages.append(buffer[:cut])
+                    buffer, in_data = buffer[cut:], False
+                    if await self._reply(writer, "DOT", "250 2.0.0 queued") is None:
+                        return
+                    continue
+                if b"\r\n" not in buffer:
+                    break
+                line, buffer = buffer.split(b"\r\n", 1)
+                command = line.decode()
+                conn.commands.append(command)
+                reply = await self._reply(writer, command.split()[0].upper(),
+                                          self._answer(command))
+                if reply is None:
+                    return
+                if command.upper() == "DATA" and reply.startswith("354"):
+                    in_data = True
+                if command.upper() == "QUIT":
+                    return
+            await writer.drain()
+
+    def _answer(self, command: str) -> str:
+        """The scripted reply's default for `command`."""
+        verb = command.split()[0].upper()
+        if verb == "EHLO":
+            lines = ["fake", *self.extensions]
+            return "\r\n".join(f"250-{l}" for l in lines[:-1]) + f"\r\n250 {lines[-1]}"
+        if verb == "RCPT":
+            address = command[command.index("<") + 1:command.index(">")]
+            if address in self.rcpt:
+                return self.rcpt[address]
+        return {"DATA": "354 go ahead", "QUIT": "221 bye"}.get(verb, "250 2.0.0 ok")
+
+    async def _reply(self, writer, verb: str, default: str) -> str | None:
+        """Send the next scripted reply for `verb` (else `default`); None: hung up."""
+        queue = self.replies.get(verb)
+        reply = queue.pop(0) if queue else default
+        writer.write(reply.encode() + b"\r\n")
+        await writer.drain()
+        if reply.startswith("421") or verb in self.close_after:
+            writer.close()  # as real servers do after 421
+            return None
+        return reply
+
+
+def recipients(*addresses: str) -> list[QueuedRecipient]:
+    """Queued recipients numbered from 1."""
+    return [QueuedRecipient(i, 1, parse_mailbox(a)) for i, a in enumerate(addresses, 1)]
+
+
+def config(**overrides) -> DeliveryConfig:
+    """A DeliveryConfig with short timeouts."""
+    return DeliveryConfig(**{"connect_timeout": 2.0, "command_timeout": 2.0, **overrides})
+
+
+async def transact(server: ScriptedServer, tx: Transaction, **overrides):
+    """Open a session to `server`, run one transaction, quit; return the outcomes."""
+    session = await open_session(Peer("mx.test", "127.0.0.1", server.port), "client.test",
+                                 config(**overrides))
+    outcomes = await send_transaction(session, tx)
+    await session.quit()
+    return outcomes
+
+
+def tx(*addresses: str, sender: str = "from@origin.test", **kw) -> Transaction:
+    """A transaction of BODY to `addresses`."""
+    return Transaction(parse_mailbox(sender), recipients(*addresses), kw.pop("body", BODY), **kw)
+
+
+def verdicts(outcomes) -> list[str]:
+    """Verdict and status of each outcome, compact."""
+    return [f"{o.verdict.value} {o.status}" for o in outcomes]
+
+
+# --- one transaction ---------------------------------------------------------------
+
+
+def test_pipelining_sends_mail_rcpts_and_data_in_one_write():
+    async def main():
+        async with ScriptedServer() as server:
+            outcomes = await transact(server, tx("a@dest.test", "b@dest.test"))
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    grouped = [c for c in conn.chunks if c.startswith(b"MAIL FROM")]
+    assert grouped == [b"MAIL FROM:<from@origin.test> SIZE=%d\r\nRCPT TO:<a@dest.test>\r\n"
+                       b"RCPT TO:<b@dest.test>\r\nDATA\r\n" % len(BODY)]
+    assert verdicts(outcomes) == ["delivered 2.0.0", "delivered 2.0.0"]
+    assert outcomes[0].remote_mta == "mx.test"
+
+
+def test_without_pipelining_commands_go_one_at_a_time():
+    async def main():
+        async with ScriptedServer(extensions=("8BITMIME",)) as server:
+            await transact(server, tx("a@dest.test", "b@dest.test"))
+        return server.connections[0]
+    conn = asyncio.run(main())
+    assert b"MAIL FROM:<from@origin.test>\r\n" in conn.chunks
+    assert b"RCPT TO:<a@dest.test>\r\n" in conn.chunks
+    assert b"DATA\r\n" in conn.chunks
+
+
+def test_per_recipient_replies_decide_each_outcome():
+    rcpt = {"soft@dest.test": "450 4.2.1 mailbox busy", "hard@dest.test": "550 5.1.1 no such user"}
+    async def main():
+        async with ScriptedServer(rcpt=rcpt) as server:
+            return await transact(server, tx("ok@dest.test", "soft@dest.test", "hard@dest.test"))
+    outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0", "deferred 4.2.1", "bounced 5.1.1"]
+    assert "550 5.1.1 no such user (in reply to RCPT TO)" in outcomes[2].reason
+
+
+def test_all_recipients_refused_sends_no_body():
+    rcpt = {"a@dest.test": "550 5.1.1 no"}
+    async def main():
+        async with ScriptedServer(rcpt=rcpt, replies={"DATA": ["554 5.5.1 no valid recipients"]}) \
+                as server:
+            outcomes = await transact(server, tx("a@dest.test"))
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["bounced 5.1.1"]
+    assert conn.messages == []
+
+
+def test_5xx_after_data_bounces_every_accepted_recipient():
+    async def main():
+        async with ScriptedServer(replies={"DOT": ["554 5.7.1 spam"]},
+                                  rcpt={"c@dest.test": "451 4.3.0 later"}) as server:
+            return await transact(server, tx("a@dest.test", "b@dest.test", "c@dest.test"))
+    outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["bounced 5.7.1", "bounced 5.7.1", "deferred 4.3.0"]
+    assert "(in reply to end of DATA)" in outcomes[0].reason
+
+
+def test_4xx_after_data_defers_and_no_enhanced_code_uses_class():
+    async def main():
+        async with ScriptedServer(replies={"DOT": ["452 try later"]}) as server:
+            return await transact(server, tx("a@dest.test"))
+    assert verdicts(asyncio.run(main())) == ["deferred 4.0.0"]
+
+
+def test_dot_stuffing_on_the_wire():
+    body = b".first\r\nmiddle\r\n.\r\n..x\r\nlast\r\n"
+    async def main():
+        async with ScriptedServer() as server:
+            await transact(server, tx("a@dest.test", body=body))
+        return server.connections[0]
+    conn = asyncio.run(main())
+    assert conn.messages == [b"..first\r\nmiddle\r\n..\r\n...x\r\nlast\r\n.\r\n"]
+
+
+def test_mail_from_parameters_follow_extensions_and_message():
+    async def main():
+        async with ScriptedServer() as server:
+            await transact(server, tx("ü@dest.test", body_type=BodyType.EIGHT_BIT_MIME))
+        return server.connections[0]
+    conn = asyncio.run(main())
+    mail = next(c for c in conn.commands if c.startswith("MAIL"))
+    assert mail == f"MAIL FROM:<from@origin.test> SIZE={len(BODY)} BODY=8BITMIME SMTPUTF8"
+
+
+def test_8bit_mail_to_server_without_8bitmime_is_sent_without_body_param():
+    async def main():
+        async with ScriptedServer(extensions=("PIPELINING",)) as server:
+            outcomes = await transact(server, tx("a@dest.test", body_type=BodyType.EIGHT_BIT_MIME))
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    assert "MAIL FROM:<from@origin.test>" in conn.commands
+    assert verdicts(outcomes) == ["delivered 2.0.0"]
+
+
+def test_utf8_recipient_without_smtputf8_bounces_only_that_recipient():
+    async def main():
+        async with ScriptedServer(extensions=("PIPELINING", "SIZE")) as server:
+            outcomes = await transact(server, tx("ascii@dest.test", "ü@dest.test"))
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0", "bounced 5.6.7"]
+    assert [c for c in conn.commands if c.startswith("RCPT")] == ["RCPT TO:<ascii@dest.test>"]
+
+
+def test_utf8_sender_without_smtputf8_bounces_everyone_and_sends_nothing():
+    async def main():
+        async with ScriptedServer(extensions=("PIPELINING",)) as server:
+            outcomes = await transact(server, tx("a@dest.test", sender="ü@origin.test"))
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["bounced 5.6.7"]
+    assert not any(c.startswith("MAIL") for c in conn.commands)
+
+
+def test_message_over_announced_size_bounces_5_3_4():
+    async def main():
+        async with ScriptedServer(extensions=("PIPELINING", "SIZE 10")) as server:
+            return await transact(server, tx("a@dest.test"))
+    assert verdicts(asyncio.run(main())) == ["bounced 5.3.4"]
+
+
+def test_mail_from_refused_settles_all_recipients():
+    async def main():
+        async with ScriptedServer(replies={"MAIL": ["553 5.7.1 sender refused"],
+                                           "DATA": ["503 5.5.1 no"]}) as server:
+            return await transact(server, tx("a@dest.test", "b@dest.test"))
+    outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["bounced 5.7.1", "bounced 5.7.1"]
+    assert "(in reply to MAIL FROM)" in outcomes[0].reason
+
+
+def test_421_mid_transaction_defers_the_rest():
+    async def main():
+        async with ScriptedServer(replies={"RCPT": ["250 ok", "421 4.3.2 shutting down"]},
+                                  extensions=("8BITMIME",)) as server:
+            return await transact(server, tx("a@dest.test", "b@dest.test", "c@dest.test"))
+    outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["deferred 4.3.2", "deferred 4.3.2", "deferred 4.3.2"]
+    assert "421 4.3.2 shutting down" in outcomes[1].reason
+
+
+def test_starttls_failure_falls_back_to_plain_text_on_a_new_connection():
+    async def main():
+        async with ScriptedServer(extensions=("PIPELINING", "STARTTLS"),
+                                  replies={"STARTTLS": ["220 go ahead"]},
+                                  close_after=("STARTTLS",)) as server:
+            outcomes = await transact(server, tx("a@dest.test"))
+        return server.connections, outcomes
+    connections, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0"]
+    assert len(connections) == 2
+    assert "STARTTLS" not in connections[1].commands
+
+
+def test_ehlo_refused_falls_back_to_helo():
+    async def main():
+        async with ScriptedServer(replies={"EHLO": ["502 5.5.2 what?"]}) as server:
+            outcomes = await transact(server, tx("a@dest.test"))
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    assert conn.commands[:2] == ["EHLO client.test", "HELO client.test"]
+    assert "MAIL FROM:<from@origin.test>" in conn.commands  # no extensions after HELO
+    assert verdicts(outcomes) == ["delivered 2.0.0"]
+
+
+# --- the delivery agent: connections, reuse, hosts ------------------------------
+
+
+class FakeResolver:
+    """MX records and addresses from dictionaries."""
+
+    def __init__(self, mx: dict[str, list[tuple[int, str]]], hosts: dict[str, list[str]]):
+        self._mx, self._hosts = mx, hosts
+
+    async def mx(self, domain: str) -> MxAnswer:
+        records = tuple(MxRecord(p, h) for p, h in self._mx.get(domain, []))
+        return MxAnswer(domain, records, 300)
+
+    async def addresses(self, host: str) -> list[str]:
+        return list(self._hosts.get(host, []))
+
+
+def job(*addresses: str, body: bytes = BODY) -> DeliveryJob:
+    """A delivery job for `addresses` from from@origin.test."""
+    info = MessageInfo(1, "Q1", parse_mailbox("from@origin.test"), 0.0, len(body))
+    return DeliveryJob(info, recipients(*addresses), "uplink", "dest.test", body)
+
+
+def agent(resolver, port: int, **overrides) -> SmtpAgent:
+    """An SmtpAgent dialling `port` on every host."""
+    return SmtpAgent(config(smtp_port=port, **overrides), resolver, "client.test", FakeClock())
+
+
+def one_host() -> FakeResolver:
+    """dest.test has one MX host on 127.0.0.1."""
+    return FakeResolver({"dest.test": [(10, "mx1.dest.test")]}, {"mx1.dest.test": ["127.0.0.1"]})
+
+
+def test_two_jobs_share_one_connection_without_rset():
+    async def main():
+        async with ScriptedServer() as server:
+            session = agent(one_host(), server.port).session(None, "dest.test")
+            first = await session.deliver(job("a@dest.test"))
+            second = await session.deliver(job("b@dest.test"))
+            await session.close()
+        return server.connections, first + second
+    connections, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0", "delivered 2.0.0"]
+    assert len(connections) == 1
+    verbs = [c.split()[0].split(":")[0] for c in connections[0].commands]
+    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", "MAIL", "RCPT", "DATA", "QUIT"]
+    assert outcomes[0].remote_mta == "mx1.dest.test"
+
+
+def test_rset_only_after_a_failed_transaction():
+    async def main():
+        async with ScriptedServer(replies={"MAIL": ["451 4.3.0 not now"],
+                                           "DATA": ["503 no"]}) as server:
+            session = agent(one_host(), server.port).session(None, "dest.test")
+            first = await session.deliver(job("a@dest.test"))
+            second = await session.deliver(job("b@dest.test"))
+            await session.close()
+        return server.connections, first + second
+    connections, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["deferred 4.3.0", "delivered 2.0.0"]
+    verbs = [c.split()[0].split(":")[0] for c in connections[0].commands]
+    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+def test_421_after_data_defers_job_and_next_job_reconnects():
+    async def main():
+        async with ScriptedServer(replies={"DOT": ["421 4.4.2 closing"]}) as server:
+            session = agent(one_host(), server.port).session(None, "dest.test")
+            first = await session.deliver(job("a@dest.test", "b@dest.test"))
+            second = await session.deliver(job("c@dest.test"))
+            await session.close()
+        return server.connections, first, second, session
+    connections, first, second, session = asyncio.run(main())
+    assert verdicts(first) == ["deferred 4.4.2", "deferred 4.4.2"]
+    assert verdicts(second) == ["delivered 2.0.0"]
+    assert len(connections) == 2
+    assert session.destination_failed is None
+
+
+def test_recipients_split_across_transactions_on_one_connection():
+    async def main():
+        async with ScriptedServer() as server:
+            session = agent(one_host(), server.port, recipients_per_transaction=2) \
+                .session(None, "dest.test")
+            outcomes = await session.deliver(job(*(f"r{i}@dest.test" for i in range(5))))
+            await session.close()
+        return server.connections, outcomes
+    connections, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0"] * 5
+    assert len(connections) == 1 and len(connections[0].messages) == 3
+
+
+def test_refused_greeting_moves_on_to_the_next_host():
+    async def main():
+        async with ScriptedServer(greeting="554 5.7.1 go away") as bad, ScriptedServer() as good:
+            resolver = FakeResolver({"dest.test": [(10, "mx1.dest.test"), (20, "mx2.dest.test")]},
+                                    {"mx1.dest.test": ["127.0.0.1"], "mx2.dest.test": ["127.0.0.1"]})
+            ports = {"mx1.dest.test": bad.port, "mx2.dest.test": good.port}
+            session = agent(resolver, 0).session(None, "dest.test")
+            session.target = session.target._replace(port=0)
+            outcomes = await _deliver_with_ports(session, ports, job("a@dest.test"))
+        return good.connections, outcomes
+    connections, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0"]
+    assert outcomes[0].remote_mta == "mx2.dest.test"
+    assert len(connections) == 1
+
+
+async def _deliver_with_ports(session, ports: dict[str, int], the_job: DeliveryJob):
+    """Deliver with each host on its own port (scripted servers share 127.0.0.1)."""
+    import tidepost.delivery.smtp as smtp_module
+
+    real = smtp_module.open_session
+
+    async def open_on_port(peer, helo, cfg, **kw):
+        return await real(Peer(peer.host, peer.address, ports[peer.host]), helo, cfg, **kw)
+
+    smtp_module.open_session = open_on_port
+    try:
+        outcomes = await session.deliver(the_job)
+        await session.close()
+        return outcomes
+    finally:
+        smtp_module.open_session = real
+
+
+def test_no_host_answers_defers_everyone_and_fails_the_destination():
+    async def main():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        session = agent(one_host(), port).session(None, "dest.test")
+        outcomes = await session.deliver(job("a@dest.test", "b@dest.test"))
+        return port, session, outcomes
+    port, session, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["deferred 4.4.1", "deferred 4.4.1"]
+    expected = f"connect to mx1.dest.test[127.0.0.1]:{port}: Connection refused"
+    assert outcomes[0].reason == expected
+    assert session.destination_failed == ("4.4.1", expected)
+
+
+def test_null_mx_bounces_every_recipient():
+    resolver = FakeResolver({"dest.test": [(0, ".")]}, {})
+    async def main():
+        session = agent(resolver, 25).session(None, "dest.test")
+        return session, await session.deliver(job("a@dest.test"))
+    session, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["bounced 5.1.10"]
+    assert outcomes[0].reason == "Domain does not accept mail (null MX)"
+    assert session.destination_failed is None
+
+
+def test_unexpected_exception_becomes_deferred_4_3_0():
+    class Broken(FakeResolver):
+        async def mx(self, domain):
+            raise RuntimeError("boom")
+    async def main():
+        session = agent(Broken({}, {}), 25).session(None, "dest.test")
+        return await session.deliver(job("a@dest.test", "b@dest.test"))
+    outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["deferred 4.3.0", "deferred 4.3.0"]
+    assert all(o.verdict is Verdict.DEFERRED for o in outcomes)
+
+
+def test_smarthost_with_port_and_brackets_skips_mx_lookup():
+    class NoMx(FakeResolver):
+        async def mx(self, domain):
+            raise AssertionError("no MX lookup for a bracketed smarthost")
+    from tidepost.config.schema import RouteConfig
+    async def main():
+        async with ScriptedServer() as server:
+            route = RouteConfig(name="up", transport="smarthost")
+            session = agent(NoMx({}, {"relay.test": ["127.0.0.1"]}), 25) \
+                .session(route, f"[relay.test]:{server.port}")
+            outcomes = await session.deliver(job("a@dest.test"))
+            await session.close()
+        return outcomes
+    outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0"]
+    assert outcomes[0].remote_mta == "relay.test"
+
+
+def test_reply_constants_match_the_transcript():
+    assert (OK, START_MAIL_INPUT, CLOSING, SERVICE_NOT_AVAILABLE) == (250, 354, 221, 421)
+    assert Address("a", "b.test").is_ascii
