@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
+import ssl
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -112,9 +114,10 @@ Scenario = Callable[[Callable[[], Awaitable[Client]], SmtpServer], Awaitable[Non
 
 
 @contextlib.asynccontextmanager
-async def serving(config: Config, submission: FakeSubmission) -> AsyncIterator[tuple]:
+async def serving(config: Config, submission: FakeSubmission,
+                  tls_context: ssl.SSLContext | None = None) -> AsyncIterator[tuple]:
     """Run an SmtpServer; yield (connect, server)."""
-    server = SmtpServer(config, submission)
+    server = SmtpServer(config, submission, tls_context)
     await server.start()
     host, port = server.addresses()[0]
     clients: list[Client] = []
@@ -133,12 +136,14 @@ async def serving(config: Config, submission: FakeSubmission) -> AsyncIterator[t
 
 
 def run(scenario: Scenario, config: Config | None = None,
-        submission: FakeSubmission | None = None) -> FakeSubmission:
+        submission: FakeSubmission | None = None,
+        tls_context: ssl.SSLContext | None = None) -> FakeSubmission:
     """Run a scenario against a fresh server; return the fake submission."""
     submission = submission or FakeSubmission()
 
     async def main() -> None:
-        async with serving(config or make_config(), submission) as (connect, server):
+        async with serving(config or make_config(), submission, tls_context) as (connect,
+                                                                                server):
             await asyncio.wait_for(scenario(connect, server), 20)
     asyncio.run(main())
     return submission
@@ -414,3 +419,45 @@ def test_parse_listen():
     assert parse_listen("127.0.0.1:25") == ("127.0.0.1", 25)
     assert parse_listen("[::1]:2525") == ("::1", 2525)
     assert parse_listen("*:25") == (None, 25)
+
+
+def self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a fresh self-signed mx.test certificate, and a client one."""
+    crypto = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = crypto.Name([crypto.NameAttribute(crypto.oid.NameOID.COMMON_NAME, "mx.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (crypto.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(crypto.SubjectAlternativeName([crypto.DNSName("mx.test")]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client = ssl.create_default_context(cafile=tmp_path / "cert.pem")
+    return server, client
+
+
+def test_starttls_resets_state_and_drops_pipelined_plaintext(tmp_path):
+    server_context, client_context = self_signed(tmp_path)
+
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert c.lines[-1] == "250 STARTTLS"
+        await c.send(b"STARTTLS\r\nNOOP\r\n")  # NOOP is plaintext injected after STARTTLS
+        assert await c.reply() == S.S220_READY_FOR_TLS
+        await c.writer.start_tls(client_context, server_hostname="mx.test")
+        assert await c.cmd("MAIL FROM:<a@origin.test>") == S.S503_HELO_FIRST
+        assert (await c.cmd("EHLO client.test")).code == 250
+        assert "250 STARTTLS" not in c.lines and c.lines[-1] == "250 SMTPUTF8"
+        assert await c.message(b"secret\r\n.\r\n") == S.queued("Q1")
+    submission = run(scenario, tls_context=server_context)
+    assert submission.submitted[0][2].protocol == "ESMTPS"

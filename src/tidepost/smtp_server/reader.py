@@ -87,10 +87,6 @@ class SmtpReader:
         """True when a complete line is already buffered (pipelined)."""
         return b"\n" in self._buffer
 
-    def discard_buffer(self) -> None:
-        """Forget unread input (after STARTTLS: RFC 3207 section 4.2)."""
-        self._buffer.clear()
-
     async def read_line(self, limit: int) -> bytes:
         """One command line without CRLF; raises LineTooLong or BareLineFeed."""
         scanned = 0

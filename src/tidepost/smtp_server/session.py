@@ -18,7 +18,9 @@ pipelined complete lines (RFC 2920); 250 after DATA is sent only after
 `submission.submit()` has returned; any failure there is 451 4.3.0 and the
 message is not acknowledged.  DATA while input is already buffered behind it
 (the client did not wait for 354, RFC 2920 3.1) is refused with 554 5.5.0
-and the connection closed, so message text can never run as commands.
+and the connection closed, so message text can never run as commands; a
+trusted session (a local script on stdin, which is always fully buffered)
+is exempt.
 Every 5xx reply counts as an error towards `smtp.max_errors`.
 Config keys read: hostname, smtp.max_message_size, smtp.max_recipients,
 smtp.idle_timeout, smtp.max_errors (relay keys through AccessPolicy).
@@ -99,16 +101,23 @@ class Conversation:
                     await self.flush()
                 await self._serve_command()
             await self.flush()
-        except (ClientDisconnected, ConnectionError):
-            pass
-        except TimeoutError:
+        except TimeoutError:  # before OSError, of which it is a subclass
             self.counters.timeouts += 1
             self._last_words(S.S421_IDLE_TIMEOUT)
+        except (ClientDisconnected, OSError):  # OSError: resets, broken pipes, TLS errors
+            pass
         except asyncio.CancelledError:
             self._last_words(S.S421_SHUTTING_DOWN)
             raise
         finally:
-            self._writer.close()
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Close the writer; abort it if the client left replies unread."""
+        transport = getattr(self._writer, "transport", None)
+        if transport is not None and transport.get_write_buffer_size() > 0:
+            transport.abort()  # a close() would wait for a client that does not read
+        self._writer.close()
 
     def reply(self, reply: Reply) -> None:
         """Queue a reply; count 5xx errors and hang up when there are too many."""
@@ -147,7 +156,7 @@ class Conversation:
         self._pending.append(bytes(reply))
         try:
             self._writer.write(b"".join(self._pending))
-        except (ConnectionError, RuntimeError):
+        except (OSError, RuntimeError):
             pass
         self._pending.clear()
 
@@ -182,7 +191,7 @@ class Conversation:
             result = handler(arg)
             if inspect.isawaitable(result):
                 await result
-        except (ClientDisconnected, ConnectionError, TimeoutError):
+        except (ClientDisconnected, OSError):  # includes TimeoutError: end the session
             raise
         except Exception:
             log.exception("error handling SMTP command from %s", self.session.peer_ip)
@@ -295,12 +304,12 @@ class Conversation:
             return self.reply(S.S454_TLS_UNAVAILABLE)
         self.reply(S.S220_READY_FOR_TLS)
         await self.flush()
-        self._reader.discard_buffer()
         try:
             stream, self._writer = await self._tls_upgrade(self._writer, self._tls_context)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             log.info("TLS handshake with %s failed: %s", self.session.peer_ip, exc)
             raise ClientDisconnected() from exc
+        # A new reader: plaintext pipelined after STARTTLS is never read (RFC 3207 4.2).
         self._reader = SmtpReader(stream, self.limits.idle_timeout)
         self.session.tls = True
         self.session.helo, self.session.esmtp = "", False
@@ -310,7 +319,7 @@ class Conversation:
         """DATA: read the message, check it, submit it; 250 only after commit."""
         if arg:
             return self.reply(S.S501_SYNTAX)
-        if self._reader.buffered:
+        if self._reader.buffered and not self.session.trusted:
             self.transaction = None
             self.reply(S.S554_PIPELINED_DATA)
             return self.close_after_reply()

@@ -10,7 +10,7 @@ plaintext a client (or an attacker in the path) sent after STARTTLS is never
 read as if it had come over TLS.  `StreamWriter.start_tls()` keeps the old
 `StreamReader`, whose buffer may still hold such plaintext; a fresh
 `StreamReader` behind a fresh protocol starts empty, so only decrypted bytes
-reach the session.  The session also drops its own buffer.
+reach the session, which also starts a new SmtpReader on it.
 """
 
 from __future__ import annotations
