@@ -461,3 +461,17 @@ def test_starttls_resets_state_and_drops_pipelined_plaintext(tmp_path):
         assert await c.message(b"secret\r\n.\r\n") == S.queued("Q1")
     submission = run(scenario, tls_context=server_context)
     assert submission.submitted[0][2].protocol == "ESMTPS"
+
+
+def test_helo_with_control_characters_and_reply_injection():
+    submission = FakeSubmission()
+
+    async def scenario(connect, server):
+        c = await connect()
+        await c.reply()
+        assert await c.cmd("EHLO bad\x01name") == S.S501_HELO_SYNTAX
+        assert (await c.cmd("EHLO client.test")).code == 250
+        submission.failure = SubmissionRejected(550, "5.7.1", "no\r\n250 2.0.0 Ok")
+        assert await c.message(b"x\r\n.\r\n") == Reply(550, "5.7.1", "no  250 2.0.0 Ok")
+        assert await c.cmd("NOOP") == S.S250_OK
+    run(scenario, submission=submission)

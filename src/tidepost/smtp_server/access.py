@@ -34,8 +34,6 @@ from tidepost.config.schema import Config
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.replies import Reply
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 class RecipientDirectory(Protocol):
     """The part of `Submission` the policy asks about recipients."""

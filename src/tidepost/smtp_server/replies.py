@@ -39,6 +39,7 @@ class Reply:
         return f"{self.code} {self.text}"
 
     def __bytes__(self) -> bytes:
+        """The reply as sent: one line with CRLF."""
         return (self.line() + CRLF).encode("utf-8", "replace")
 
     @property
@@ -80,7 +81,8 @@ def queued(queue_id: str) -> Reply:
 
 
 def rejected(code: int, status: str, text: str) -> Reply:
-    """A reply given by the submission layer (SubmissionRejected)."""
+    """A reply given by the submission layer, made safe to send on one line."""
+    text = "".join(c if c.isprintable() else " " for c in text) or "Rejected"
     return Reply(code, status, text)
 
 

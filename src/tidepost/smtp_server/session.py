@@ -21,7 +21,8 @@ message is not acknowledged.  DATA while input is already buffered behind it
 and the connection closed, so message text can never run as commands; a
 trusted session (a local script on stdin, which is always fully buffered)
 is exempt.
-Every 5xx reply counts as an error towards `smtp.max_errors`.
+Every 5xx reply counts as an error; the one that reaches `smtp.max_errors`
+is followed by 421 4.7.0 and the connection is closed.
 Config keys read: hostname, smtp.max_message_size, smtp.max_recipients,
 smtp.idle_timeout, smtp.max_errors (relay keys through AccessPolicy).
 """
@@ -224,9 +225,10 @@ class Conversation:
 
     def _greet(self, arg: str, esmtp: bool) -> None:
         """Record the client's name, reset any transaction, reply."""
-        if not arg:
+        name = arg.split()[0] if arg.split() else ""
+        if not name or not name.isprintable():  # it ends up in the Received header
             return self.reply(S.S501_HELO_SYNTAX)
-        self.session.helo = arg.split()[0]
+        self.session.helo = name
         self.session.esmtp = esmtp
         self.transaction = None
         if esmtp:
