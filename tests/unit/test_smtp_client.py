@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import pytest
+
 from tidepost.address import Address, parse_mailbox
 from tidepost.config.schema import DeliveryConfig
 from tidepost.model import BodyType, DeliveryJob, MessageInfo, QueuedRecipient
@@ -32,6 +34,7 @@ class Connection:
     chunks: list[bytes] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)  # raw DATA payloads, stuffed
+    tls: bool = False
 
 
 class ScriptedServer:
@@ -39,7 +42,8 @@ class ScriptedServer:
 
     def __init__(self, *, greeting: str = f"220 fake ESMTP", extensions=ALL_EXTENSIONS,
                  replies: dict[str, list[str]] | None = None,
-                 rcpt: dict[str, str] | None = None, close_after: tuple[str, ...] = ()):
+                 rcpt: dict[str, str] | None = None, close_after: tuple[str, ...] = (),
+                 tls_context=None):
         self.greeting = greeting
         self.extensions = extensions
         self.replies = {verb: list(r) for verb, r in (replies or {}).items()}
@@ -47,6 +51,8 @@ class ScriptedServer:
         self.close_after = close_after  # verbs whose reply ends the connection (421 always)
         self.connections: list[Connection] = []
         self.port = 0
+        self.tls_context = tls_context  # an ssl server context makes STARTTLS real
+        self.tls_commands: list[str] = []  # commands received inside TLS
 
     async def __aenter__(self) -> ScriptedServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -68,6 +74,11 @@ class ScriptedServer:
             writer.close()
 
     async def _converse(self, reader, writer, conn: Connection) -> None:
+        """Greet, then answer commands and DATA from one buffer.
+
+        One loop rather than a command reader and a data reader, because a
+        pipelining client mixes both in one read; it is 40-odd lines for that.
+        """
         writer.write(self.greeting.encode() + b"\r\n")
         if not self.greeting.startswith("2"):
             await writer.drain()
@@ -104,6 +115,11 @@ class ScriptedServer:
                     in_data = True
                 if command.upper() == "QUIT":
                     return
+                if command.upper() == "STARTTLS" and self.tls_context and reply[:3] == "220":
+                    await writer.start_tls(self.tls_context)
+                    buffer, conn.tls = b"", True
+                elif conn.tls:
+                    self.tls_commands.append(command)
             await writer.drain()
 
     def _answer(self, command: str) -> str:
@@ -315,6 +331,45 @@ def test_starttls_failure_falls_back_to_plain_text_on_a_new_connection():
     assert "STARTTLS" not in connections[1].commands
 
 
+def test_starttls_then_ehlo_again_inside_tls(tmp_path):
+    server_context = _self_signed_server_context(tmp_path)
+    async def main():
+        async with ScriptedServer(extensions=("PIPELINING", "STARTTLS"),
+                                  replies={"STARTTLS": ["220 2.0.0 ready"]},
+                                  tls_context=server_context) as server:
+            outcomes = await transact(server, tx("a@dest.test"))
+        return server, outcomes
+    server, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0"]
+    assert len(server.connections) == 1
+    assert server.connections[0].commands[:2] == ["EHLO client.test", "STARTTLS"]
+    assert server.tls_commands[0] == "EHLO client.test"
+    assert server.tls_commands[1].startswith("MAIL FROM:")
+
+
+def _self_signed_server_context(tmp_path):
+    """An ssl server context with a throw-away self-signed certificate."""
+    import datetime
+    import ssl
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "mx.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
 def test_ehlo_refused_falls_back_to_helo():
     async def main():
         async with ScriptedServer(replies={"EHLO": ["502 5.5.2 what?"]}) as server:
@@ -403,6 +458,21 @@ def test_421_after_data_defers_job_and_next_job_reconnects():
     assert verdicts(second) == ["delivered 2.0.0"]
     assert len(connections) == 2
     assert session.destination_failed is None
+
+
+def test_kept_connection_dropped_by_server_is_redialled_without_loss():
+    async def main():
+        async with ScriptedServer(replies={"MAIL": ["250 ok", "421 4.4.2 idle timeout"]}) \
+                as server:
+            session = agent(one_host(), server.port).session(None, "dest.test")
+            first = await session.deliver(job("a@dest.test"))
+            second = await session.deliver(job("b@dest.test"))
+            await session.close()
+        return server.connections, first + second, session
+    connections, outcomes, session = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0", "delivered 2.0.0"]
+    assert len(connections) == 2
+    assert session.statistics() == {"connections": 2, "transactions": 2}
 
 
 def test_recipients_split_across_transactions_on_one_connection():

@@ -120,10 +120,33 @@ class SmtpAgentSession:
                 continue
             transaction = Transaction(job.message.sender, chunk, job.body,
                                       job.message.body_type, job.message.smtputf8)
-            before = smtp.transactions
-            outcomes += await send_transaction(smtp, transaction)
-            self._transactions += smtp.transactions - before
+            chunk_outcomes, smtp = await self._transact(smtp, transaction,
+                                                           first_of_job=start == 0)
+            outcomes += chunk_outcomes
         return outcomes
+
+    async def _transact(self, smtp: SmtpSession, transaction: Transaction,
+                        *, first_of_job: bool) -> tuple[list[Outcome], SmtpSession]:
+        """One transaction; redone once on a new connection if a kept one had gone stale.
+
+        A server may drop a connection we kept between jobs (idle timeout,
+        often with a 421).  If the first transaction of a job on a kept
+        connection got no reply but 421 or EOF, nothing was delivered, so it
+        is safe to dial again and repeat it.
+        """
+        stale = first_of_job and smtp.transactions > 0
+        before = (smtp.replies, smtp.transactions)
+        outcomes = await send_transaction(smtp, transaction)
+        self._transactions += smtp.transactions - before[1]
+        if not (stale and smtp.broken and smtp.replies == before[0]):
+            return outcomes, smtp
+        try:
+            smtp = await self._connection()
+        except DeliveryError:
+            return outcomes, smtp
+        outcomes = await send_transaction(smtp, transaction)
+        self._transactions += smtp.transactions
+        return outcomes, smtp
 
     async def _connection(self) -> SmtpSession:
         """The open connection, or a new one to the first host that answers."""

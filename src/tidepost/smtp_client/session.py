@@ -59,6 +59,7 @@ class SmtpSession:
         self.needs_rset = False   # a transaction was left open (RSET before MAIL)
         self.transactions = 0     # completed transactions (a reply to ".")
         self.tls_failed = False   # STARTTLS was agreed but the handshake failed
+        self.replies = 0          # replies read, 421 excepted
 
     def supports(self, keyword: str) -> bool:
         """True when the server announced `keyword` in its EHLO reply."""
@@ -82,6 +83,7 @@ class SmtpSession:
             self.broken = True
             raise TempFailure(_temporary(reply.status), f"host {self.peer} said: {reply}",
                               self.peer.host)
+        self.replies += 1
         return reply
 
     async def write(self, data: bytes) -> None:
