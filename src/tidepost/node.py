@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from tidepost.queue.owner import this_runner
 from tidepost.resolver.resolver import Resolver
 from tidepost.routing.routes import LOCAL_ROUTE, Router
 from tidepost.smtp_server.listeners import SmtpServer
+from tidepost.smtp_server.tls import context_from_config
 from tidepost.submission.aliases import Aliases, load_aliases_file
 from tidepost.submission.submit import Submission
 
@@ -72,15 +72,6 @@ def build_agents(config: Config, clock: Clock) -> dict[str, DeliveryAgent]:
     }
 
 
-def server_tls_context(config: Config) -> ssl.SSLContext | None:
-    """The STARTTLS context of the listeners, if a certificate is configured."""
-    if not config.smtp.tls_certificate:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.smtp.tls_certificate, config.smtp.tls_key or None)
-    return context
-
-
 async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     parts = build(config)
@@ -89,7 +80,7 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(parts))
-    server = SmtpServer(config, parts.submission, server_tls_context(config))
+    server = SmtpServer(config, parts.submission, context_from_config(config))
     control = ControlServer(socket_path(config.spool_path), control_handlers(parts))
     await server.start()
     await control.start()

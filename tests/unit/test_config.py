@@ -54,3 +54,14 @@ def test_toml_syntax_errors_name_the_file():
 def test_bad_relay_network():
     [problem] = problems('[smtp]\nrelay_networks = ["10.0.0.0/33"]\n')
     assert problem.startswith("site.toml:2: smtp.relay_networks[0]")
+
+
+def test_domains_are_normalised_and_star_is_no_relay_domain():
+    config = parse_config('[local]\ndomains = ["Site.Test.", "[127.0.0.1]"]\n'
+                          '[relay]\ndomains = [".Customer.Example"]\n', "t")
+    assert config.local.domains == ("site.test", "[127.0.0.1]")
+    assert config.relay.domains == (".customer.example",)
+    assert problems('[relay]\ndomains = ["*"]\n') == [
+        "site.toml:2: relay.domains: '*' would make an open relay; use smtp.relay_networks"]
+    assert problems('[local]\ndomains = ["bad domain"]\n')[0].startswith(
+        "site.toml:2: local.domains[0]:")

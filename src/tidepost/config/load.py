@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tidepost.address import AddressError, normalise_domain
 from tidepost.config.schema import Config, RouteConfig
 from tidepost.errors import ConfigError
 
@@ -80,6 +81,10 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
             builder.error(f"{where}.name", f"route name {route.name!r} is taken")
         if route.transport == "smarthost" and not route.smarthost:
             builder.error(f"{where}.smarthost", "transport smarthost needs a smarthost")
+    local_domains = _normalised(config.local.domains, "local.domains", builder)
+    relay_domains = _normalised(config.relay.domains, "relay.domains", builder)
+    if "*" in config.relay.domains:
+        builder.error("relay.domains", "'*' would make an open relay; use smtp.relay_networks")
     for index, network in enumerate(config.smtp.relay_networks):
         try:
             ipaddress.ip_network(network, strict=False)
@@ -87,7 +92,23 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
             builder.error(f"smtp.relay_networks[{index}]", f"{network!r} is not a network")
     if builder.problems:
         raise ConfigError(builder.problems)
-    return dataclasses.replace(config, route=tuple(routes), source=source)
+    return dataclasses.replace(
+        config, route=tuple(routes), source=source,
+        local=dataclasses.replace(config.local, domains=local_domains),
+        relay=dataclasses.replace(config.relay, domains=relay_domains))
+
+
+def _normalised(domains: tuple[str, ...], key: str, builder: _Builder) -> tuple[str, ...]:
+    """Domains in the form addresses are parsed into (lower case, no trailing dot)."""
+    out = []
+    for index, domain in enumerate(domains):
+        leading = "." if domain.startswith(".") else ""
+        try:
+            out.append(leading + normalise_domain(domain[len(leading):]))
+        except AddressError as exc:
+            if domain != "*":
+                builder.error(f"{key}[{index}]", str(exc))
+    return tuple(out)
 
 
 def _key_lines(text: str) -> dict[str, int]:
