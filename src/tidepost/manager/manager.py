@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from tidepost.address import domain_matches
 from tidepost.clock import Clock
 from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
@@ -170,6 +171,24 @@ class Manager:
         log.info("route %s released (%s): %d recipients due", route, cause, count)
         self._wake.set()
         return count
+
+    async def flush_domain(self, route: str, domain: str, subdomains: bool) -> int:
+        """Deliver now what `route` holds for `domain` (ETRN, ATRN); returns the count.
+
+        The route stays held: mail arriving later waits for the next request,
+        and recipients deferred by this run are parked again (RFC 1985).
+        A repeated request while a run is going finds the claimed recipients
+        gone from the scheduler, so nothing is delivered twice.
+        """
+        pattern = "." + domain if subdomains else domain
+        entries = [e for e in self.scheduler.entries_of_route(route)
+                   if domain_matches(e.domain, pattern)]
+        for entry in entries:
+            self.scheduler.remove(entry.recipient_id)
+        if entries and self._dispatcher is not None:
+            await self._claim_and_dispatch(entries, force=True)
+        log.info("flush of %s on route %s: %d recipients", pattern, route, len(entries))
+        return len(entries)
 
     # -- daemon internals ---------------------------------------------------
 
