@@ -91,3 +91,6 @@ class DeliveryJob:
     route: str
     nexthop: str  # the recipient domain for MX delivery, or the smarthost
     body: bytes = field(default=b"", repr=False)
+    # Why this attempt happens now ("new mail", "retry", "tidepost link up",
+    # "ETRN example.org", "flush command"): the link ledger records it.
+    cause: str = ""

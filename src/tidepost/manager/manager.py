@@ -40,6 +40,7 @@ from tidepost.scheduler.ramqueue import Batch, RamQueue
 
 log = logging.getLogger("tidepost.manager")
 
+CAUSE_MEMORY = 120.0     # seconds a release or flush explains the attempts that follow
 LEASE_SECONDS = 3600.0   # longer than any single delivery; dead runners are detected sooner
 IN_FLIGHT_PER_SLOT = 20  # claimed recipients per delivery slot, to keep claims ahead of work
 
@@ -75,6 +76,7 @@ class Manager:
         self._daemon = False
         self._report = FlushReport()
         self._dispatcher: Dispatcher | None = None
+        self._route_cause: dict[str, tuple[float, str]] = {}
         self.on_result: Callable[[int, int], None] = lambda done, total: None
 
     @property
@@ -145,7 +147,8 @@ class Manager:
         async with asyncio.TaskGroup() as tasks:
             dispatcher = self._open_dispatcher(tasks)
             for start in range(0, len(runnable), 500):
-                await self._claim_and_dispatch(runnable[start:start + 500], force=True)
+                await self._claim_and_dispatch(runnable[start:start + 500], force=True,
+                                               cause="flush command")
             await dispatcher.wait_idle()
         return self._report
 
@@ -167,6 +170,7 @@ class Manager:
     async def release(self, route: str, cause: str) -> int:
         """Release `route`: its held recipients become due at once."""
         await self._queue.set_hold(route, False, self._clock.now(), cause)
+        self._route_cause[route] = (self._clock.now(), f"released: {cause}")
         count = self.scheduler.release(route, self._clock.now())
         log.info("route %s released (%s): %d recipients due", route, cause, count)
         self._wake.set()
@@ -186,7 +190,7 @@ class Manager:
         for entry in entries:
             self.scheduler.remove(entry.recipient_id)
         if entries and self._dispatcher is not None:
-            await self._claim_and_dispatch(entries, force=True)
+            await self._claim_and_dispatch(entries, force=True, cause=f"flush of {pattern}")
         log.info("flush of %s on route %s: %d recipients", pattern, route, len(entries))
         return len(entries)
 
@@ -251,7 +255,8 @@ class Manager:
 
     # -- claiming and recording ---------------------------------------------
 
-    async def _claim_and_dispatch(self, entries: list[ScheduleEntry], force: bool) -> None:
+    async def _claim_and_dispatch(self, entries: list[ScheduleEntry], force: bool,
+                                  cause: str = "") -> None:
         """Claim `entries`; turn what we now hold into jobs for the dispatcher."""
         assert self._dispatcher is not None
         result = await self._queue.claim([e.recipient_id for e in entries], self._owner,
@@ -267,13 +272,21 @@ class Manager:
                                           []).append(rcpt)
             for destination, group in by_destination.items():
                 job = DeliveryJob(message, group, destination.route if destination else "",
-                                  destination.nexthop if destination else "")
+                                  destination.nexthop if destination else "",
+                                  cause=cause or self._cause_of(destination, group))
                 if destination is None:
                     await self._record(job, [deferred(r.recipient_id, "4.4.4",
                                                       "no route serves this domain")
                                              for r in group])
                 else:
                     self._dispatcher.submit(job, destination)
+
+    def _cause_of(self, destination: Destination | None, recipients: list) -> str:
+        """Why a scheduled attempt happens: a recent release, a retry, or new mail."""
+        recent = self._route_cause.get(destination.route) if destination else None
+        if recent and self._clock.now() - recent[0] < CAUSE_MEMORY:
+            return recent[1]
+        return "retry" if any(r.attempts for r in recipients) else "new mail"
 
     async def _record(self, job: DeliveryJob, outcomes: list[Outcome]) -> None:
         """Write a job's outcomes, queue its DSNs, reschedule what was deferred."""
