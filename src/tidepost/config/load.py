@@ -25,6 +25,7 @@ from typing import Any
 from tidepost.address import AddressError, normalise_domain
 from tidepost.config.schema import Config, RouteConfig
 from tidepost.errors import ConfigError
+from tidepost.config.windows import ScheduleError, parse_rule
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*\Z")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -81,6 +82,11 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
             builder.error(f"{where}.name", f"route name {route.name!r} is taken")
         if route.transport == "smarthost" and not route.smarthost:
             builder.error(f"{where}.smarthost", "transport smarthost needs a smarthost")
+        for number, rule in enumerate(route.schedule):
+            try:
+                parse_rule(rule)
+            except ScheduleError as exc:
+                builder.error(f"{where}.schedule[{number}]", str(exc))
     local_domains = _normalised(config.local.domains, "local.domains", builder)
     relay_domains = _normalised(config.relay.domains, "relay.domains", builder)
     if "*" in config.relay.domains:

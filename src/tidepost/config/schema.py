@@ -156,6 +156,14 @@ class RouteConfig:
     concurrency: int = field(default=0, metadata=meta(
         "parallel connections per destination on this route (0: [delivery] value)",
         low=0, high=1000))
+    schedule: tuple[str, ...] = field(default=(), metadata=meta(
+        "queue-run times, first matching rule wins: \"Mon-Fri 08:00-18:00 every 15m\", "
+        "\"every 1h\"; empty: deliver as mail arrives"))
+    batch_messages: int = field(default=0, metadata=meta(
+        "with a schedule: also run when this many messages wait (0: off)", low=0))
+    batch_age: float = field(default=0.0, metadata=meta(
+        "with a schedule: also run when the oldest message has waited this long (0: off)",
+        low=0, kind="duration"))
 
 
 @dataclass(frozen=True)
