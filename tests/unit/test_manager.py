@@ -59,7 +59,7 @@ class ScriptedSession:
         pass
 
 
-def make_config(spool: Path, held: bool = False, concurrency: int = 10):
+def make_config(spool: Path, held: bool = False, concurrency: int = 10, route_extra: str = ""):
     return parse_config(f'''
 hostname = "site.test"
 spool = "{spool}"
@@ -76,13 +76,14 @@ destination_concurrency = {concurrency}
 [[route]]
 name = "uplink"
 start_held = {"true" if held else "false"}
+{route_extra}
 ''', "test")
 
 
 class Harness:
     def __init__(self, spool: Path, agent: ScriptedAgent, held: bool = False, owner="test:1:1",
-                 concurrency: int = 10):
-        self.config = make_config(spool, held, concurrency)
+                 concurrency: int = 10, route_extra: str = ""):
+        self.config = make_config(spool, held, concurrency, route_extra)
         self.queue = SqliteQueue(spool / "queue.sqlite")
         router = Router(self.config)
         agents = {"local": MaildirAgent(self.config.local.maildir, spool, "site.test"),
@@ -228,4 +229,27 @@ def test_two_flushes_at_once_deliver_each_recipient_once(tmp_path):
         assert sum(r.delivered for r in reports) == 120
         await first.queue.close()
         await second.queue.close()
+    asyncio.run(scenario())
+
+
+def test_batched_route_waits_for_enough_mail(tmp_path):
+    agent = ScriptedAgent()
+
+    async def scenario():
+        h = Harness(tmp_path, agent, route_extra="batch_messages = 3")
+        stopping = asyncio.Event()
+        task = asyncio.create_task(h.manager.run(stopping))
+        await h.send("a@example.test")
+        await h.send("b@example.test")
+        await asyncio.sleep(0.5)
+        assert agent.deliveries == []  # two wait: the link is not brought up
+        await h.send("c@example.test")
+        for _ in range(100):
+            if len(agent.deliveries) == 3:
+                break
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await task
+        assert sorted(agent.deliveries) == ["a@example.test", "b@example.test", "c@example.test"]
+        await h.queue.close()
     asyncio.run(scenario())

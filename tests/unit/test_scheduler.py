@@ -80,3 +80,14 @@ def test_backoff_doubles_up_to_the_maximum():
     assert not backoff.warning_due(arrival=0, now=4 * 3600 - 1)
     assert backoff.warning_due(arrival=0, now=4 * 3600)
     assert not Backoff(delay_warning=0).warning_due(0, 10**9)
+
+
+def test_take_route_returns_due_entries_even_while_held():
+    queue = make_queue()
+    queue.hold("uplink")
+    queue.insert(entry(1, "example.test", 10))
+    queue.insert(entry(2, "example.test", 500))
+    queue.insert(entry(3, "lan.test", 10))
+    assert queue.next_batch(20, 10) == Batch([entry(3, "lan.test", 10)])
+    assert queue.take_route("uplink", 20) == [entry(1, "example.test", 10)]
+    assert queue.is_held("uplink") and len(queue) == 1

@@ -29,6 +29,7 @@ from tidepost.clock import Clock
 from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
 from tidepost.manager.dispatch import Dispatcher
+from tidepost.manager.gates import RouteGates
 from tidepost.manager.settle import add_dsns, settle
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
@@ -77,6 +78,8 @@ class Manager:
         self._report = FlushReport()
         self._dispatcher: Dispatcher | None = None
         self._route_cause: dict[str, tuple[float, str]] = {}
+        self.gates = RouteGates(config.route, clock.now())
+        self._operator_held: set[str] = set()
         self.on_result: Callable[[int, int], None] = lambda done, total: None
 
     @property
@@ -128,9 +131,11 @@ class Manager:
         async with asyncio.TaskGroup() as tasks:
             dispatcher = self._open_dispatcher(tasks)
             poller = tasks.create_task(self._poll_forever(stopping))
+            gate_keeper = tasks.create_task(self._run_gates(stopping))
             while not stopping.is_set():
                 await self._schedule_once(stopping)
             poller.cancel()
+            gate_keeper.cancel()
             await dispatcher.wait_idle()
         await self._queue.release_claims(self._owner)
 
@@ -164,14 +169,19 @@ class Manager:
     async def hold(self, route: str, cause: str) -> None:
         """Hold `route`: nothing new starts on it; deliveries in flight finish."""
         await self._queue.set_hold(route, True, self._clock.now(), cause)
+        self._operator_held.add(route)
         self.scheduler.hold(route)
         log.info("route %s held (%s)", route, cause)
 
     async def release(self, route: str, cause: str) -> int:
         """Release `route`: its held recipients become due at once."""
         await self._queue.set_hold(route, False, self._clock.now(), cause)
+        self._operator_held.discard(route)
         self._route_cause[route] = (self._clock.now(), f"released: {cause}")
-        count = self.scheduler.release(route, self._clock.now())
+        if route in self.gates:
+            count = await self._run_gated(route, f"released: {cause}")
+        else:
+            count = self.scheduler.release(route, self._clock.now())
         log.info("route %s released (%s): %d recipients due", route, cause, count)
         self._wake.set()
         return count
@@ -206,7 +216,8 @@ class Manager:
         for route in self._config.route:
             if route.name not in states and route.start_held:
                 await self._queue.set_hold(route.name, True, now, "start_held")
-        for route in await self.held_routes():
+        self._operator_held = await self.held_routes()
+        for route in self._operator_held | set(self.gates.routes()):
             self.scheduler.hold(route)
         entries = await self._queue.walk()
         for entry in entries:
@@ -231,6 +242,32 @@ class Manager:
                            return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         stopper.cancel()
+
+    async def _run_gates(self, stopping: asyncio.Event) -> None:
+        """Run gated routes when their schedule or batching rule says so."""
+        while not stopping.is_set() and self.gates.routes():
+            for route, cause in self.gates.due(self._clock.now(), self._waiting):
+                if route not in self._operator_held:
+                    await self._run_gated(route, cause)
+            wake = self.gates.next_wake()
+            pause = self._config.queue.poll_interval
+            if wake is not None:
+                pause = min(pause, max(wake - self._clock.now(), 0.0))
+            await asyncio.sleep(pause)
+
+    async def _run_gated(self, route: str, cause: str) -> int:
+        """One run of a gated route: everything due on it, now."""
+        entries = self.scheduler.take_route(route, self._clock.now())
+        if entries and self._dispatcher is not None:
+            await self._claim_and_dispatch(entries, force=False, cause=cause)
+        log.info("run of route %s (%s): %d recipients", route, cause, len(entries))
+        return len(entries)
+
+    def _waiting(self, route: str) -> tuple[int, float]:
+        """Recipients waiting on `route` and how long the longest has waited."""
+        entries = self.scheduler.entries_of_route(route)
+        oldest = min((e.next_try for e in entries), default=self._clock.now())
+        return len(entries), self._clock.now() - oldest
 
     async def _poll_forever(self, stopping: asyncio.Event) -> None:
         """Pick up recipients queued by other processes, every poll interval."""

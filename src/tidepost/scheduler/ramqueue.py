@@ -99,6 +99,13 @@ class RamQueue:
             return Batch(due)
         return Sleep(self._heap[0][0] - now if self._heap else None)
 
+    def take_route(self, route: str, now: float) -> list[ScheduleEntry]:
+        """Remove and return `route`'s due entries, held or not (a scheduled run)."""
+        due = [e for e in self.entries_of_route(route) if e.next_try <= now]
+        for entry in due:
+            self.remove(entry.recipient_id)
+        return due
+
     def entries_of_route(self, route: str) -> list[ScheduleEntry]:
         """Every entry currently scheduled (or parked) on `route`."""
         return [e for e in self._entries.values() if self._route_of(e.domain) == route]
