@@ -21,6 +21,7 @@ from typing import Any
 from tidepost.clock import Clock, SystemClock
 from tidepost.config.schema import Config
 from tidepost.control.client import socket_path
+from tidepost.control.flagfiles import control_dir, wanted_holds
 from tidepost.control.server import ControlServer
 from tidepost.delivery.agent import DeliveryAgent
 from tidepost.delivery.maildir import MaildirAgent
@@ -79,11 +80,13 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(parts))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(parts, loop))
     server = SmtpServer(config, parts.submission, context_from_config(config))
     control = ControlServer(socket_path(config.spool_path), control_handlers(parts))
     await server.start()
     await control.start()
+    control_dir(config).mkdir(exist_ok=True)
+    await _apply_flag_files(parts, at_start=True)
     log.info("tidepost started: %s, spool %s, config %s",
              ", ".join(config.smtp.listen), config.spool, config.source)
     try:
@@ -109,13 +112,29 @@ async def _run_manager(parts: Parts, stopping: asyncio.Event) -> None:
         raise task.exception()
 
 
-def _reload(parts: Parts) -> None:
-    """SIGHUP: re-read the aliases file."""
+def _reload(parts: Parts, loop: asyncio.AbstractEventLoop) -> None:
+    """SIGHUP: re-read the aliases file and the control flag files."""
     try:
         parts.aliases.replace(load_aliases_file(parts.config.local.aliases_file))
         log.info("aliases re-read")
     except Exception as exc:  # noqa: BLE001 - keep the old aliases
         log.error("SIGHUP: keeping the old aliases: %s", exc)
+    task = loop.create_task(_apply_flag_files(parts, at_start=False))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task] = set()
+
+
+async def _apply_flag_files(parts: Parts, at_start: bool) -> None:
+    """Hold or release routes as the control flag files say (see flagfiles.py)."""
+    held = await parts.manager.held_routes()
+    for route, want_held in wanted_holds(parts.config).items():
+        if want_held and route not in held:
+            await parts.manager.hold(route, "control file")
+        elif not want_held and route in held and not at_start:
+            await parts.manager.release(route, "control file removed (SIGHUP)")
 
 
 def control_handlers(parts: Parts) -> dict[str, Any]:
