@@ -1,0 +1,231 @@
+"""A queue store in RAM, for tests and benchmarks (OpenSMTPD's queue_ram).
+
+Same semantics as `queue/sqlite.py`, minus durability: everything is lost
+when the process ends, and other processes cannot see it.  Each method runs
+to completion without awaiting, so on one event loop every call is atomic,
+as one SQLite transaction is; `record` checks its DSNs before changing
+anything, so a refused call changes nothing.  Recipient and message ids grow
+from 1 and are never reused.  The contract both stores keep is written down
+as tests in tests/contract/test_queue_backend.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from tidepost.address import Address
+from tidepost.errors import QueueError
+from tidepost.model import MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
+from tidepost.outcomes import Verdict
+from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
+                                    RecipientUpdate)
+from tidepost.queue.sqlite import new_queue_id
+
+QUEUED = RecipientState.QUEUED
+CLAIMED = RecipientState.CLAIMED
+ERROR_LIMIT = 500  # characters of last_error kept, as in sqlite.py
+
+
+@dataclass(slots=True)
+class _Message:
+    """A stored message: its facts, body and recipient ids."""
+
+    info: MessageInfo
+    body: bytes
+    recipient_ids: list[int]
+
+
+@dataclass(slots=True)
+class _Recipient:
+    """A stored recipient row (the columns of sqlite.py's `recipients`)."""
+
+    recipient_id: int
+    message_id: int
+    address: Address
+    state: RecipientState
+    next_try: float
+    attempts: int = 0
+    last_error: str = ""
+    lease_owner: str | None = None  # set exactly while state is CLAIMED
+    lease_until: float = 0.0
+    uncertain: bool = False
+
+    def entry(self) -> ScheduleEntry:
+        """This recipient as the scheduler sees it."""
+        return ScheduleEntry(self.recipient_id, self.message_id, self.address.domain,
+                             self.next_try)
+
+    def unlease(self, state: RecipientState) -> None:
+        """Leave CLAIMED for `state`, dropping the lease."""
+        self.state, self.lease_owner, self.lease_until = state, None, 0.0
+
+
+class MemoryQueue:
+    """QueueBackend held in dictionaries (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._messages: dict[int, _Message] = {}
+        self._recipients: dict[int, _Recipient] = {}  # ascending id order
+        self._holds: dict[str, HoldState] = {}
+        self._queue_ids: set[str] = set()
+        self._message_ids = itertools.count(1)
+        self._recipient_ids = itertools.count(1)
+
+    async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
+        """Queue one message; a duplicate queue id is a QueueError."""
+        self._check_new([message])
+        return self._insert(message)
+
+    async def claim(self, recipient_ids: Sequence[int], owner: str, lease: float,
+                    now: float, force: bool = False) -> ClaimResult:
+        """Lease due recipients to `owner`; report queued ones not yet due."""
+        rows = sorted((self._recipients[i] for i in set(recipient_ids) if i in self._recipients),
+                      key=lambda r: (r.message_id, r.recipient_id))
+        result = ClaimResult()
+        by_message: dict[int, list[QueuedRecipient]] = {}
+        for row in rows:
+            if row.state is QUEUED and (force or row.next_try <= now):
+                row.state, row.lease_owner, row.lease_until = CLAIMED, owner, now + lease
+            if row.state is CLAIMED and row.lease_owner == owner:
+                by_message.setdefault(row.message_id, []).append(QueuedRecipient(
+                    row.recipient_id, row.message_id, row.address, row.attempts, row.uncertain))
+            elif row.state is QUEUED:
+                result.not_due.append(row.entry())
+        result.claimed = [(self._messages[m].info, r) for m, r in by_message.items()]
+        return result
+
+    async def load_body(self, message_id: int) -> bytes:
+        """The stored message bytes."""
+        if message_id not in self._messages:
+            raise QueueError(f"message {message_id} has no body")
+        return self._messages[message_id].body
+
+    async def record(self, owner: str, updates: Sequence[RecipientUpdate],
+                     new_messages: Sequence[NewMessage] = (),
+                     warned: Sequence[int] = ()) -> list[ScheduleEntry]:
+        """Apply `owner`'s outcomes, queue DSNs, mark warnings, drop finished messages."""
+        self._check_new(new_messages)
+        for update in updates:
+            self._apply(owner, update)
+        for message_id in warned:
+            if message_id in self._messages:
+                stored = self._messages[message_id]
+                stored.info = dataclasses.replace(stored.info, warned=True)
+        entries = [e for m in new_messages for e in self._insert(m)]
+        self._drop_finished(u.outcome.recipient_id for u in updates if u.next_try is None)
+        return entries
+
+    async def walk(self) -> list[ScheduleEntry]:
+        """Every QUEUED recipient."""
+        return await self.entries_since(0)
+
+    async def entries_since(self, recipient_id: int) -> list[ScheduleEntry]:
+        """QUEUED recipients with id above `recipient_id`, in id order."""
+        return [r.entry() for r in self._recipients.values()
+                if r.state is QUEUED and r.recipient_id > recipient_id]
+
+    async def recover_orphans(self, is_alive: Callable[[str], bool], now: float) -> int:
+        """Return dead runners' leases, and live runners' expired ones, marked uncertain."""
+        alive: dict[str, bool] = {}
+        count = 0
+        for row in self._recipients.values():
+            if row.state is not CLAIMED:
+                continue
+            owner = row.lease_owner or ""
+            if owner not in alive:
+                alive[owner] = is_alive(owner)
+            if not alive[owner] or row.lease_until < now:
+                row.unlease(QUEUED)
+                row.uncertain, row.next_try = True, min(row.next_try, now)
+                count += 1
+        return count
+
+    async def release_claims(self, owner: str) -> int:
+        """Return all of `owner`'s leases to QUEUED unchanged."""
+        mine = [r for r in self._recipients.values()
+                if r.state is CLAIMED and r.lease_owner == owner]
+        for row in mine:
+            row.unlease(QUEUED)
+        return len(mine)
+
+    async def rows(self) -> list[QueueRow]:
+        """Undelivered recipients, oldest message first."""
+        rows = sorted((r for r in self._recipients.values() if r.state in (QUEUED, CLAIMED)),
+                      key=lambda r: (self._messages[r.message_id].info.arrival,
+                                     r.message_id, r.recipient_id))
+        return [self._row(r) for r in rows]
+
+    async def holds(self) -> dict[str, HoldState]:
+        """Hold states by route name."""
+        return dict(self._holds)
+
+    async def set_hold(self, route: str, held: bool, now: float, cause: str) -> None:
+        """Store a route's hold state."""
+        self._holds[route] = HoldState(route, held, now, cause)
+
+    async def reschedule(self, recipient_ids: Sequence[int], next_try: float) -> None:
+        """Make QUEUED recipients due at `next_try`."""
+        for rid in recipient_ids:
+            row = self._recipients.get(rid)
+            if row is not None and row.state is QUEUED:
+                row.next_try = next_try
+
+    async def close(self) -> None:
+        """Nothing to flush: RAM is not durable."""
+
+    def _check_new(self, messages: Sequence[NewMessage]) -> None:
+        """Refuse queue ids already in use, before anything changes."""
+        wanted = [m.queue_id for m in messages if m.queue_id]
+        for queue_id in wanted:
+            if queue_id in self._queue_ids or wanted.count(queue_id) > 1:
+                raise QueueError(f"queue id {queue_id} is already in use")
+
+    def _insert(self, message: NewMessage) -> list[ScheduleEntry]:
+        """Store a message and its recipients; return their schedule entries."""
+        message_id = next(self._message_ids)
+        info = MessageInfo(message_id, message.queue_id or new_queue_id(), message.sender,
+                           message.arrival, len(message.body), message.body_type,
+                           message.smtputf8)
+        rows = [_Recipient(next(self._recipient_ids), message_id, rcpt, QUEUED, message.arrival)
+                for rcpt in message.recipients]
+        self._messages[message_id] = _Message(info, message.body,
+                                              [r.recipient_id for r in rows])
+        self._recipients.update((r.recipient_id, r) for r in rows)
+        self._queue_ids.add(info.queue_id)
+        return [r.entry() for r in rows]
+
+    def _apply(self, owner: str, update: RecipientUpdate) -> None:
+        """Write one outcome if `owner` holds the recipient: final, or QUEUED again."""
+        outcome = update.outcome
+        row = self._recipients.get(outcome.recipient_id)
+        if row is None or row.state is not CLAIMED or row.lease_owner != owner:
+            return
+        delivered = outcome.verdict is Verdict.DELIVERED
+        row.attempts += 1
+        row.last_error = "" if delivered else f"{outcome.status} {outcome.reason}"[:ERROR_LIMIT]
+        if update.next_try is None:
+            row.unlease(RecipientState.DELIVERED if delivered else RecipientState.BOUNCED)
+        else:
+            row.unlease(QUEUED)
+            row.next_try, row.uncertain = update.next_try, False
+
+    def _drop_finished(self, recipient_ids: Iterable[int]) -> None:
+        """Forget messages of these recipients once none is QUEUED or CLAIMED."""
+        message_ids = {self._recipients[i].message_id for i in recipient_ids
+                       if i in self._recipients}
+        for message_id in message_ids:
+            rows = [self._recipients[i] for i in self._messages[message_id].recipient_ids]
+            if all(r.state not in (QUEUED, CLAIMED) for r in rows):
+                for row in rows:
+                    del self._recipients[row.recipient_id]
+                self._queue_ids.discard(self._messages.pop(message_id).info.queue_id)
+
+    def _row(self, row: _Recipient) -> QueueRow:
+        """One recipient as `tidepost queue` lists it."""
+        info = self._messages[row.message_id].info
+        return QueueRow(info.queue_id, info.arrival, info.size, str(info.sender),
+                        str(row.address), row.address.domain, row.state.value,
+                        row.attempts, row.next_try, row.last_error)

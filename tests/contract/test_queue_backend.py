@@ -1,0 +1,390 @@
+"""The QueueBackend contract: one suite, run against every queue store.
+
+Each test reads as a transcript of queue calls.  Coroutines run through
+`run` (asyncio.run), so plain pytest suffices.  The tests at the end hold
+for SQLite only: several processes on one file, the commit point, and
+group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tidepost.address import NULL_SENDER, Address
+from tidepost.errors import QueueError
+from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
+from tidepost.outcomes import bounced, deferred, delivered
+from tidepost.queue.backend import HoldState, NewMessage, QueueRow, RecipientUpdate, open_queue
+from tidepost.queue.sqlite import SqliteQueue
+
+T0 = 1_700_000_000.0  # arrival of the first message
+LEASE = 600.0
+RUNNER = "mx1:100:5000"
+OTHER = "mx1:200:6000"
+ALICE = Address("alice", "example.org")
+BOB = Address("bob", "example.net")
+SENDER = Address("carol", "sender.example")
+
+
+def run(coro):
+    """Run one queue call to completion on a fresh event loop."""
+    return asyncio.run(coro)
+
+
+def message(*recipients: Address, arrival: float = T0, sender: Address = SENDER,
+            body: bytes = b"Subject: hi\r\n\r\nhello\r\n", queue_id: str = "") -> NewMessage:
+    """A NewMessage with defaults that tests override by keyword."""
+    return NewMessage(sender, recipients or (ALICE,), body, arrival, queue_id=queue_id)
+
+
+def ids(entries) -> list[int]:
+    """The recipient ids of schedule entries or queued recipients."""
+    return [e.recipient_id for e in entries]
+
+
+def claimed_ids(result) -> list[int]:
+    """Recipient ids a ClaimResult says we now hold."""
+    return [r.recipient_id for _, rcpts in result.claimed for r in rcpts]
+
+
+def final(outcome) -> RecipientUpdate:
+    """An update that ends a recipient (delivered or bounced)."""
+    return RecipientUpdate(outcome, None)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def queue(request, tmp_path):
+    """Each queue store, opened by name as the daemon opens it."""
+    store = open_queue(request.param, tmp_path)
+    yield store
+    run(store.close())
+
+
+# -- submit, walk ------------------------------------------------------------
+
+def test_submit_returns_one_entry_per_recipient_due_at_arrival(queue):
+    first = run(queue.submit(message(ALICE, BOB)))
+    second = run(queue.submit(message(ALICE, arrival=T0 + 5)))
+    assert [(e.domain, e.next_try) for e in first] == [("example.org", T0), ("example.net", T0)]
+    assert first[0].message_id == first[1].message_id != second[0].message_id
+    assert ids(first)[0] < ids(first)[1] < ids(second)[0]
+    assert second == [ScheduleEntry(ids(second)[0], second[0].message_id, "example.org", T0 + 5)]
+
+
+def test_walk_lists_queued_recipients_and_entries_since_only_newer_ones(queue):
+    first = run(queue.submit(message(ALICE, BOB)))
+    second = run(queue.submit(message(BOB)))
+    assert run(queue.walk()) == first + second
+    assert run(queue.entries_since(ids(first)[-1])) == second
+    run(queue.claim(ids(first[:1]), RUNNER, LEASE, T0))
+    assert run(queue.walk()) == first[1:] + second
+
+
+def test_submit_keeps_the_queue_id_chosen_by_submission(queue):
+    entries = run(queue.submit(message(queue_id="4F2A9C0B11DE")))
+    result = run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    assert result.claimed[0][0].queue_id == "4F2A9C0B11DE"
+    assert run(queue.rows())[0].queue_id == "4F2A9C0B11DE"
+
+
+# -- claim -------------------------------------------------------------------
+
+def test_claim_leases_due_recipients_and_reports_the_rest_not_due(queue):
+    now_due = run(queue.submit(message(ALICE, BOB)))
+    later = run(queue.submit(message(ALICE, arrival=T0 + 100)))
+    result = run(queue.claim(ids(now_due + later), RUNNER, LEASE, T0 + 10))
+    info, recipients = result.claimed[0]
+    assert len(result.claimed) == 1
+    assert info == MessageInfo(now_due[0].message_id, info.queue_id, SENDER, T0,
+                               len(b"Subject: hi\r\n\r\nhello\r\n"), BodyType.SEVEN_BIT,
+                               False, False)
+    assert recipients == [QueuedRecipient(ids(now_due)[0], info.message_id, ALICE),
+                          QueuedRecipient(ids(now_due)[1], info.message_id, BOB)]
+    assert result.not_due == later
+
+
+def test_force_claims_recipients_that_are_not_due(queue):
+    later = run(queue.submit(message(ALICE, arrival=T0 + 100)))
+    result = run(queue.claim(ids(later), RUNNER, LEASE, T0, force=True))
+    assert claimed_ids(result) == ids(later)
+    assert result.not_due == []
+
+
+def test_a_second_owner_cannot_claim_what_the_first_holds(queue):
+    entries = run(queue.submit(message(ALICE, BOB)))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    stolen = run(queue.claim(ids(entries), OTHER, LEASE, T0, force=True))
+    assert stolen.claimed == [] and stolen.not_due == []
+    again = run(queue.claim(ids(entries), RUNNER, LEASE, T0))  # the holder keeps them
+    assert claimed_ids(again) == ids(entries)
+
+
+def test_claim_skips_unknown_and_finished_recipients(queue):
+    entries = run(queue.submit(message(ALICE, BOB)))
+    run(queue.claim(ids(entries[:1]), RUNNER, LEASE, T0))
+    run(queue.record(RUNNER, [final(delivered(ids(entries)[0], "250 ok"))]))
+    result = run(queue.claim(ids(entries) + [9999], OTHER, LEASE, T0))
+    assert claimed_ids(result) == ids(entries[1:])
+    assert result.not_due == []
+
+
+# -- record --------------------------------------------------------------------
+
+def test_message_is_dropped_once_every_recipient_is_final(queue):
+    entries = run(queue.submit(message(ALICE, BOB, body=b"the body")))
+    message_id = entries[0].message_id
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    run(queue.record(RUNNER, [final(delivered(ids(entries)[0], "250 ok"))]))
+    assert [r.recipient for r in run(queue.rows())] == ["bob@example.net"]
+    assert run(queue.load_body(message_id)) == b"the body"
+    run(queue.record(RUNNER, [final(bounced(ids(entries)[1], "5.1.1", "no such user"))]))
+    assert run(queue.rows()) == []
+    assert run(queue.walk()) == []
+    with pytest.raises(QueueError):
+        run(queue.load_body(message_id))
+
+
+def test_deferred_recipient_is_queued_again_with_next_try_attempts_and_error(queue):
+    entries = run(queue.submit(message(ALICE)))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    outcome = deferred(ids(entries)[0], "4.4.1", "connection refused")
+    run(queue.record(RUNNER, [RecipientUpdate(outcome, T0 + 900)]))
+    assert run(queue.walk()) == [ScheduleEntry(ids(entries)[0], entries[0].message_id,
+                                               "example.org", T0 + 900)]
+    row, = run(queue.rows())
+    assert (row.state, row.attempts, row.next_try, row.last_error) == \
+        ("queued", 1, T0 + 900, "4.4.1 connection refused")
+    assert run(queue.claim(ids(entries), RUNNER, LEASE, T0 + 60)).not_due == \
+        run(queue.walk())
+    result = run(queue.claim(ids(entries), RUNNER, LEASE, T0 + 900))
+    assert result.claimed[0][1][0].attempts == 1
+
+
+def test_expired_recipient_is_bounced_and_last_error_is_cut_to_500(queue):
+    entries = run(queue.submit(message(ALICE, BOB)))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    expired = deferred(ids(entries)[0], "4.4.7", "x" * 600)  # a deferral past its lifetime
+    again = deferred(ids(entries)[1], "4.4.7", "y" * 600)
+    run(queue.record(RUNNER, [final(expired), RecipientUpdate(again, T0 + 60)]))
+    row, = run(queue.rows())
+    assert row.recipient == "bob@example.net"
+    assert len(row.last_error) == 500
+
+
+def test_record_by_a_runner_that_does_not_hold_the_lease_changes_nothing(queue):
+    entries = run(queue.submit(message(ALICE)))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    run(queue.record(OTHER, [final(delivered(ids(entries)[0], "250 ok"))]))
+    row, = run(queue.rows())
+    assert (row.state, row.attempts) == ("claimed", 0)
+    run(queue.record(RUNNER, [final(delivered(ids(entries)[0], "250 ok"))]))
+    assert run(queue.rows()) == []
+
+
+def test_record_queues_dsns_in_the_same_call(queue):
+    entries = run(queue.submit(message(ALICE)))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    dsn = message(SENDER, sender=NULL_SENDER, arrival=T0 + 1, body=b"DSN")
+    new = run(queue.record(RUNNER, [final(bounced(ids(entries)[0], "5.1.1", "unknown"))],
+                           new_messages=[dsn]))
+    assert run(queue.walk()) == new
+    assert [(e.domain, e.next_try) for e in new] == [("sender.example", T0 + 1)]
+    result = run(queue.claim(ids(new), RUNNER, LEASE, T0 + 1))
+    assert result.claimed[0][0].sender == NULL_SENDER
+    assert run(queue.load_body(new[0].message_id)) == b"DSN"
+
+
+def test_record_that_fails_changes_nothing(queue):
+    entries = run(queue.submit(message(ALICE, queue_id="AAAA00000001")))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    clash = message(SENDER, sender=NULL_SENDER, queue_id="AAAA00000001")
+    # SQLite raises sqlite3.IntegrityError here; the contract only asks for atomicity.
+    with pytest.raises(Exception):
+        run(queue.record(RUNNER, [final(delivered(ids(entries)[0], "250 ok"))],
+                         new_messages=[clash]))
+    row, = run(queue.rows())
+    assert (row.state, row.attempts) == ("claimed", 0)
+
+
+def test_record_marks_messages_warned(queue):
+    entries = run(queue.submit(message(ALICE)))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    outcome = deferred(ids(entries)[0], "4.4.1", "timeout")
+    run(queue.record(RUNNER, [RecipientUpdate(outcome, T0 + 60)],
+                     warned=[entries[0].message_id]))
+    result = run(queue.claim(ids(entries), RUNNER, LEASE, T0 + 60))
+    assert result.claimed[0][0].warned is True
+
+
+# -- orphans and shutdown ------------------------------------------------------
+
+def test_dead_runners_claims_return_uncertain_and_live_runners_unexpired_claims_stay(queue):
+    dead_held = run(queue.submit(message(ALICE)))
+    live_held = run(queue.submit(message(BOB)))
+    run(queue.claim(ids(dead_held), "mx1:1:1", LEASE, T0))
+    run(queue.claim(ids(live_held), RUNNER, LEASE, T0))
+    assert run(queue.recover_orphans(lambda owner: owner != "mx1:1:1", T0 + 30)) == 1
+    assert run(queue.walk()) == dead_held  # next_try kept: it was already due
+    result = run(queue.claim(ids(dead_held + live_held), OTHER, LEASE, T0 + 30))
+    assert result.claimed[0][1] == [QueuedRecipient(ids(dead_held)[0],
+                                                    dead_held[0].message_id, ALICE,
+                                                    uncertain=True)]
+
+
+def test_expired_leases_of_a_live_runner_return_uncertain(queue):
+    entries = run(queue.submit(message(ALICE)))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    assert run(queue.recover_orphans(lambda owner: True, T0 + LEASE)) == 0
+    assert run(queue.recover_orphans(lambda owner: True, T0 + LEASE + 1)) == 1
+    result = run(queue.claim(ids(entries), OTHER, LEASE, T0 + LEASE + 1))
+    assert result.claimed[0][1][0].uncertain is True
+
+
+def test_recovered_recipient_is_due_at_once_and_a_deferral_clears_uncertain(queue):
+    later = run(queue.submit(message(ALICE, arrival=T0 + 500)))
+    run(queue.claim(ids(later), RUNNER, LEASE, T0, force=True))
+    run(queue.recover_orphans(lambda owner: False, T0 + 10))
+    assert [e.next_try for e in run(queue.walk())] == [T0 + 10]
+    run(queue.claim(ids(later), OTHER, LEASE, T0 + 10))
+    outcome = deferred(ids(later)[0], "4.2.0", "mailbox busy")
+    run(queue.record(OTHER, [RecipientUpdate(outcome, T0 + 20)]))
+    result = run(queue.claim(ids(later), OTHER, LEASE, T0 + 20))
+    assert result.claimed[0][1][0].uncertain is False
+
+
+def test_release_claims_returns_only_that_runners_recipients_unchanged(queue):
+    mine = run(queue.submit(message(ALICE)))
+    theirs = run(queue.submit(message(BOB)))
+    run(queue.claim(ids(mine), RUNNER, LEASE, T0))
+    run(queue.claim(ids(theirs), OTHER, LEASE, T0))
+    assert run(queue.release_claims(RUNNER)) == 1
+    assert run(queue.walk()) == mine
+    result = run(queue.claim(ids(mine), OTHER, LEASE, T0))
+    assert result.claimed[0][1] == [QueuedRecipient(ids(mine)[0], mine[0].message_id, ALICE)]
+    assert run(queue.release_claims(RUNNER)) == 0
+
+
+# -- holds, reschedule, rows ---------------------------------------------------
+
+def test_hold_states_round_trip(queue):
+    assert run(queue.holds()) == {}
+    run(queue.set_hold("uplink", True, T0, "tidepost link down"))
+    run(queue.set_hold("local", False, T0 + 1, "start"))
+    run(queue.set_hold("uplink", False, T0 + 2, "ETRN"))
+    assert run(queue.holds()) == {"uplink": HoldState("uplink", False, T0 + 2, "ETRN"),
+                                  "local": HoldState("local", False, T0 + 1, "start")}
+
+
+def test_reschedule_moves_queued_recipients_only(queue):
+    queued = run(queue.submit(message(ALICE, arrival=T0 + 900)))
+    claimed = run(queue.submit(message(BOB)))
+    run(queue.claim(ids(claimed), RUNNER, LEASE, T0))
+    run(queue.reschedule(ids(queued + claimed) + [9999], T0 + 5))
+    assert [e.next_try for e in run(queue.walk())] == [T0 + 5]
+    run(queue.release_claims(RUNNER))
+    assert [e.next_try for e in run(queue.walk())] == [T0 + 5, T0]
+
+
+def test_rows_list_undelivered_recipients_oldest_message_first(queue):
+    newer = run(queue.submit(message(BOB, arrival=T0 + 60, body=b"12345", queue_id="B2")))
+    older = run(queue.submit(message(ALICE, BOB, body=b"123", queue_id="A1")))
+    run(queue.claim(ids(older[:1]), RUNNER, LEASE, T0))
+    assert run(queue.rows()) == [
+        QueueRow("A1", T0, 3, "carol@sender.example", "alice@example.org", "example.org",
+                 "claimed", 0, T0, ""),
+        QueueRow("A1", T0, 3, "carol@sender.example", "bob@example.net", "example.net",
+                 "queued", 0, T0, ""),
+        QueueRow("B2", T0 + 60, 5, "carol@sender.example", "bob@example.net", "example.net",
+                 "queued", 0, T0 + 60, ""),
+    ]
+    assert ids(newer) != ids(older)
+
+
+def test_rows_show_the_null_sender_as_empty(queue):
+    run(queue.submit(message(ALICE, sender=NULL_SENDER)))
+    assert run(queue.rows())[0].sender == ""
+
+
+# -- SQLite only: processes sharing one file, the commit point, group commit ----
+
+def test_two_processes_claiming_the_same_recipients_never_share_one(tmp_path: Path):
+    path = tmp_path / "queue.sqlite"
+    first, second = SqliteQueue(path), SqliteQueue(path)
+
+    async def race() -> tuple[set[int], set[int], list[int]]:
+        everyone = ids(await first.submit(message(*[Address(f"u{i}", "example.org")
+                                                    for i in range(200)])))
+        mine: set[int] = set()
+        theirs: set[int] = set()
+        for n, start in enumerate(range(0, len(everyone), 10)):  # one race per chunk
+            chunk = everyone[start:start + 10]
+            racers = [(first, RUNNER, mine), (second, OTHER, theirs)]
+            if n % 2:
+                racers.reverse()  # who starts alternates
+            results = await asyncio.gather(*(q.claim(chunk, owner, LEASE, T0)
+                                             for q, owner, _ in racers))
+            for (_, _, won), result in zip(racers, results):
+                won |= set(claimed_ids(result))
+        return mine, theirs, everyone
+
+    try:
+        mine, theirs, everyone = run(race())
+    finally:
+        run(first.close())
+        run(second.close())
+    assert mine.isdisjoint(theirs)
+    assert mine | theirs == set(everyone)
+
+
+def test_a_submit_that_returned_is_visible_to_a_fresh_connection(tmp_path: Path):
+    queue = SqliteQueue(tmp_path / "queue.sqlite")
+
+    async def submit_then_look() -> tuple[int, int, int]:
+        await queue.submit(message(ALICE, BOB))
+        fresh = sqlite3.connect(tmp_path / "queue.sqlite")
+        try:
+            return tuple(fresh.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                         for table in ("messages", "bodies", "recipients"))
+        finally:
+            fresh.close()
+
+    try:
+        assert run(submit_then_look()) == (1, 1, 2)
+    finally:
+        run(queue.close())
+
+
+def test_fifty_concurrent_submits_all_commit(tmp_path: Path):
+    queue = SqliteQueue(tmp_path / "queue.sqlite")
+
+    async def burst() -> list:
+        return await asyncio.gather(*(queue.submit(message(ALICE, queue_id=f"Q{i}"))
+                                      for i in range(50)))
+
+    try:
+        entries = [e for batch in run(burst()) for e in batch]
+        assert len({e.recipient_id for e in entries}) == 50
+        assert len(run(queue.walk())) == 50
+    finally:
+        run(queue.close())
+
+
+def test_one_failing_submit_does_not_spoil_its_group_commit(tmp_path: Path):
+    queue = SqliteQueue(tmp_path / "queue.sqlite")
+
+    async def burst() -> list:
+        messages = [message(ALICE, queue_id=f"Q{i}") for i in range(20)] + \
+            [message(BOB, queue_id="Q7")]
+        return await asyncio.gather(*(queue.submit(m) for m in messages),
+                                    return_exceptions=True)
+
+    try:
+        results = run(burst())
+        assert [isinstance(r, Exception) for r in results] == [False] * 20 + [True]
+        assert len(run(queue.walk())) == 20
+    finally:
+        run(queue.close())
