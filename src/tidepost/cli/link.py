@@ -83,7 +83,7 @@ async def status(config: Config) -> int:
         route = router.by_name.get(name)
         state = holds.get(name)
         held = state.held if state else bool(route and route.start_held)
-        kind = "local" if route is None else ("on demand" if route.on_demand else "always up")
+        kind = "local" if route is None else ("on-demand" if route.on_demand else "always-up")
         changed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.changed)) \
             if state else "-"
         table.add_row(name, kind, "held" if held else "up", str(counts.get(name, 0)),

@@ -1,0 +1,131 @@
+"""The shipped hook scripts and control flag files drive holds like `tidepost link`."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TIDEPOST = shutil.which("tidepost") or str(Path(sys.executable).parent / "tidepost")
+
+
+def write_config(tmp_path: Path, port: int = 0) -> Path:
+    config = tmp_path / "tidepost.toml"
+    config.write_text(f'''
+hostname = "site.test"
+spool = "{tmp_path / 'spool'}"
+[smtp]
+listen = ["127.0.0.1:{port or free_port()}"]
+[local]
+domains = ["site.test"]
+users = ["alice"]
+system_users = false
+[queue]
+poll_interval = "0.2s"
+[[route]]
+name = "uplink"
+start_held = true
+''')
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def route_state(config: Path, route: str) -> str:
+    out = subprocess.run([TIDEPOST, "link", "status", "-c", str(config)], check=True,
+                         capture_output=True, text=True).stdout
+    line = next(line for line in out.splitlines() if line.split()[:1] == [route])
+    return line.split()[2]
+
+
+def run_hook(script: str, config: Path, *args: str) -> None:
+    env = {**os.environ, "TIDEPOST_CONFIG": str(config),
+           "PATH": f"{Path(TIDEPOST).parent}:{os.environ['PATH']}"}
+    subprocess.run([str(REPO / "contrib" / script), *args], check=True, env=env,
+                   capture_output=True)
+
+
+def test_ppp_hooks_release_and_hold_the_uplink(tmp_path):
+    config = write_config(tmp_path)
+    assert route_state(config, "uplink") == "held"
+    run_hook("ppp/ip-up.d/tidepost", config, "ppp0", "/dev/ttyS0", "115200")
+    assert route_state(config, "uplink") == "up"
+    run_hook("ppp/ip-down.d/tidepost", config, "ppp0")
+    assert route_state(config, "uplink") == "held"
+
+
+def test_networkmanager_hook_follows_up_and_down(tmp_path):
+    config = write_config(tmp_path)
+    run_hook("NetworkManager/dispatcher.d/50-tidepost", config, "wwan0", "up")
+    assert route_state(config, "uplink") == "up"
+    run_hook("NetworkManager/dispatcher.d/50-tidepost", config, "wwan0", "dhcp4-change")
+    assert route_state(config, "uplink") == "up"
+    run_hook("NetworkManager/dispatcher.d/50-tidepost", config, "wwan0", "down")
+    assert route_state(config, "uplink") == "held"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    port = free_port()
+    config = write_config(tmp_path, port)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([TIDEPOST, "serve", "-c", str(config)], stderr=log)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield proc, config, tmp_path / "spool"
+    proc.terminate()
+    proc.wait(timeout=40)
+    log.close()
+
+
+def wait_state(config: Path, route: str, state: str) -> bool:
+    for _ in range(50):
+        if route_state(config, route) == state:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sighup_with_flag_files_toggles_holds_like_link(daemon):
+    proc, config, spool = daemon
+    subprocess.run([TIDEPOST, "link", "up", "uplink", "-c", str(config)], check=True,
+                   capture_output=True)
+    assert route_state(config, "uplink") == "up"
+    (spool / "control" / "holdremote").touch()
+    proc.send_signal(signal.SIGHUP)
+    assert wait_state(config, "uplink", "held")
+    (spool / "control" / "holdremote").unlink()
+    (spool / "control" / "holdlocal").touch()
+    proc.send_signal(signal.SIGHUP)
+    assert wait_state(config, "uplink", "up")
+    assert wait_state(config, "local", "held")
+    # Local mail now waits in the queue; removing holdlocal delivers it.
+    subprocess.run([TIDEPOST, "sendmail", "-C", str(config), "alice"], input=b"Subject: x\n\nx\n",
+                   check=True)
+    time.sleep(0.6)
+    assert not list((spool / "mail" / "alice" / "new").glob("*")) \
+        if (spool / "mail" / "alice" / "new").exists() else True
+    (spool / "control" / "holdlocal").unlink()
+    proc.send_signal(signal.SIGHUP)
+    assert wait_state(config, "local", "up")
+    for _ in range(50):
+        if (spool / "mail" / "alice" / "new").exists() and \
+                list((spool / "mail" / "alice" / "new").iterdir()):
+            break
+        time.sleep(0.1)
+    assert len(list((spool / "mail" / "alice" / "new").iterdir())) == 1
