@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tidepost.address import AddressError, normalise_domain
-from tidepost.config.schema import Config, RouteConfig
+from tidepost.config.schema import CUSTOMERS_ROUTE, Config, RelayConfig, RouteConfig
 from tidepost.errors import ConfigError
 from tidepost.config.windows import ScheduleError, parse_rule
 
@@ -35,6 +35,10 @@ _HEADER = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
 _KEY = re.compile(r"\s*([A-Za-z0-9_\-]+)\s*=")
 
 DEFAULT_ROUTE = RouteConfig(name="uplink", domains=("*",), on_demand=True, start_held=True)
+# Customer domains' mail: held, delivered to each domain's MX when the customer asks.
+# It matches no domain by pattern; the Router sends customer domains to it.
+CUSTOMERS = RouteConfig(name=CUSTOMERS_ROUTE, domains=(), transport="mx", on_demand=False,
+                        start_held=True)
 
 
 def find_config_path(explicit: str | None) -> Path | None:
@@ -78,7 +82,7 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
         where = f"route[{index}]"
         if not route.name or not re.fullmatch(r"[A-Za-z0-9_\-]+", route.name):
             builder.error(f"{where}.name", "a route needs a name of letters, digits, - or _")
-        elif names.count(route.name) > 1 or route.name == "local":
+        elif names.count(route.name) > 1 or route.name in ("local", CUSTOMERS_ROUTE):
             builder.error(f"{where}.name", f"route name {route.name!r} is taken")
         if route.transport == "smarthost" and not route.smarthost:
             builder.error(f"{where}.smarthost", "transport smarthost needs a smarthost")
@@ -96,12 +100,28 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             builder.error(f"smtp.relay_networks[{index}]", f"{network!r} is not a network")
+    relay = _relay(config.relay, builder)
     if builder.problems:
         raise ConfigError(builder.problems)
+    if relay.customer_domains or relay.customer_domains_file:
+        routes = (*routes, CUSTOMERS)
     return dataclasses.replace(
         config, route=tuple(routes), source=source,
         local=dataclasses.replace(config.local, domains=local_domains),
-        relay=dataclasses.replace(config.relay, domains=relay_domains))
+        relay=dataclasses.replace(relay, domains=relay_domains))
+
+
+def _relay(relay: RelayConfig, builder: _Builder) -> RelayConfig:
+    """Check the relay role's keys; customer domains normalised."""
+    if any(d.strip(".") in ("", "*") for d in relay.customer_domains):
+        builder.error("relay.customer_domains", "'*' would hold everyone's mail; list domains")
+    for index, network in enumerate(relay.etrn_networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            builder.error(f"relay.etrn_networks[{index}]", f"{network!r} is not a network")
+    customers = _normalised(relay.customer_domains, "relay.customer_domains", builder)
+    return dataclasses.replace(relay, customer_domains=customers)
 
 
 def _normalised(domains: tuple[str, ...], key: str, builder: _Builder) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ def default_hostname() -> str:
 
 
 MIB = 1024 * 1024
+CUSTOMERS_ROUTE = "customers"  # the built-in route holding customer domains' mail
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,24 @@ class RelayConfig:
 
     domains: tuple[str, ...] = field(default=(), metadata=meta(
         "relay domains (.example.org for all subdomains)"))
+    customer_domains: tuple[str, ...] = field(default=(), metadata=meta(
+        "customer domains: accepted from anyone, held on route `customers` until the "
+        "customer asks (ETRN, ATRN); .example.org for the domain and its subdomains"))
+    customer_domains_file: str = field(default="", metadata=meta(
+        "file of more customer domains, one a line, # comments; re-read when it "
+        "changes and on SIGHUP"))
+    etrn_networks: tuple[str, ...] = field(default=(), metadata=meta(
+        "client networks that may ETRN any customer domain; empty: anyone may "
+        "(authenticated customers may always ETRN their own domains)"))
+    etrn_rate: int = field(default=10, metadata=meta(
+        "ETRN and ATRN requests per client address per minute; more get 458",
+        low=1, high=100000))
+    credentials_file: str = field(default="", metadata=meta(
+        "SMTP AUTH users, `user:scrypt$salt$hash[:domain,domain]` a line "
+        "(`tidepost passwd`); empty disables AUTH"))
+    odmr_listen: tuple[str, ...] = field(default=(), metadata=meta(
+        "extra listeners for On-Demand Mail Relay (RFC 2645), HOST:PORT; port 366 by "
+        "convention"))
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,11 @@ class RouteConfig:
     batch_age: float = field(default=0.0, metadata=meta(
         "with a schedule: also run when the oldest message has waited this long (0: off)",
         low=0, kind="duration"))
+    etrn: tuple[str, ...] = field(default=(), metadata=meta(
+        "upstreams HOST[:PORT] asked by ETRN (RFC 1985) to send their mail for us "
+        "when this route is released"))
+    etrn_domains: tuple[str, ...] = field(default=(), metadata=meta(
+        "domains named in those ETRN requests (empty: the local domains)"))
 
 
 @dataclass(frozen=True)
@@ -189,6 +213,11 @@ class Config:
     def spool_path(self) -> Path:
         """The spool folder as a Path."""
         return Path(self.spool)
+
+    @property
+    def has_customers(self) -> bool:
+        """True when this node holds mail for customer domains (relay role)."""
+        return bool(self.relay.customer_domains or self.relay.customer_domains_file)
 
     @property
     def local_domains(self) -> frozenset[str]:

@@ -1,8 +1,10 @@
 """Which route serves a recipient domain (Postfix trivial-rewrite, in small).
 
 Local domains always go to the built-in `local` route (Maildir delivery);
-every other domain goes to the first configured route whose `domains` match
-(`*` matches all, `.example.org` matches the domain and its subdomains).
+customer domains (relay role, routing/customers.py) to the built-in held
+route `customers`; every other domain goes to the first configured route
+whose `domains` match (`*` matches all, `.example.org` matches the domain
+and its subdomains).
 A domain no route serves has no route: its mail is refused at RCPT time.
 """
 
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from tidepost.address import domain_matches
-from tidepost.config.schema import Config, RouteConfig
+from tidepost.config.schema import CUSTOMERS_ROUTE, Config, RouteConfig
+from tidepost.routing.customers import CustomerDomains
 
 LOCAL_ROUTE = "local"
 
@@ -32,7 +35,19 @@ class Router:
         self._local_domains = config.local_domains
         self._routes = config.route
         self.by_name: dict[str, RouteConfig] = {r.name: r for r in config.route}
+        self.customers = CustomerDomains(config.relay)
         self.route_of = lru_cache(maxsize=65536)(self._route_of)
+
+    def refresh_customers(self, force: bool = False) -> bool:
+        """Re-read the customer domains file if it changed; True when routes changed."""
+        changed = self.customers.refresh(force)
+        if changed:
+            self.route_of.cache_clear()
+        return changed
+
+    def is_customer(self, domain: str) -> bool:
+        """True for customer domains (held for the customer, relay role)."""
+        return self.route_of(domain) == CUSTOMERS_ROUTE
 
     def is_local(self, domain: str) -> bool:
         """True for the host's own domains (and the domainless `postmaster`)."""
@@ -42,6 +57,8 @@ class Router:
         """Name of the route serving `domain`, or None when no route does."""
         if self.is_local(domain):
             return LOCAL_ROUTE
+        if self.customers and self.customers.matches(domain):
+            return CUSTOMERS_ROUTE
         for route in self._routes:
             if any(domain_matches(domain, pattern) for pattern in route.domains):
                 return route.name

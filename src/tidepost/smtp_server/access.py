@@ -13,15 +13,18 @@ reply to give.  The rules, in order:
    final mailbox is what is checked.
 3. A local domain: accepted when `submission.local_user_exists(local)`,
    else 550 5.1.1.
-4. A relay domain (`relay.domains`; `.example.org` matches subdomains):
-   accepted from anyone.  A `*` pattern is ignored: it would be an open relay.
+4. A relay domain (`relay.domains`; `.example.org` matches subdomains) or a
+   customer domain (`relay.customer_domains[_file]`, held until the customer
+   asks): accepted from anyone.  A `*` pattern is ignored: it would be an
+   open relay.
 5. Any other domain: only from relay networks (`smtp.relay_networks`),
    authenticated or trusted (command-line) clients, else 550 5.7.1.
 6. A relayed domain no route serves: 550 5.4.4.
 
 Domains arrive normalised by `tidepost.address` (lower case, no trailing
 dot), so comparisons here are plain string matches.
-Config keys read: relay.domains, smtp.relay_networks.
+Config keys read: relay.domains, smtp.relay_networks (customer domains
+through the directory, i.e. the Router).
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ class RecipientDirectory(Protocol):
 
     def has_route(self, domain: str) -> bool:
         """True when some route serves `domain`."""
+
+    def is_customer_domain(self, domain: str) -> bool:
+        """True for customer domains (relay role): accepted from anyone."""
 
 
 class AccessPolicy:
@@ -74,8 +80,11 @@ class AccessPolicy:
         return trusted or bool(authenticated) or self.in_relay_networks(ip)
 
     def is_relay_domain(self, domain: str) -> bool:
-        """True for domains in `relay.domains` (accepted from anyone)."""
-        return any(domain_matches(domain, pattern) for pattern in self._relay_domains)
+        """True for relay and customer domains (accepted from anyone)."""
+        if any(domain_matches(domain, pattern) for pattern in self._relay_domains):
+            return True
+        is_customer = getattr(self._directory, "is_customer_domain", None)
+        return bool(is_customer and is_customer(domain))
 
     def check_recipient(self, rcpt: Address, may_relay: bool) -> Reply:
         """The reply to `RCPT TO:<rcpt>`: S250_RECIPIENT_OK or a refusal."""

@@ -74,6 +74,10 @@ class Submission:
         """True when a local mailbox or alias answers to `local_part`."""
         return self.aliases.exists(local_part)
 
+    def is_customer_domain(self, domain: str) -> bool:
+        """True for customer domains: accepted from anyone, held (relay role)."""
+        return self.router.is_customer(domain)
+
     def has_route(self, domain: str) -> bool:
         """True when some route serves `domain`."""
         return self.router.route_of(domain) is not None

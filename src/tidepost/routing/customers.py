@@ -1,0 +1,112 @@
+"""Customer domains: the relay role's held domains, listed inline and in a file.
+
+A relay accepts mail for its customers' domains from anyone, queues it on
+the built-in route `customers` (held), and delivers a domain's mail only
+when the customer asks (ETRN, ATRN).  `CustomerDomains` answers "is this a
+customer domain?" with no I/O; `refresh()` re-reads the file when its
+modification time or size changed (the daemon calls it at most once a second,
+and on SIGHUP) and returns True when the list changed, so that the caller can
+clear caches (Router.route_of).
+
+Patterns: `example.org` matches that domain, `.example.org` the domain and
+all its subdomains (as relay.domains).  The file has one pattern a line;
+`#` starts a comment; blank lines are ignored.  A file that cannot be read
+keeps the previous list (and is reported through `problem`), so a half-written
+file never drops customers' mail into the wrong route.
+
+Config keys read: relay.customer_domains, relay.customer_domains_file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from tidepost.address import AddressError, domain_matches, normalise_domain
+from tidepost.config.schema import RelayConfig
+
+log = logging.getLogger("tidepost.routing.customers")
+
+
+def parse_domains_text(text: str) -> tuple[tuple[str, ...], list[str]]:
+    """Patterns from a customer-domains file, and a message per bad line."""
+    patterns: list[str] = []
+    problems: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.partition("#")[0].strip()
+        if not line:
+            continue
+        try:
+            patterns.append(normalise_pattern(line))
+        except AddressError as exc:
+            problems.append(f"line {number}: {line!r}: {exc}")
+    return tuple(patterns), problems
+
+
+def normalise_pattern(pattern: str) -> str:
+    """`Example.ORG.` -> `example.org`; a leading dot (subdomains) is kept."""
+    dot = "." if pattern.startswith(".") else ""
+    domain = pattern[len(dot):]
+    if domain in ("", "*"):
+        raise AddressError("a customer domain must be a domain, not a wildcard")
+    return dot + normalise_domain(domain)
+
+
+class CustomerDomains:
+    """The current list of customer domain patterns."""
+
+    def __init__(self, config: RelayConfig):
+        self._inline = tuple(config.customer_domains)
+        self._path = Path(config.customer_domains_file) if config.customer_domains_file \
+            else None
+        self._from_file: tuple[str, ...] = ()
+        self._stamp: tuple[int, int] | None = None
+        self.problem = ""
+        self.refresh()
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """Every pattern, inline ones first."""
+        return self._inline + self._from_file
+
+    def __bool__(self) -> bool:
+        return bool(self._inline or self._path)
+
+    def matches(self, domain: str) -> bool:
+        """True when `domain` (normalised) is a customer domain."""
+        return any(domain_matches(domain, pattern) for pattern in self.patterns)
+
+    def pattern_for(self, domain: str) -> str | None:
+        """The first pattern matching `domain`, or None."""
+        return next((p for p in self.patterns if domain_matches(domain, p)), None)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the file if it changed (or `force`); True when the list changed."""
+        if self._path is None:
+            return False
+        try:
+            info = os.stat(self._path)
+            stamp = (info.st_mtime_ns, info.st_size)
+            if stamp == self._stamp and not force:
+                return False
+            text = self._path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._keep(f"{self._path}: cannot read: {exc}")
+        patterns, problems = parse_domains_text(text)
+        self._stamp = stamp
+        self.problem = "; ".join(f"{self._path}: {p}" for p in problems)
+        if self.problem:
+            log.warning("customer domains: ignoring bad lines: %s", self.problem)
+        changed = patterns != self._from_file
+        self._from_file = patterns
+        if changed:
+            log.info("customer domains file %s: %d domains", self._path, len(patterns))
+        return changed
+
+    def _keep(self, problem: str) -> bool:
+        """Keep the previous list after a failed read; report once per problem."""
+        if problem != self.problem:
+            log.warning("customer domains: keeping the previous list: %s", problem)
+        self.problem = problem
+        return False
