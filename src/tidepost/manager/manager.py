@@ -81,6 +81,8 @@ class Manager:
         self.gates = RouteGates(config.route, clock.now())
         self._operator_held: set[str] = set()
         self.on_result: Callable[[int, int], None] = lambda done, total: None
+        # Called after a release (node.py: ETRN to the route's upstreams).
+        self.on_release: Callable[[str, str], None] = lambda route, cause: None
 
     @property
     def owner(self) -> str:
@@ -184,6 +186,7 @@ class Manager:
             count = self.scheduler.release(route, self._clock.now())
         log.info("route %s released (%s): %d recipients due", route, cause, count)
         self._wake.set()
+        self.on_release(route, cause)
         return count
 
     async def flush_domain(self, route: str, domain: str, subdomains: bool) -> int:
@@ -203,6 +206,30 @@ class Manager:
             await self._claim_and_dispatch(entries, force=True, cause=f"flush of {pattern}")
         log.info("flush of %s on route %s: %d recipients", pattern, route, len(entries))
         return len(entries)
+
+    async def deliver_held(self, route: str, patterns: list[str], session: AgentSession,
+                           cause: str) -> int:
+        """Deliver what `route` holds for `patterns` over `session` (ODMR); the count.
+
+        The session is a connection the customer opened (RFC 2645 ATRN), so
+        jobs run one after another on it instead of through the dispatcher.
+        Claims make a concurrent ETRN or flush skip these recipients.
+        """
+        entries = [e for e in self.scheduler.entries_of_route(route)
+                   if any(domain_matches(e.domain, p) for p in patterns)]
+        for entry in entries:
+            self.scheduler.remove(entry.recipient_id)
+        result = await self._queue.claim([e.recipient_id for e in entries], self._owner,
+                                         LEASE_SECONDS, self._clock.now(), True)
+        count = 0
+        for message, recipients in result.claimed:
+            self._in_flight.update(r.recipient_id for r in recipients)
+            job = DeliveryJob(message, recipients, route, "", await self._queue.load_body(
+                message.message_id), cause=cause)
+            await self._record(job, await session.deliver(job))
+            count += len(recipients)
+        log.info("%s on route %s: %d recipients", cause, route, count)
+        return count
 
     # -- daemon internals ---------------------------------------------------
 
