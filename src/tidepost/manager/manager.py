@@ -366,6 +366,8 @@ class Manager:
         new_entries = await self._queue.record(
             self._owner, result.updates, result.dsns,
             [message.message_id] if result.warned else [])
+        if all(u.next_try is None for u in result.updates):
+            self._warned.discard(message.message_id)  # ids are not reused, but keep it small
         for update in result.updates:
             self._in_flight.discard(update.outcome.recipient_id)
             self._log(job, update.outcome, now)

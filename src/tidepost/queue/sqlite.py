@@ -15,6 +15,7 @@ same file; SQLite's locking and the busy timeout serialise them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue as thread_queue
 import secrets
 import sqlite3
@@ -32,7 +33,7 @@ from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
-    id        INTEGER PRIMARY KEY,
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
     queue_id  TEXT NOT NULL UNIQUE,
     sender    TEXT NOT NULL,
     arrival   REAL NOT NULL,
@@ -157,6 +158,8 @@ class _Writer:
                 except Exception as exc:  # reported to that op's caller only
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.Error):
+                        exc = QueueError(f"queue write failed: {exc}")
                     results.append((None, exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -165,7 +168,10 @@ class _Writer:
             error = QueueError(f"queue write failed: {exc}")
             results = [(None, error)] * len(batch)
         for (_, future, loop), (value, error) in zip(batch, results):
-            loop.call_soon_threadsafe(_resolve, future, value, error)
+            try:
+                loop.call_soon_threadsafe(_resolve, future, value, error)
+            except RuntimeError:
+                pass  # the caller's event loop is gone; nobody waits for this answer
 
 
 def _resolve(future: asyncio.Future, value: Any, error: BaseException | None) -> None:
@@ -184,7 +190,7 @@ class SqliteQueue:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        with connect(path) as conn:
+        with contextlib.closing(connect(path)) as conn:
             conn.executescript(SCHEMA)
         self._writer = _Writer(path)
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
