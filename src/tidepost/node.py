@@ -27,6 +27,7 @@ from tidepost.delivery.agent import DeliveryAgent
 from tidepost.delivery.maildir import MaildirAgent
 from tidepost.delivery.smtp import SmtpAgent
 from tidepost.manager.manager import Manager
+from tidepost.node_relay import RelayRole
 from tidepost.queue.backend import QueueBackend, open_queue
 from tidepost.queue.owner import this_runner
 from tidepost.resolver.resolver import Resolver
@@ -80,10 +81,18 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(parts, loop))
-    server = SmtpServer(config, parts.submission, context_from_config(config))
+    relay = RelayRole(config, parts.manager, parts.router, parts.submission, SystemClock())
+
+    def on_hangup() -> None:
+        _reload(parts, loop)
+        relay.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    tls_context = context_from_config(config)
+    server = SmtpServer(config, parts.submission, tls_context, relay.conversation())
     control = ControlServer(socket_path(config.spool_path), control_handlers(parts))
     await server.start()
+    await relay.start(tls_context)
     await control.start()
     control_dir(config).mkdir(exist_ok=True)
     await _apply_flag_files(parts, at_start=True)
@@ -94,6 +103,7 @@ async def serve(config: Config) -> None:
     finally:
         server.close()
         await server.wait_closed()
+        await relay.close()
         await control.close()
         await parts.queue.close()
         log.info("tidepost stopped")

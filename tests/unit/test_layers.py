@@ -19,6 +19,7 @@ LAYERS = [
     {"smtp_client"},
     {"delivery"},
     {"manager", "smtp_server", "control"},
+    {"node_relay"},
     {"node"},
     {"cli"},
 ]

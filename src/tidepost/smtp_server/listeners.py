@@ -1,6 +1,7 @@
 """The SMTP listeners: accept TCP connections, run a Conversation on each.
 
-`SmtpServer(config, submission, tls_context=None)`; `await server.start()`
+`SmtpServer(config, submission, tls_context=None, conversation=Conversation)`
+(`conversation` makes each session: a subclass adds verbs); `await server.start()`
 binds every `smtp.listen` entry ("HOST:PORT", "[::1]:PORT", "*:PORT" for all
 addresses; port 0 picks a free port, see `addresses()`).  `server.close()`
 stops listening and cancels the conversations (each says 421 4.3.2 if it
@@ -24,6 +25,7 @@ import logging
 import ssl
 from collections import Counter as Tally
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from tidepost.config.schema import Config
 from tidepost.errors import ConfigError
@@ -69,8 +71,10 @@ class SmtpServer:
     """Listens on the configured addresses and serves SMTP on each connection."""
 
     def __init__(self, config: Config, submission: Submission,
-                 tls_context: ssl.SSLContext | None = None):
+                 tls_context: ssl.SSLContext | None = None,
+                 conversation: Callable[..., Conversation] = Conversation):
         self._config = config
+        self._conversation = conversation  # a subclass adds verbs (turn.py: ETRN, ATRN)
         self._submission = submission
         self._tls_context = tls_context
         self._access = AccessPolicy(config, submission)
@@ -159,7 +163,7 @@ class SmtpServer:
     async def _converse(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter, ip: str) -> None:
         """Run one Conversation; errors end that connection only."""
-        conversation = Conversation(
+        conversation = self._conversation(
             self._config, self._submission, reader, writer, peer_ip=ip,
             access=self._access, tls_context=self._tls_context,
             tls_upgrade=tls.upgrade, counters=self._counters)

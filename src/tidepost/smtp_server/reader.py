@@ -79,6 +79,11 @@ class SmtpReader:
         self.bytes_read = 0
 
     @property
+    def stream(self) -> ByteStream:
+        """The stream read from (ODMR turns the connection around on it)."""
+        return self._stream
+
+    @property
     def buffered(self) -> int:
         """Octets received but not yet consumed."""
         return len(self._buffer)

@@ -1,0 +1,52 @@
+"""Delivery over a connection someone else opened: ODMR's reversed session.
+
+After ATRN (RFC 2645) the customer's own connection to us carries its mail:
+we are the SMTP client on streams the server accepted.  `TurnedSession(smtp,
+recipients_per_transaction)` is an `AgentSession` on that one `SmtpSession`:
+it never dials, never resolves, and once the connection is lost every later
+recipient is Deferred (4.4.2) so the manager parks it for the next request.
+`deliver()` never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tidepost.model import DeliveryJob
+from tidepost.outcomes import Outcome, deferred
+from tidepost.smtp_client.session import SmtpSession
+from tidepost.smtp_client.transaction import Transaction, send_transaction
+
+log = logging.getLogger("tidepost.delivery.turnaround")
+
+
+class TurnedSession:
+    """Delivers jobs one after another on an already open, reversed connection."""
+
+    def __init__(self, smtp: SmtpSession, recipients_per_transaction: int = 50):
+        self.smtp = smtp
+        self.size = recipients_per_transaction
+        self.destination_failed: tuple[str, str] | None = None
+
+    async def deliver(self, job: DeliveryJob) -> list[Outcome]:
+        """One job on the reversed connection; one outcome per recipient."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(job.recipients), self.size):
+            chunk = job.recipients[start:start + self.size]
+            if self.smtp.broken:
+                outcomes += [deferred(r.recipient_id, "4.4.2", "the customer's connection "
+                                      "was lost (ODMR)") for r in chunk]
+                continue
+            try:
+                outcomes += await send_transaction(self.smtp, Transaction(
+                    job.message.sender, chunk, job.body, job.message.body_type,
+                    job.message.smtputf8))
+            except Exception as error:  # an agent returns outcomes, always
+                log.exception("ODMR delivery to %s failed unexpectedly", self.smtp.peer)
+                self.smtp.close()
+                outcomes += [deferred(r.recipient_id, "4.3.0", f"internal error: {error!r}")
+                             for r in chunk]
+        return outcomes
+
+    async def close(self) -> None:
+        """The connection belongs to the conversation that reversed it."""

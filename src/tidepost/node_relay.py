@@ -1,0 +1,207 @@
+"""Composition of the relay role: customer domains, ETRN, AUTH, ODMR (node.py's helper).
+
+`RelayRole(parts)` wires the relay verbs of the SMTP server (smtp_server/
+turn.py) to the queue manager without either importing the other:
+- `conversation(odmr_only)` is the SmtpServer's session factory;
+- ETRN calls `flush_domain` → `Manager.flush_domain("customers", ...)`;
+- ATRN calls `deliver_over` → `Manager.deliver_held` on the reversed
+  connection (delivery/turnaround.py);
+- every release of a customer domain is remembered in
+  `SPOOL/customer-releases.json` for `tidepost status`.
+`start()` holds the `customers` route (always, whatever was persisted: customer
+mail waits for its customer), opens the ODMR listeners and starts a task that
+re-reads the customer domains file at most once a second; `reload()` (SIGHUP)
+re-reads it and the credentials file at once.  `after_release(route)` sends
+ETRN to the route's `etrn` upstreams (the site role).
+Config keys read: relay.*, route.*.etrn, route.*.etrn_domains, delivery.*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import ipaddress
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tidepost.address import domain_matches
+from tidepost.clock import Clock
+from tidepost.config.schema import CUSTOMERS_ROUTE, Config
+from tidepost.delivery.turnaround import TurnedSession
+from tidepost.errors import ConfigError
+from tidepost.manager.manager import Manager
+from tidepost.routing.routes import Router
+from tidepost.smtp_client.session import SmtpSession
+from tidepost.smtp_client.turn import UpstreamPlan, UpstreamRequests
+from tidepost.smtp_server.credentials import Credentials, CredentialsError
+from tidepost.smtp_server.listeners import SmtpServer
+from tidepost.smtp_server.session import Conversation
+from tidepost.smtp_server.turn import RateLimiter, RelayConversation, RelayServices
+from tidepost.submission.submit import Submission
+
+log = logging.getLogger("tidepost.relay")
+
+REFRESH_SECONDS = 1.0  # customer domains file: look at its mtime at most this often
+RELEASES_FILE = "customer-releases.json"
+
+
+def releases_path(config: Config) -> Path:
+    """Where the last release of each customer domain is remembered."""
+    return config.spool_path / RELEASES_FILE
+
+
+def read_releases(config: Config) -> dict[str, dict[str, Any]]:
+    """{pattern: {"time": unix seconds, "by": "ETRN from 192.0.2.1", "count": n}}."""
+    try:
+        return json.loads(releases_path(config).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class RelayRole:
+    """The relay role's parts of one running node."""
+
+    def __init__(self, config: Config, manager: Manager, router: Router,
+                 submission: Submission, clock: Clock):
+        self.config = config
+        self.clock = clock
+        self.manager = manager
+        self.router = router
+        self.submission = submission
+        self.credentials = _load_credentials(config)
+        self.limiter = RateLimiter(config.relay.etrn_rate)
+        self.upstreams = UpstreamRequests(config.hostname, config.delivery)
+        self._servers: list[SmtpServer] = []
+        self._watcher: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def active(self) -> bool:
+        """True when this node answers ETRN/AUTH/ATRN (customers or AUTH users)."""
+        return self.config.has_customers or bool(self.config.relay.credentials_file)
+
+    def services(self, odmr_only: bool = False) -> RelayServices:
+        """What the relay verbs of one listener get."""
+        delivery = self.config.delivery
+        return RelayServices(
+            flush_domain=self.flush_domain, is_customer=self.router.is_customer,
+            limiter=self.limiter, credentials=self.credentials,
+            etrn_networks=tuple(ipaddress.ip_network(n, strict=False)
+                                for n in self.config.relay.etrn_networks),
+            pending=self.pending, deliver_over=self.deliver_over,
+            greeting_timeout=delivery.connect_timeout,
+            command_timeout=delivery.command_timeout, odmr_only=odmr_only)
+
+    def conversation(self, odmr_only: bool = False) -> Any:
+        """The SmtpServer session factory: with the relay verbs when the role is on."""
+        if not self.active:
+            return Conversation
+        return functools.partial(RelayConversation, relay=self.services(odmr_only))
+
+    # -- what the verbs call -------------------------------------------------
+
+    async def flush_domain(self, domain: str, subdomains: bool) -> int:
+        """ETRN: deliver the held mail of a customer domain now."""
+        count = await self.manager.flush_domain(CUSTOMERS_ROUTE, domain, subdomains)
+        await self._remember(("." if subdomains else "") + domain, "ETRN", count)
+        return count
+
+    def pending(self, patterns: list[str]) -> int:
+        """Recipients held for `patterns` (ATRN: 453 when none)."""
+        return sum(1 for e in self.manager.scheduler.entries_of_route(CUSTOMERS_ROUTE)
+                   if any(domain_matches(e.domain, p) for p in patterns))
+
+    async def deliver_over(self, patterns: list[str], smtp: SmtpSession) -> int:
+        """ATRN: deliver the held mail for `patterns` on the customer's connection."""
+        session = TurnedSession(smtp, self.config.delivery.recipients_per_transaction)
+        cause = "ATRN " + ",".join(patterns)
+        count = await self.manager.deliver_held(CUSTOMERS_ROUTE, patterns, session, cause)
+        for pattern in patterns:
+            await self._remember(pattern, "ATRN", count)
+        return count
+
+    def after_release(self, route: str, cause: str) -> None:
+        """Manager hook: ask the route's upstreams to send what they hold for us."""
+        config = next((r for r in self.config.route if r.name == route), None)
+        if config is None or not config.etrn:
+            return
+        domains = config.etrn_domains or tuple(sorted(self.config.local.domains))
+        log.info("route %s released (%s): ETRN %s to %s", route, cause,
+                 " ".join(domains), ", ".join(config.etrn))
+        self.upstreams.ask(route, UpstreamPlan(config.etrn, domains))
+
+    # -- life cycle ------------------------------------------------------------
+
+    async def start(self, tls_context: Any) -> None:
+        """Hold customer mail, open ODMR listeners, watch the customer domains file."""
+        self.manager.on_release = self.after_release
+        if self.config.has_customers and CUSTOMERS_ROUTE not in await self.manager.held_routes():
+            await self.manager.hold(CUSTOMERS_ROUTE, "customer mail waits for its customer")
+        if self.config.relay.customer_domains_file:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        if self.active and self.config.relay.odmr_listen:
+            smtp = dataclasses.replace(self.config.smtp, listen=self.config.relay.odmr_listen)
+            server = SmtpServer(dataclasses.replace(self.config, smtp=smtp), self.submission,
+                                tls_context, conversation=self.conversation(odmr_only=True))
+            await server.start()
+            self._servers.append(server)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the customer domains and credentials files now."""
+        self.router.refresh_customers(force=True)
+        if self.config.relay.credentials_file:
+            try:
+                fresh = Credentials.load(self.config.relay.credentials_file)
+            except CredentialsError as exc:
+                log.error("SIGHUP: keeping the old credentials: %s", exc)
+                return
+            if self.credentials is not None:  # shared by every listener: update in place
+                self.credentials.replace(fresh)
+            log.info("credentials re-read: %d users", len(fresh))
+
+    async def close(self) -> None:
+        """Stop the ODMR listeners, the watcher and the upstream requests."""
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self.upstreams.close()
+
+    async def _watch(self) -> None:
+        """Re-read the customer domains file when it changes (checked once a second)."""
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                self.router.refresh_customers()
+            except Exception:  # noqa: BLE001 - the watcher must go on
+                log.exception("re-reading the customer domains failed")
+
+    async def _remember(self, pattern: str, how: str, count: int) -> None:
+        """Record a customer domain's release for `tidepost status`."""
+        async with self._write_lock:
+            await asyncio.to_thread(self._write_release, pattern, how, count)
+
+    def _write_release(self, pattern: str, how: str, count: int) -> None:
+        """Rewrite the releases file atomically (tmp, rename)."""
+        releases = read_releases(self.config)
+        releases[pattern] = {"time": self.clock.now(), "by": how, "count": count}
+        path = releases_path(self.config)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(releases, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def _load_credentials(config: Config) -> Credentials | None:
+    """The credentials file's users; None when AUTH is off."""
+    if not config.relay.credentials_file:
+        return None
+    try:
+        return Credentials.load(config.relay.credentials_file)
+    except CredentialsError as exc:
+        raise ConfigError([f"relay.credentials_file: {exc}"]) from None

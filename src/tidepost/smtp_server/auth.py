@@ -1,0 +1,100 @@
+"""SMTP AUTH (RFC 4954) for the relay role: mechanisms PLAIN and LOGIN.
+
+`read_credentials(conversation, mechanism, initial)` runs the challenge and
+response exchange on a conversation and returns `(user, password)` or the
+`Reply` that ends the exchange (cancelled, undecodable, unknown mechanism).
+Checking the password is the caller's business (turn.py), as is where AUTH
+is offered: only over TLS or from loopback, so that passwords never cross a
+network in clear text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from typing import Awaitable, Callable
+
+from tidepost.smtp_server.reader import BareLineFeed, LineTooLong
+from tidepost.smtp_server.replies import Reply
+
+MECHANISMS = ("PLAIN", "LOGIN")
+AUTH_LINE_LIMIT = 12288  # octets: RFC 4954 4 asks servers to accept at least 12288
+
+S235_AUTHENTICATED = Reply(235, "2.7.0", "Authentication successful")
+S501_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+S501_UNDECODABLE = Reply(501, "5.5.2", "Cannot decode the response")
+S500_AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
+S502_AUTH_UNAVAILABLE = Reply(502, "5.5.1", "AUTH not available")
+S503_ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+S503_AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+S504_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
+S530_AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+S535_BAD_CREDENTIALS = Reply(535, "5.7.8", "Authentication credentials invalid")
+S538_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication "
+                                       "mechanism")
+
+# Sends a 334 challenge (base64 text) and returns the client's response line.
+Challenge = Callable[[str], Awaitable[str]]
+
+
+def is_loopback(ip: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+async def read_credentials(challenge: Challenge, mechanism: str, initial: str
+                           ) -> tuple[str, str] | Reply:
+    """Run one PLAIN or LOGIN exchange; (user, password) or the reply ending it."""
+    mechanism = mechanism.upper()
+    try:
+        if mechanism == "PLAIN":
+            response = initial or await challenge("")
+            return _plain(_decode(response))
+        if mechanism == "LOGIN":
+            user = _decode(initial or await challenge(_b64("Username:")))
+            password = _decode(await challenge(_b64("Password:")))
+            return user.decode("utf-8"), password.decode("utf-8")
+    except _Cancelled:
+        return S501_CANCELLED
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return S501_UNDECODABLE
+    except (LineTooLong, BareLineFeed):
+        return S500_AUTH_LINE_TOO_LONG
+    return S504_UNKNOWN_MECHANISM
+
+
+class _Cancelled(Exception):
+    """The client answered a challenge with `*`."""
+
+
+def _decode(response: str) -> bytes:
+    """A base64 response; `*` cancels; `=` is the empty initial response."""
+    response = response.strip()
+    if response == "*":
+        raise _Cancelled()
+    if response == "=":
+        return b""
+    return base64.b64decode(response, validate=True)
+
+
+def _plain(data: bytes) -> tuple[str, str]:
+    """authzid NUL authcid NUL passwd (RFC 4616); authzid must be empty or authcid."""
+    parts = data.split(b"\0")
+    if len(parts) != 3:
+        raise ValueError("PLAIN needs three fields")
+    authzid, user, password = (p.decode("utf-8") for p in parts)
+    if authzid and authzid != user:
+        raise ValueError("acting for another user is not supported")
+    return user, password
+
+
+def _b64(text: str) -> str:
+    """Base64 of an ASCII challenge."""
+    return base64.b64encode(text.encode("ascii")).decode("ascii")

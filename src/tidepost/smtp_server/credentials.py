@@ -1,0 +1,142 @@
+"""SMTP AUTH identities: the credentials file, salted hashes, and their domains.
+
+File format (`relay.credentials_file`), one user a line, `#` comments:
+
+    user:scrypt$SALT$HASH[:domain,domain,...]
+
+SALT and HASH are unpadded base64; HASH is `hashlib.scrypt(password, salt,
+n=2**14, r=8, p=1, dklen=32)`.  The optional domains are the customer
+domains this user may ETRN or ATRN (`.example.org` for the domain and its
+subdomains); an authenticated user may relay to any domain.
+`tidepost passwd USER [DOMAIN...]` prints a line.
+
+Verification costs about 50 ms of CPU on purpose; callers run it in a
+thread (`asyncio.to_thread`).  An unknown user is checked against a dummy
+hash, so that timing does not tell which users exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("tidepost.smtp_server.credentials")
+
+SCHEME = "scrypt"
+SCRYPT_N, SCRYPT_R, SCRYPT_P, KEY_BYTES = 2**14, 8, 1, 32
+
+
+class CredentialsError(Exception):
+    """The credentials file could not be read or has a bad line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One user of the credentials file."""
+
+    user: str
+    hashed: str                  # scrypt$SALT$HASH
+    domains: tuple[str, ...] = ()
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """`scrypt$SALT$HASH` for `password`, with a fresh random salt."""
+    salt = salt if salt is not None else os.urandom(16)
+    digest = _scrypt(password, salt)
+    return f"{SCHEME}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    """True when `password` matches `hashed` (constant-time comparison)."""
+    try:
+        scheme, salt, digest = hashed.split("$")
+        if scheme != SCHEME:
+            return False
+        expected = _unb64(digest)
+        actual = _scrypt(password, _unb64(salt))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(expected, actual)
+
+
+# Checked for unknown users so that they cost as much time as known ones.
+_DUMMY = f"{SCHEME}${'A' * 22}${'A' * 43}"
+
+
+class Credentials:
+    """The users of a credentials file, by name."""
+
+    def __init__(self, identities: dict[str, Identity]):
+        self._identities = identities
+
+    @classmethod
+    def load(cls, path: str | Path) -> Credentials:
+        """Read a credentials file; a bad line raises CredentialsError."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CredentialsError(f"{path}: cannot read: {exc}") from None
+        identities = {}
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.strip()
+            if line and not line.startswith("#"):
+                identity = parse_line(line, f"{path}:{number}")
+                identities[identity.user] = identity
+        return cls(identities)
+
+    def replace(self, other: Credentials) -> None:
+        """Take another file's users (SIGHUP), in place for every holder."""
+        self._identities = dict(other._identities)
+
+    def __len__(self) -> int:
+        return len(self._identities)
+
+    def check(self, user: str, password: str) -> Identity | None:
+        """The identity when `password` is right for `user`; None otherwise. Slow."""
+        identity = self._identities.get(user)
+        ok = verify_password(password, identity.hashed if identity else _DUMMY)
+        return identity if identity and ok else None
+
+    def domains_of(self, user: str) -> tuple[str, ...]:
+        """The customer domain patterns `user` may ask for."""
+        identity = self._identities.get(user)
+        return identity.domains if identity else ()
+
+
+def parse_line(line: str, where: str) -> Identity:
+    """One `user:hash[:domains]` line."""
+    user, _, rest = line.partition(":")
+    hashed, _, domains = rest.partition(":")
+    if not user or not hashed.startswith(SCHEME + "$") or hashed.count("$") != 2:
+        raise CredentialsError(f"{where}: expected user:scrypt$SALT$HASH[:domain,...]")
+    patterns = tuple(d.strip().lower().rstrip(".") for d in domains.split(",") if d.strip())
+    return Identity(user, hashed, patterns)
+
+
+def format_line(user: str, password: str, domains: tuple[str, ...] = ()) -> str:
+    """A credentials file line for `user`."""
+    if not user or ":" in user or any(c.isspace() for c in user):
+        raise ValueError("a user name has no colon and no white space")
+    line = f"{user}:{hash_password(password)}"
+    return f"{line}:{','.join(domains)}" if domains else line
+
+
+def _scrypt(password: str, salt: bytes) -> bytes:
+    """The scrypt key of `password`."""
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R,
+                          p=SCRYPT_P, dklen=KEY_BYTES)
+
+
+def _b64(data: bytes) -> str:
+    """Unpadded standard base64."""
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    """Decode unpadded base64."""
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)

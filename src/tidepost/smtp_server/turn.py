@@ -1,0 +1,341 @@
+"""The relay role's verbs: ETRN (RFC 1985), AUTH (RFC 4954), ATRN (RFC 2645).
+
+`RelayConversation` is a `Conversation` with three more verbs; it gets what
+it needs from the rest of the node as a `RelayServices` (node.py wires it),
+never the queue manager itself (layers: smtp_server sits beside manager).
+
+ETRN `domain` | `@domain` (the domain and its subdomains) | `#queue`:
+  503 before HELO/EHLO or inside a mail transaction; 501 5.5.4 bad syntax;
+  458 4.3.0 for `#queue` (named queues are not supported) and when the
+  flush fails; 458 4.7.0 over `relay.etrn_rate` requests per client address
+  per minute; 459 4.7.1 for a domain that is not a customer domain, or a
+  client that may not ask (`relay.etrn_networks` non-empty and the client
+  outside them, and not authenticated as the domain's customer).
+  Otherwise the domain's held mail is handed to the dispatcher at once and
+  the reply is 253 2.0.0 with the number of recipients started, or 251 2.0.0
+  when none is waiting.  The route stays held: mail arriving later waits for
+  the next request.
+AUTH PLAIN | LOGIN: offered when `relay.credentials_file` is set, and only
+  over TLS or from loopback; bad credentials 535 5.7.8; success 235 2.7.0,
+  after which the client may relay and ETRN/ATRN its own domains.
+ATRN [domain[,domain...]] (no argument: all of the user's domains): 530 5.7.0
+  without AUTH; 450 4.7.1 for a domain not granted to the user; 453 when no
+  mail waits; else 250, and the roles reverse on this connection: the
+  customer greets us, we say EHLO and deliver its held mail, then QUIT.
+On an ODMR listener (`odmr_only`, `relay.odmr_listen`) every other command
+but EHLO, HELO, AUTH, ATRN, STARTTLS, NOOP, RSET, HELP and QUIT gets 502
+(RFC 2645 5.4).
+Config keys read: relay.etrn_networks, relay.etrn_rate (through RelayServices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from tidepost.address import AddressError, domain_matches, normalise_domain
+from tidepost.smtp_client.session import Peer, SmtpSession
+from tidepost.smtp_server import auth as A
+from tidepost.smtp_server import replies as S
+from tidepost.smtp_server.credentials import Credentials
+from tidepost.smtp_server.replies import Reply
+from tidepost.smtp_server.session import Conversation
+
+log = logging.getLogger("tidepost.smtp_server.turn")
+
+S501_ETRN_SYNTAX = Reply(501, "5.5.4", "Syntax: ETRN domain | ETRN @domain")
+S501_ATRN_SYNTAX = Reply(501, "5.5.4", "Syntax: ATRN [domain[,domain...]]")
+S502_ODMR_ONLY = Reply(502, "5.5.1", "Command not implemented on this On-Demand Mail "
+                                     "Relay port")
+S503_IN_TRANSACTION = Reply(503, "5.5.1", "Not allowed during a mail transaction")
+S503_ATRN_PIPELINED = Reply(503, "5.5.1", "ATRN must be the last command sent before "
+                                          "its reply")
+S250_REVERSING = Reply(250, "2.0.0", "OK now reversing the connection")
+S451_ATRN_LATER = Reply(451, "4.7.0", "Unable to process ATRN request now")
+S453_NO_MAIL = Reply(453, "4.3.0", "You have no mail")
+ODMR_VERBS = {"EHLO", "HELO", "AUTH", "ATRN", "STARTTLS", "NOOP", "RSET", "HELP", "QUIT"}
+ETRN_WINDOW = 60.0  # seconds over which relay.etrn_rate counts
+
+
+def s251_none_waiting(node: str) -> Reply:
+    """ETRN: nothing is held for the node."""
+    return Reply(251, "2.0.0", f"OK, no messages waiting for node {node}")
+
+
+def s253_started(node: str, count: int) -> Reply:
+    """ETRN: delivery of `count` held messages (recipients) started."""
+    return Reply(253, "2.0.0", f"OK, {count} pending messages for node {node} started")
+
+
+def s458_unable(node: str, why: str, status: str = "4.3.0") -> Reply:
+    """ETRN: cannot start the queue for the node now."""
+    return Reply(458, status, f"Unable to queue messages for node {node}: {why}")
+
+
+def s459_not_allowed(node: str, why: str) -> Reply:
+    """ETRN: the node is not one we hold mail for, or not for this client."""
+    return Reply(459, "4.7.1", f"Node {node} not allowed: {why}")
+
+
+def s450_refused(domain: str) -> Reply:
+    """ATRN: a domain not granted to the authenticated user."""
+    return Reply(450, "4.7.1", f"ATRN request refused: {domain} is not yours")
+
+
+class RateLimiter:
+    """At most `limit` events per client address in a sliding window."""
+
+    def __init__(self, limit: int, window: float = ETRN_WINDOW,
+                 now: Callable[[], float] | None = None):
+        self.limit = limit
+        self.window = window
+        self._now = now or time.monotonic  # intervals only: no wall clock
+        self._events: dict[str, deque[float]] = {}
+
+    def allow(self, client: str) -> bool:
+        """Count one event for `client`; False when it is over the limit."""
+        now = self._now()
+        events = self._events.setdefault(client, deque())
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if len(events) >= self.limit:
+            return False
+        events.append(now)
+        if len(self._events) > 10000:  # forget idle clients; bounded memory
+            self._events = {k: v for k, v in self._events.items() if v}
+        return True
+
+
+@dataclass
+class RelayServices:
+    """What the relay verbs need from the node (injected, no manager import)."""
+
+    flush_domain: Callable[[str, bool], Awaitable[int]]   # ETRN: (domain, subdomains)
+    is_customer: Callable[[str], bool]
+    limiter: RateLimiter
+    etrn_networks: tuple[Any, ...] = ()                    # ip_network objects
+    credentials: Credentials | None = None
+    pending: Callable[[list[str]], int] = lambda patterns: 0
+    # ATRN: deliver the held mail for the patterns over the reversed session.
+    deliver_over: Callable[[list[str], SmtpSession], Awaitable[int]] | None = None
+    greeting_timeout: float = 30.0
+    command_timeout: float = 300.0
+    odmr_only: bool = False
+    statistics: dict[str, int] = field(default_factory=lambda: {
+        "etrn": 0, "etrn_refused": 0, "auth_ok": 0, "auth_failed": 0, "atrn": 0})
+
+
+class RelayConversation(Conversation):
+    """A Conversation that also speaks ETRN, AUTH and ATRN."""
+
+    def __init__(self, *args: Any, relay: RelayServices, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.relay = relay
+
+    def extensions(self) -> list[str]:
+        """EHLO keywords: the base ones, ETRN, AUTH where allowed, ATRN."""
+        keywords = [] if self.relay.odmr_only else super().extensions()
+        if self.relay.odmr_only and self._tls_available() and not self.session.tls:
+            keywords.append("STARTTLS")
+        if not self.relay.odmr_only:
+            keywords.append("ETRN")
+        if self._auth_offered():
+            keywords.append("AUTH " + " ".join(A.MECHANISMS))
+        if self.relay.credentials is not None:
+            keywords.append("ATRN")
+        return keywords
+
+    def _handler(self, verb: str) -> Callable[[str], Any] | None:
+        """On an ODMR port, other verbs than the profile's get 502 (RFC 2645 5.4)."""
+        handler = super()._handler(verb)
+        if handler is not None and self.relay.odmr_only and verb.upper() not in ODMR_VERBS:
+            return lambda arg: self.reply(S502_ODMR_ONLY)
+        return handler
+
+    # -- ETRN -----------------------------------------------------------------
+
+    async def smtp_ETRN(self, arg: str) -> None:
+        """ETRN: deliver now what we hold for a customer domain (RFC 1985)."""
+        refusal = self._etrn_refusal(arg)
+        if refusal is not None:
+            self.relay.statistics["etrn_refused"] += 1
+            return self.reply(refusal)
+        subdomains = arg.startswith("@")
+        domain = normalise_domain(arg.lstrip("@"))
+        try:
+            count = await self.relay.flush_domain(domain, subdomains)
+        except Exception:
+            log.exception("ETRN %s from %s failed", arg, self.session.peer_ip)
+            return self.reply(s458_unable(arg, "local error, try again later"))
+        self.relay.statistics["etrn"] += 1
+        log.info("ETRN %s from %s: %d recipients started", arg, self.session.peer_ip, count)
+        self.reply(s253_started(arg, count) if count else s251_none_waiting(arg))
+
+    def _etrn_refusal(self, arg: str) -> Reply | None:
+        """The reply refusing this ETRN, or None when it may go ahead."""
+        if not self.session.helo:
+            return S.S503_HELO_FIRST
+        if self.transaction is not None:
+            return S503_IN_TRANSACTION
+        if not arg or " " in arg:
+            return S501_ETRN_SYNTAX
+        if arg.startswith("#"):
+            shown = arg if arg.isprintable() and len(arg) <= 255 else "#"
+            return s458_unable(shown, "named queues are not supported")
+        try:
+            domain = normalise_domain(arg[1:] if arg.startswith("@") else arg)
+        except AddressError:
+            return S501_ETRN_SYNTAX
+        if not self.relay.limiter.allow(self.session.peer_ip):
+            return s458_unable(arg, "too many requests, try again later", "4.7.0")
+        if not self.relay.is_customer(domain):
+            return s459_not_allowed(arg, "we hold no mail for it")
+        if not self._may_ask_for(domain):
+            return s459_not_allowed(arg, "not for this client")
+        return None
+
+    def _may_ask_for(self, domain: str) -> bool:
+        """True when this client may ETRN `domain`."""
+        if self.session.trusted or self._user_owns(domain):
+            return True
+        networks = self.relay.etrn_networks
+        return not networks or _in_networks(self.session.peer_ip, networks)
+
+    def _user_owns(self, domain: str) -> bool:
+        """True when the authenticated user was granted `domain`."""
+        if not self.session.authenticated or self.relay.credentials is None:
+            return False
+        granted = self.relay.credentials.domains_of(self.session.authenticated)
+        return any(domain_matches(domain, pattern) for pattern in granted)
+
+    # -- AUTH -----------------------------------------------------------------
+
+    def _auth_offered(self) -> bool:
+        """AUTH only with a credentials file, over TLS or from loopback."""
+        return (self.relay.credentials is not None and not self.session.authenticated
+                and (self.session.tls or A.is_loopback(self.session.peer_ip)))
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """AUTH PLAIN|LOGIN [initial-response] (RFC 4954)."""
+        refusal = self._auth_refusal()
+        if refusal is not None:
+            return self.reply(refusal)
+        mechanism, _, initial = arg.partition(" ")
+        if not mechanism:
+            return self.reply(S.S501_SYNTAX)
+        result = await A.read_credentials(self._challenge, mechanism, initial.strip())
+        if isinstance(result, Reply):
+            return self.reply(result)
+        user, password = result
+        credentials = self.relay.credentials
+        assert credentials is not None
+        identity = await asyncio.to_thread(credentials.check, user, password)
+        if identity is None:
+            self.relay.statistics["auth_failed"] += 1
+            log.warning("AUTH %s failed for %r from %s", mechanism.upper(), user,
+                        self.session.peer_ip)
+            return self.reply(A.S535_BAD_CREDENTIALS)
+        self.relay.statistics["auth_ok"] += 1
+        self.session.authenticated = identity.user
+        self.session.may_relay = self.access.may_relay(
+            self.session.peer_ip, identity.user, self.session.trusted)
+        self.reply(A.S235_AUTHENTICATED)
+
+    def _auth_refusal(self) -> Reply | None:
+        """The reply refusing AUTH now, or None."""
+        if self.relay.credentials is None:
+            return A.S502_AUTH_UNAVAILABLE
+        if not self.session.helo:
+            return S.S503_HELO_FIRST
+        if self.session.authenticated:
+            return A.S503_ALREADY_AUTHENTICATED
+        if self.transaction is not None:
+            return A.S503_AUTH_IN_TRANSACTION
+        if not (self.session.tls or A.is_loopback(self.session.peer_ip)):
+            return A.S538_NEEDS_TLS
+        return None
+
+    async def _challenge(self, text: str) -> str:
+        """Send `334 text` and read the client's response line."""
+        self._pending.append(f"334 {text}\r\n".encode("ascii"))
+        await self.flush()
+        line = await self._reader.read_line(A.AUTH_LINE_LIMIT)
+        return line.decode("ascii", "replace")
+
+    # -- ATRN -----------------------------------------------------------------
+
+    async def smtp_ATRN(self, arg: str) -> None:
+        """ATRN: reverse the connection and deliver the customer's mail (RFC 2645)."""
+        patterns = self._atrn_patterns(arg)
+        if isinstance(patterns, Reply):
+            return self.reply(patterns)
+        if self.relay.pending(patterns) == 0:
+            return self.reply(S453_NO_MAIL)
+        if self._reader.buffered:
+            return self.reply(S503_ATRN_PIPELINED)
+        self.reply(S250_REVERSING)
+        await self.flush()
+        self.relay.statistics["atrn"] += 1
+        await self._reverse(patterns)
+
+    def _atrn_patterns(self, arg: str) -> list[str] | Reply:
+        """The domain patterns an ATRN asks for, or the reply refusing it."""
+        if self.relay.credentials is None or self.relay.deliver_over is None:
+            return S.S500_UNKNOWN_COMMAND
+        if not self.session.helo:
+            return S.S503_HELO_FIRST
+        if not self.session.authenticated:
+            return A.S530_AUTH_REQUIRED
+        if self.transaction is not None:
+            return S503_IN_TRANSACTION
+        granted = self.relay.credentials.domains_of(self.session.authenticated)
+        if not arg:
+            return [p for p in granted if self.relay.is_customer(p.lstrip("."))] \
+                or s450_refused("(no domains)")
+        try:
+            domains = [normalise_domain(d.strip()) for d in arg.split(",")]
+        except AddressError:
+            return S501_ATRN_SYNTAX
+        patterns = []
+        for domain in domains:
+            if not (self.relay.is_customer(domain) and self._user_owns(domain)):
+                return s450_refused(domain)
+            patterns.append("." + domain if "." + domain in granted else domain)
+        if not self.relay.limiter.allow(self.session.peer_ip):
+            return S451_ATRN_LATER
+        return patterns
+
+    async def _reverse(self, patterns: list[str]) -> None:
+        """Be the client on this connection: EHLO, the held mail, QUIT; then hang up."""
+        stream = self._reader.stream
+        peer = Peer(self.session.helo, self.session.peer_ip, 0)
+        smtp = SmtpSession(stream, self._writer, peer,  # type: ignore[arg-type]
+                           command_timeout=self.relay.command_timeout)
+        self.close_after_reply()
+        try:
+            await smtp.handshake(self.config.hostname, self.relay.greeting_timeout)
+            assert self.relay.deliver_over is not None
+            count = await self.relay.deliver_over(patterns, smtp)
+            log.info("ATRN %s by %s: %d recipients delivered over the reversed connection",
+                     ",".join(patterns), self.session.authenticated, count)
+        except Exception as exc:  # the customer went away or misbehaved
+            log.info("ATRN for %s ended early: %s", self.session.authenticated, exc)
+        finally:
+            await smtp.quit()
+
+
+def _in_networks(ip: str, networks: tuple[Any, ...]) -> bool:
+    """True when `ip` lies in one of `networks`."""
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+

@@ -1,0 +1,263 @@
+"""ETRN, AUTH and ATRN on scripted streams: every reply code, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import ipaddress
+
+import pytest
+
+from tidepost.address import domain_matches
+from tidepost.config.schema import Config, LocalConfig, SmtpServerConfig
+from tidepost.smtp_server import auth as A
+from tidepost.smtp_server import replies as S
+from tidepost.smtp_server import turn as T
+from tidepost.smtp_server.credentials import (Credentials, CredentialsError, format_line,
+                                              parse_line, verify_password)
+from tidepost.smtp_server.replies import Reply
+from tidepost.smtp_server.turn import RateLimiter, RelayConversation, RelayServices
+
+CUSTOMERS = (".fleet.test", "shop.test")
+PASSWORD = "s3cret"
+
+
+class Writer:
+    def __init__(self):
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data):
+        self.data += data
+
+    async def drain(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+class Directory:
+    def is_local_domain(self, domain):
+        return domain in ("", "relay.test")
+
+    def local_user_exists(self, local):
+        return True
+
+    def has_route(self, domain):
+        return True
+
+    def is_customer_domain(self, domain):
+        return is_customer(domain)
+
+
+def is_customer(domain):
+    return any(domain_matches(domain, p) for p in CUSTOMERS)
+
+
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auth") / "credentials"
+    path.write_text("# users\n" + format_line("ship", PASSWORD, (".fleet.test",)) + "\n"
+                    + format_line("nobody", PASSWORD) + "\n")
+    return Credentials.load(path)
+
+
+def services(credentials=None, networks=(), rate=100, waiting=3):
+    flushed = []
+
+    async def flush_domain(domain, subdomains):
+        flushed.append((domain, subdomains))
+        return waiting
+
+    relay = RelayServices(flush_domain=flush_domain, is_customer=is_customer,
+                          limiter=RateLimiter(rate, now=lambda: 0.0),
+                          etrn_networks=tuple(ipaddress.ip_network(n) for n in networks),
+                          credentials=credentials, pending=lambda patterns: waiting,
+                          deliver_over=None)
+    return relay, flushed
+
+
+def converse(script: bytes, relay: RelayServices, peer_ip="198.51.100.7") -> list[Reply]:
+    config = dataclasses.replace(Config(), hostname="relay.test",
+                                 local=LocalConfig(domains=("relay.test",)),
+                                 smtp=SmtpServerConfig(relay_networks=()))
+    writer = Writer()
+
+    async def main():
+        stream = asyncio.StreamReader()
+        stream.feed_data(script)
+        stream.feed_eof()
+        await RelayConversation(config, Directory(), stream, writer, peer_ip=peer_ip,
+                                relay=relay).run()
+    asyncio.run(main())
+    lines = bytes(writer.data).decode().split("\r\n")[:-1]
+    return [Reply.parse(line) for line in lines if line[3] == " "]
+
+
+def ehlo_lines(relay, peer_ip="198.51.100.7") -> str:
+    config = dataclasses.replace(Config(), hostname="relay.test")
+    writer = Writer()
+
+    async def main():
+        stream = asyncio.StreamReader()
+        stream.feed_data(b"EHLO me\r\n")
+        stream.feed_eof()
+        await RelayConversation(config, Directory(), stream, writer, peer_ip=peer_ip,
+                                relay=relay).run()
+    asyncio.run(main())
+    return bytes(writer.data).decode()
+
+
+def plain(user, password):
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+# -- ETRN ---------------------------------------------------------------------
+
+def test_etrn_is_advertised():
+    relay, _ = services()
+    assert "250-ETRN\r\n" in ehlo_lines(relay) or "250 ETRN\r\n" in ehlo_lines(relay)
+
+
+def test_etrn_domain_and_subdomains_start_the_queue():
+    relay, flushed = services()
+    replies = converse(b"EHLO me\r\nETRN shop.test\r\nETRN @Fleet.Test\r\n", relay)
+    assert replies[2:] == [T.s253_started("shop.test", 3), T.s253_started("@Fleet.Test", 3)]
+    assert flushed == [("shop.test", False), ("fleet.test", True)]
+    assert relay.statistics["etrn"] == 2
+
+
+def test_etrn_with_nothing_waiting_is_251():
+    relay, _ = services(waiting=0)
+    assert converse(b"EHLO me\r\nETRN a.fleet.test\r\n", relay)[-1] == \
+        T.s251_none_waiting("a.fleet.test")
+
+
+def test_etrn_refusals():
+    relay, flushed = services()
+    replies = converse(b"ETRN shop.test\r\nEHLO me\r\nETRN other.test\r\nETRN\r\n"
+                       b"ETRN bad..domain\r\nETRN #queue\r\nETRN a b\r\n"
+                       b"MAIL FROM:<a@b.test>\r\nETRN shop.test\r\n", relay)
+    assert replies[1] == S.S503_HELO_FIRST
+    assert replies[3] == T.s459_not_allowed("other.test", "we hold no mail for it")
+    assert replies[4] == replies[5] == replies[7] == T.S501_ETRN_SYNTAX
+    assert replies[6] == T.s458_unable("#queue", "named queues are not supported")
+    assert replies[-1] == T.S503_IN_TRANSACTION
+    assert flushed == []
+
+
+def test_etrn_flood_gets_458():
+    relay, flushed = services(rate=2)
+    replies = converse(b"EHLO me\r\n" + b"ETRN shop.test\r\n" * 3, relay)
+    assert [r.code for r in replies[2:]] == [253, 253, 458]
+    assert replies[-1].status == "4.7.0" and len(flushed) == 2
+
+
+def test_rate_limiter_window():
+    clock = [0.0]
+    limiter = RateLimiter(2, 60.0, now=lambda: clock[0])
+    assert limiter.allow("a") and limiter.allow("a") and not limiter.allow("a")
+    assert limiter.allow("b")
+    clock[0] = 61.0
+    assert limiter.allow("a")
+
+
+def test_etrn_networks_restrict_who_may_ask(credentials):
+    relay, flushed = services(credentials, networks=("192.0.2.0/24",))
+    assert converse(b"EHLO me\r\nETRN shop.test\r\n", relay)[-1] == \
+        T.s459_not_allowed("shop.test", "not for this client")
+    assert converse(b"EHLO me\r\nETRN shop.test\r\n", relay, "192.0.2.9")[-1].code == 253
+    # an authenticated customer may ask for its own domains from anywhere (loopback: AUTH ok)
+    replies = converse(f"EHLO me\r\nAUTH PLAIN {plain('ship', PASSWORD)}\r\n"
+                       "ETRN @fleet.test\r\nETRN shop.test\r\n".encode(), relay,
+                       "127.0.0.1")
+    assert replies[-3:] == [A.S235_AUTHENTICATED, T.s253_started("@fleet.test", 3),
+                            T.s459_not_allowed("shop.test", "not for this client")]
+    assert ("fleet.test", True) in flushed
+
+
+# -- AUTH ---------------------------------------------------------------------
+
+def test_auth_offered_only_on_loopback_or_tls(credentials):
+    relay, _ = services(credentials)
+    assert "AUTH PLAIN LOGIN" in ehlo_lines(relay, "127.0.0.1")
+    assert "AUTH" not in ehlo_lines(relay, "198.51.100.7")
+    replies = converse(f"EHLO me\r\nAUTH PLAIN {plain('ship', PASSWORD)}\r\n".encode(), relay)
+    assert replies[-1] == A.S538_NEEDS_TLS
+
+
+def test_auth_plain_and_login(credentials):
+    relay, _ = services(credentials)
+    replies = converse(f"EHLO me\r\nAUTH PLAIN\r\n{plain('ship', PASSWORD)}\r\n"
+                       "AUTH PLAIN x\r\n".encode(), relay, "127.0.0.1")
+    assert replies[2] == Reply(334, "", "")
+    assert replies[3:] == [A.S235_AUTHENTICATED, A.S503_ALREADY_AUTHENTICATED]
+    b64 = lambda t: base64.b64encode(t.encode()).decode()  # noqa: E731
+    replies = converse(f"EHLO me\r\nAUTH LOGIN\r\n{b64('ship')}\r\n{b64(PASSWORD)}\r\n"
+                       .encode(), relay, "::1")
+    assert replies[-1] == A.S235_AUTHENTICATED
+
+
+def test_auth_failures(credentials):
+    relay, _ = services(credentials)
+    replies = converse(f"EHLO me\r\nAUTH PLAIN {plain('ship', 'wrong')}\r\n"
+                       f"AUTH PLAIN {plain('ghost', PASSWORD)}\r\nAUTH PLAIN !!!\r\n"
+                       "AUTH CRAM-MD5\r\nAUTH LOGIN\r\n*\r\n".encode(), relay, "127.0.0.1")
+    assert replies[2:] == [A.S535_BAD_CREDENTIALS, A.S535_BAD_CREDENTIALS,
+                           A.S501_UNDECODABLE, A.S504_UNKNOWN_MECHANISM,
+                           Reply(334, "", "VXNlcm5hbWU6"), A.S501_CANCELLED]
+    assert relay.statistics["auth_failed"] == 2
+    relay, _ = services(None)
+    assert converse(b"EHLO me\r\nAUTH PLAIN x\r\n", relay, "127.0.0.1")[-1] == \
+        A.S502_AUTH_UNAVAILABLE
+
+
+def test_authenticated_client_may_relay(credentials):
+    relay, _ = services(credentials)
+    replies = converse(f"EHLO me\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nRSET\r\n"
+                       f"AUTH PLAIN {plain('nobody', PASSWORD)}\r\nMAIL FROM:<a@b.test>\r\n"
+                       "RCPT TO:<x@far.test>\r\n".encode(), relay, "127.0.0.1")
+    assert replies[3] == S.S550_RELAY_DENIED
+    assert replies[-1] == S.S250_RECIPIENT_OK
+
+
+def test_credentials_file_format():
+    line = format_line("ship", "pw", ("fleet.test", ".boats.test"))
+    identity = parse_line(line, "x")
+    assert identity.domains == ("fleet.test", ".boats.test")
+    assert verify_password("pw", identity.hashed) and not verify_password("px", identity.hashed)
+    with pytest.raises(CredentialsError):
+        parse_line("ship:plaintext", "x:1")
+    with pytest.raises(ValueError):
+        format_line("a:b", "pw")
+
+
+# -- ATRN (refusals; the reversal itself runs in tests/integration) ----------
+
+def test_atrn_refusals(credentials):
+    relay, _ = services(credentials)
+    relay.deliver_over = lambda patterns, smtp: None
+    assert converse(b"EHLO me\r\nATRN fleet.test\r\n", relay, "127.0.0.1")[-1] == \
+        A.S530_AUTH_REQUIRED
+    auth = f"EHLO me\r\nAUTH PLAIN {plain('ship', PASSWORD)}\r\n"
+    assert converse(f"{auth}ATRN shop.test\r\n".encode(), relay, "127.0.0.1")[-1] == \
+        T.s450_refused("shop.test")
+    assert converse(f"{auth}ATRN fleet.test,,\r\n".encode(), relay, "127.0.0.1")[-1] == \
+        T.S501_ATRN_SYNTAX
+    auth_nobody = f"EHLO me\r\nAUTH PLAIN {plain('nobody', PASSWORD)}\r\n"
+    assert converse(f"{auth_nobody}ATRN\r\n".encode(), relay, "127.0.0.1")[-1].code == 450
+    relay.pending = lambda patterns: 0
+    assert converse(f"{auth}ATRN fleet.test\r\n".encode(), relay, "127.0.0.1")[-1] == \
+        T.S453_NO_MAIL
+    assert "ATRN" in ehlo_lines(relay)
+
+
+def test_odmr_port_refuses_other_commands(credentials):
+    relay, _ = services(credentials)
+    relay.odmr_only = True
+    replies = converse(b"EHLO me\r\nMAIL FROM:<a@b.test>\r\nETRN shop.test\r\nQUIT\r\n",
+                       relay, "127.0.0.1")
+    assert replies[2:] == [T.S502_ODMR_ONLY, T.S502_ODMR_ONLY, S.S221_BYE]
+    assert "ETRN" not in ehlo_lines(relay, "127.0.0.1")
