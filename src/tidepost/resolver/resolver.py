@@ -12,10 +12,13 @@ Errors: a timeout, SERVFAIL, REFUSED or no usable nameserver raises
 host name does not exist; `mx()` reports that as `MxAnswer.exists == False`.
 
 Held routes: `guard(name, rdtype)`, when given, is called before every query
-that would go to the network; it raises (a future `RouteHeld`) to refuse.
-A cache placed in front of `query()` answers from stored records without
-reaching the guard, which is what lets a held site still resolve its usual
-destinations.
+that would go to the network; it raises `RouteHeld` to refuse (and is where
+the link ledger notes the query).  `guarded(guard)` gives a view of the same
+resolver with one more guard: the SMTP agent makes one per destination,
+bound to its route.  The persistent cache (resolver/cache.py) sits in front
+of `query()` and answers from stored records without reaching the guard,
+which is what lets a held site still resolve its usual destinations.
+`Lookups` holds `mx()` and `addresses()` for any class with a `query()`.
 
 Config read: [dns] nameservers ("HOST" or "HOST:PORT", "[v6]:PORT"; empty:
 /etc/resolv.conf) and timeout (seconds for one lookup, all servers included).
@@ -24,6 +27,7 @@ Config read: [dns] nameservers ("HOST" or "HOST:PORT", "[v6]:PORT"; empty:
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,7 +74,40 @@ class MxAnswer:
     exists: bool = True
 
 
-class Resolver:
+class Lookups:
+    """MX and address lookups interpreted from `query()`, which subclasses provide."""
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        """The `rdtype` records of `name`."""
+        raise NotImplementedError
+
+    def guarded(self, guard: Guard) -> Lookups:
+        """A view of these lookups that calls `guard` before any network query."""
+        raise NotImplementedError
+
+    async def mx(self, domain: str) -> MxAnswer:
+        """The MX records of `domain`, parsed; NXDOMAIN sets exists=False."""
+        answer = await self.query(domain, "MX")
+        records = tuple(_parse_mx(text) for text in answer.records)
+        return MxAnswer(domain, records, answer.ttl, answer.exists)
+
+    async def addresses(self, host: str) -> list[str]:
+        """IPv6 then IPv4 addresses of `host`, looked up in parallel."""
+        results = await asyncio.gather(self.query(host, "AAAA"), self.query(host, "A"),
+                                       return_exceptions=True)
+        answers = [r for r in results if isinstance(r, Answer)]
+        found = [address for answer in answers for address in answer.records]
+        if found:
+            return found
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+        if not any(answer.exists for answer in answers):
+            raise PermFailure("5.1.2", f"host {host} not found (NXDOMAIN)")
+        return []
+
+
+class Resolver(Lookups):
     """Asynchronous MX/A/AAAA lookups against configured or system nameservers."""
 
     def __init__(self, dns_config: DnsConfig, *, guard: Guard | None = None):
@@ -93,26 +130,19 @@ class Resolver:
         records = tuple(rd.to_text() for rd in answer.rrset or ())
         return Answer(name, rdtype, records, answer.chaining_result.minimum_ttl)
 
-    async def mx(self, domain: str) -> MxAnswer:
-        """The MX records of `domain`, parsed; NXDOMAIN sets exists=False."""
-        answer = await self.query(domain, "MX")
-        records = tuple(_parse_mx(text) for text in answer.records)
-        return MxAnswer(domain, records, answer.ttl, answer.exists)
+    def guarded(self, guard: Guard) -> Resolver:
+        """This resolver (same nameservers) with `guard` run after any existing guard."""
+        view = copy.copy(self)
+        view.guard = guard if self.guard is None else _both(self.guard, guard)
+        return view
 
-    async def addresses(self, host: str) -> list[str]:
-        """IPv6 then IPv4 addresses of `host`, looked up in parallel."""
-        results = await asyncio.gather(self.query(host, "AAAA"), self.query(host, "A"),
-                                       return_exceptions=True)
-        answers = [r for r in results if isinstance(r, Answer)]
-        found = [address for answer in answers for address in answer.records]
-        if found:
-            return found
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise failures[0]
-        if not any(answer.exists for answer in answers):
-            raise PermFailure("5.1.2", f"host {host} not found (NXDOMAIN)")
-        return []
+
+def _both(first: Guard, second: Guard) -> Guard:
+    """A guard that runs `first`, then `second`."""
+    def guard(name: str, rdtype: str) -> None:
+        first(name, rdtype)
+        second(name, rdtype)
+    return guard
 
 
 def _make_dns_resolver(dns_config: DnsConfig) -> dns.asyncresolver.Resolver:
