@@ -5,6 +5,8 @@
     ├── QueueError             the queue store failed (disk full, corrupt)
     └── DeliveryError          a delivery step failed; carries an RFC 3463 status
         ├── TempFailure        4xx, becomes Deferred
+        │   ├── ConnectFailed  no TCP connection (refused, unreachable, timed out): 4.4.1
+        │   └── RouteHeld      the route is held, so nothing was sent: 4.4.0
         └── PermFailure        5xx, becomes Bounced
 
 Temporary versus permanent sits near the root because it decides everything
@@ -46,3 +48,22 @@ class TempFailure(DeliveryError):
 
 class PermFailure(DeliveryError):
     """Permanent failure (5.x.x): give up and bounce."""
+
+
+class ConnectFailed(TempFailure):
+    """No TCP connection could be opened (refused, unreachable, timed out): 4.4.1."""
+
+    def __init__(self, reason: str):
+        super().__init__("4.4.1", reason)
+
+
+class RouteHeld(TempFailure):
+    """The route is held: no DNS query or connection was attempted.
+
+    Status 4.4.0 (other network or routing status, RFC 3463): the mail is
+    fine and the destination may be too; only our own route is closed.
+    """
+
+    def __init__(self, route: str):
+        super().__init__("4.4.0", f"route {route} is held")
+        self.route = route

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from tidepost.clock import Clock, SystemClock
 from tidepost.config.schema import Config
@@ -30,7 +30,9 @@ from tidepost.manager.manager import Manager
 from tidepost.node_relay import RelayRole
 from tidepost.queue.backend import QueueBackend, open_queue
 from tidepost.queue.owner import this_runner
+from tidepost.resolver.cache import CACHE_FILE, CachedResolver, DnsCache
 from tidepost.resolver.resolver import Resolver
+from tidepost.routing.ledger import LEDGER_FILE, Ledger
 from tidepost.routing.routes import LOCAL_ROUTE, Router
 from tidepost.smtp_server.listeners import SmtpServer
 from tidepost.smtp_server.tls import context_from_config
@@ -61,16 +63,29 @@ def build(config: Config, clock: Clock | None = None) -> Parts:
     queue = open_queue(config.queue.backend, config.spool_path)
     router = Router(config)
     aliases = Aliases(config)
-    manager = Manager(config, queue, router, build_agents(config, clock), clock, this_runner())
+    # The SMTP agent's hold guard asks the manager, which exists only after
+    # the agents: the lambda looks `manager` up when it is called.
+    agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route))
+    manager = Manager(config, queue, router, agents, clock, this_runner())
     submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
     return Parts(config, queue, router, aliases, manager, submission)
 
 
-def build_agents(config: Config, clock: Clock) -> dict[str, DeliveryAgent]:
-    """The delivery agents by kind: `local` (Maildir) and `smtp`."""
+def build_agents(config: Config, clock: Clock,
+                 is_held: Callable[[str], bool] | None = None) -> dict[str, DeliveryAgent]:
+    """The delivery agents by kind: `local` (Maildir) and `smtp`.
+
+    The SMTP agent resolves through the persistent DNS cache in the spool,
+    refuses traffic on on-demand routes that `is_held`, and notes what it
+    sends through them in the link ledger.
+    """
+    cache = DnsCache(config.spool_path / CACHE_FILE, clock)
+    resolver = CachedResolver(cache, Resolver(config.dns))
+    ledger = Ledger(config.spool_path / LEDGER_FILE, clock)
     return {
         LOCAL_ROUTE: MaildirAgent(config.local.maildir, config.spool_path, config.hostname),
-        "smtp": SmtpAgent(config.delivery, Resolver(config.dns), config.hostname, clock),
+        "smtp": SmtpAgent(config.delivery, resolver, config.hostname, clock,
+                          is_held=is_held, ledger=ledger),
     }
 
 

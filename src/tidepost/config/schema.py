@@ -175,6 +175,10 @@ class RouteConfig:
     concurrency: int = field(default=0, metadata=meta(
         "parallel connections per destination on this route (0: [delivery] value)",
         low=0, high=1000))
+    dial_delay: float = field(default=0.0, metadata=meta(
+        "on-demand routes: when a session's first connect fails, wait this long and "
+        "dial once more, while the link comes up (0: off)", low=0, high=600,
+        kind="duration"))
     schedule: tuple[str, ...] = field(default=(), metadata=meta(
         "queue-run times, first matching rule wins: \"Mon-Fri 08:00-18:00 every 15m\", "
         "\"every 1h\"; empty: deliver as mail arrives"))

@@ -17,19 +17,34 @@ is Deferred 4.4.1 with the last error, and `destination_failed` is set to
 that (status, reason) so the manager defers the destination's other jobs.
 A permanent DNS result (null MX, NXDOMAIN) bounces every recipient instead.
 `deliver()` never raises; an unexpected exception defers the job with 4.3.0.
+
+On-demand routes (defence in depth; the manager never dispatches a held
+route): before every DNS query that misses the cache and before every TCP
+connection, `is_held(route)` is asked; a held route raises `RouteHeld`, and
+the job is deferred 4.4.0 without marking the destination failed, so its
+backoff is untouched.  Each query and connection that does go out is noted
+in the link ledger with the job's queue id and cause.  Dial delay: when the
+first dial of a session on an on-demand route fails at TCP level (refused,
+unreachable, timed out) at every address, the session waits the route's
+`dial_delay` and dials once more, so that a dial-on-demand link has time to
+come up (sendmail's DialDelay, but never on always-up routes).  Every
+session's first dial is treated so: the agent cannot tell whether the link
+went idle since the last one.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tidepost.clock import Clock
 from tidepost.config.schema import DeliveryConfig, RouteConfig
-from tidepost.errors import DeliveryError, PermFailure, TempFailure
+from tidepost.errors import ConnectFailed, DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, bounced, deferred
+from tidepost.resolver.resolver import Lookups
+from tidepost.routing.ledger import Ledger
 from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, next_hops,
                                      parse_smarthost)
 from tidepost.smtp_client.session import Peer, SmtpSession, open_session
@@ -42,29 +57,40 @@ class SmtpAgent:
     """Makes SMTP sessions, one per destination (route + next hop)."""
 
     def __init__(self, delivery_config: DeliveryConfig, resolver: MxResolver,
-                 helo_name: str, clock: Clock, *, rng: random.Random | None = None):
+                 helo_name: str, clock: Clock, *, rng: random.Random | None = None,
+                 is_held: Callable[[str], bool] | None = None,
+                 ledger: Ledger | None = None):
         self.config = delivery_config
+        # With is_held or a ledger, the resolver must be a resolver.Lookups
+        # (it is given a per-session guard); test fakes need only mx/addresses.
         self.resolver = resolver
         self.helo_name = helo_name
-        self.clock = clock  # for dial delays and statistics (a later issue)
+        self.clock = clock  # for dial delays
         self.rng = rng or random.Random()
+        self.is_held = is_held
+        self.ledger = ledger
 
     def session(self, route: RouteConfig | None, nexthop: str) -> SmtpAgentSession:
         """A not yet connected session for `nexthop` on `route`."""
         if route is not None and route.transport == "smarthost":
-            return SmtpAgentSession(self, parse_smarthost(nexthop, 25), smarthost=True)
+            return SmtpAgentSession(self, parse_smarthost(nexthop, 25), smarthost=True,
+                                    route=route)
         return SmtpAgentSession(self, Target(nexthop, self.config.smtp_port, True),
-                                smarthost=False)
+                                smarthost=False, route=route)
 
 
 class SmtpAgentSession:
     """Delivers successive jobs to one destination over one reused connection."""
 
-    def __init__(self, agent: SmtpAgent, target: Target, *, smarthost: bool):
+    def __init__(self, agent: SmtpAgent, target: Target, *, smarthost: bool,
+                 route: RouteConfig | None = None):
         self.agent = agent
         self.target = target
         self.smarthost = smarthost
+        self.route = route
         self.destination_failed: tuple[str, str] | None = None
+        self._job: DeliveryJob | None = None  # the job being delivered, for the ledger
+        self._resolver = self._guarded_resolver()
         self._hops: list[NextHop] | None = None
         self._permanent: PermFailure | None = None
         self._smtp: SmtpSession | None = None
@@ -98,8 +124,12 @@ class SmtpAgentSession:
         """Connect if needed, then send the job in transactions of bounded size."""
         if self.destination_failed is not None:
             return _defer_all(job.recipients, *self.destination_failed)
+        self._job = job
         try:
+            self._check_held()  # also stops a kept connection carrying more jobs
             smtp = await self._connection()
+        except RouteHeld as held:  # not a destination failure: no backoff
+            return _defer_all(job.recipients, held.status, held.reason)
         except PermFailure as failure:
             return [bounced(r.recipient_id, failure.status, failure.reason)
                     for r in job.recipients]
@@ -179,23 +209,87 @@ class SmtpAgentSession:
         """MX routing for a domain or smarthost name; plain addresses for [host]."""
         config, target = self.agent.config, self.target
         if not target.mx_lookup:
-            return await host_hops(self.agent.resolver, target.host)
-        return await next_hops(self.agent.resolver, target.host, config.max_mx_hosts,
+            return await host_hops(self._resolver, target.host)
+        return await next_hops(self._resolver, target.host, config.max_mx_hosts,
                                self.agent.rng)
 
     async def _dial(self, hops: Sequence[NextHop]) -> SmtpSession:
-        """Open a session with the first host and address that accepts us."""
+        """Dial the hosts; on an on-demand route's first dial, once more after dial_delay."""
+        try:
+            return await self._dial_hosts(hops)
+        except ConnectFailed as failure:
+            delay = self._dial_delay()
+            if not delay:
+                raise
+            log.info("%s; dial delay: dialling again in %gs", failure.reason, delay)
+            await self.agent.clock.sleep(delay)
+            return await self._dial_hosts(hops)
+
+    async def _dial_hosts(self, hops: Sequence[NextHop]) -> SmtpSession:
+        """Open a session with the first host and address that accepts us.
+
+        Raises ConnectFailed when no address took a TCP connection at all,
+        TempFailure 4.4.1 when some did but refused or failed the session.
+        """
         last: DeliveryError | None = None
+        connected = False
         for hop in hops:
             for address in hop.addresses:
                 peer = Peer(hop.host, address, self.target.port)
                 try:
-                    return await open_session(peer, self.agent.helo_name, self.agent.config)
+                    return await open_session(peer, self.agent.helo_name, self.agent.config,
+                                              on_connect=self._before_connect)
+                except RouteHeld:
+                    raise
                 except TempFailure as failure:
                     log.info("%s", failure.reason)
+                    connected = connected or not isinstance(failure, ConnectFailed)
                     last = failure
         reason = last.reason if last else f"no host to try for {self.target.host}"
+        if last is not None and not connected:
+            raise ConnectFailed(reason)
         raise TempFailure("4.4.1", reason)
+
+    def _dial_delay(self) -> float:
+        """Seconds to wait before dialling again: on-demand routes, first dial only."""
+        route = self.route
+        if route is None or not route.on_demand or self._connections:
+            return 0.0
+        return route.dial_delay
+
+    # -- held routes and the link ledger -----------------------------------
+
+    def _guarded_resolver(self) -> MxResolver:
+        """The agent's resolver, guarded for this session's route when it is on demand."""
+        agent = self.agent
+        on_demand = self.route is not None and self.route.on_demand
+        if not on_demand or (agent.is_held is None and agent.ledger is None):
+            return agent.resolver
+        assert isinstance(agent.resolver, Lookups), "a guard needs a resolver.Lookups"
+        return agent.resolver.guarded(self._before_query)
+
+    def _check_held(self) -> None:
+        """Raise RouteHeld when this session's on-demand route is held."""
+        route, is_held = self.route, self.agent.is_held
+        if route is not None and route.on_demand and is_held is not None \
+                and is_held(route.name):
+            raise RouteHeld(route.name)
+
+    def _before_query(self, name: str, rdtype: str) -> None:
+        """Resolver guard: refuse on a held route, else note the query in the ledger."""
+        self._note(f"dns {name} {rdtype}")
+
+    def _before_connect(self, peer: Peer) -> None:
+        """Connection guard: refuse on a held route, else note the connection."""
+        self._note(f"connect {peer}")
+
+    def _note(self, what: str) -> None:
+        """Check the hold, then append `what` to the ledger (on-demand routes only)."""
+        self._check_held()
+        route, ledger, job = self.route, self.agent.ledger, self._job
+        if route is not None and route.on_demand and ledger is not None:
+            ledger.record(route.name, what, job.message.queue_id if job else "",
+                          job.cause if job else "")
 
 
 def _usable(smtp: SmtpSession) -> bool:

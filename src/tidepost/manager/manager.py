@@ -168,6 +168,10 @@ class Manager:
                 held.add(route.name)
         return held
 
+    def is_held(self, route: str) -> bool:
+        """True while the operator holds `route` (a gated route between runs is not held)."""
+        return route in self._operator_held
+
     async def hold(self, route: str, cause: str) -> None:
         """Hold `route`: nothing new starts on it; deliveries in flight finish."""
         await self._queue.set_hold(route, True, self._clock.now(), cause)

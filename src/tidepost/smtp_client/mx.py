@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from itertools import groupby
 from typing import NamedTuple, Protocol
 
-from tidepost.errors import DeliveryError, PermFailure, TempFailure
+from tidepost.errors import DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.resolver.resolver import MxAnswer, MxRecord
 
 NULL_MX = "."
@@ -138,7 +138,8 @@ async def _resolve_mx_hosts(resolver: MxResolver, domain: str,
     if hops:
         return hops
     for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, DeliveryError):
+        if isinstance(result, RouteHeld) or (isinstance(result, BaseException)
+                                             and not isinstance(result, DeliveryError)):
             raise result
     if hosts and all(isinstance(r, PermFailure) for r in results):
         raise PermFailure("5.4.4", f"no MX host of {domain} exists: {', '.join(hosts)}")

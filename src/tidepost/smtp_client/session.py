@@ -23,10 +23,11 @@ import asyncio
 import ipaddress
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tidepost.config.schema import DeliveryConfig
-from tidepost.errors import TempFailure
+from tidepost.errors import ConnectFailed, TempFailure
 from tidepost.smtp_client.replies import SERVICE_NOT_AVAILABLE, Reply, read_reply
 
 QUIT_TIMEOUT = 10.0  # seconds; a server slow to say goodbye costs us nothing
@@ -42,6 +43,10 @@ class Peer:
 
     def __str__(self) -> str:
         return f"{self.host}[{self.address}]:{self.port}"
+
+
+# Called with the peer before each TCP connection; raises to refuse it.
+OnConnect = Callable[[Peer], None]
 
 
 class SmtpSession:
@@ -182,14 +187,15 @@ class SmtpSession:
 
 
 async def open_session(peer: Peer, helo_name: str, config: DeliveryConfig,
-                       *, tls: bool = True) -> SmtpSession:
+                       *, tls: bool = True, on_connect: OnConnect | None = None
+                       ) -> SmtpSession:
     """Connect to `peer`, read the greeting, EHLO, and STARTTLS when offered.
 
     If the TLS handshake fails, the host is dialled once more and the
     conversation continues in plain text (opportunistic TLS, RFC 3207 says a
-    client may do so).
+    client may do so).  `on_connect(peer)` runs before every TCP connection.
     """
-    session = await connect(peer, config)
+    session = await connect(peer, config, on_connect)
     try:
         await session.handshake(helo_name, config.connect_timeout)
         if tls and config.starttls == "opportunistic" and session.supports("STARTTLS"):
@@ -199,18 +205,25 @@ async def open_session(peer: Peer, helo_name: str, config: DeliveryConfig,
         session.close()
         if not session.tls_failed:
             raise
-    return await open_session(peer, helo_name, config, tls=False)
+    return await open_session(peer, helo_name, config, tls=False, on_connect=on_connect)
 
 
-async def connect(peer: Peer, config: DeliveryConfig) -> SmtpSession:
-    """Open a TCP connection to `peer` within connect_timeout (no greeting read)."""
+async def connect(peer: Peer, config: DeliveryConfig,
+                  on_connect: OnConnect | None = None) -> SmtpSession:
+    """Open a TCP connection to `peer` within connect_timeout (no greeting read).
+
+    `on_connect(peer)`, when given, runs first and may raise to refuse (a
+    held route); it is also where the link ledger notes the connection.
+    """
+    if on_connect is not None:
+        on_connect(peer)
     try:
         async with asyncio.timeout(config.connect_timeout):
             reader, writer = await asyncio.open_connection(peer.address, peer.port)
     except TimeoutError:
-        raise TempFailure("4.4.1", f"connect to {peer}: timed out") from None
+        raise ConnectFailed(f"connect to {peer}: timed out") from None
     except OSError as error:
-        raise TempFailure("4.4.1", f"connect to {peer}: {_strerror(error)}") from None
+        raise ConnectFailed(f"connect to {peer}: {_strerror(error)}") from None
     return SmtpSession(reader, writer, peer, command_timeout=config.command_timeout)
 
 
