@@ -430,13 +430,17 @@ class TidepostNode:
         """True while the daemon process lives."""
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout: float = 20.0) -> TidepostNode:
-        """Start `tidepost serve` and wait until its SMTP port accepts connections."""
+    def start(self, timeout: float = 20.0, wait: bool = True) -> TidepostNode:
+        """Start `tidepost serve`; unless not `wait`, wait until its SMTP port accepts."""
         assert not self.running, "already running"
         with open(self.log_path, "ab") as log:
             log.write(f"---- tidepost serve started at {time.time():.3f}\n".encode())
         self.process = self.processes.start(
             [*tidepost_argv(), "serve", "-c", str(self.config_path)], log=self.log_path)
+        return self.wait_listening(timeout) if wait else self
+
+    def wait_listening(self, timeout: float = 20.0) -> TidepostNode:
+        """Wait until the daemon's SMTP port accepts connections (fail if it exits)."""
         wait_for(lambda: not self.running or accepts("127.0.0.1", self.port), timeout,
                  what="tidepost serve to listen", detail=self.log_tail)
         if not self.running:
