@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from tidepost import __version__
-from tidepost.cli import config_cmd, flush, link, queue, serve
+from tidepost.cli import config_cmd, etrn, flush, link, odmr, passwd, queue, serve, status
 
 EX_USAGE = 64
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidepost", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tidepost {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, queue, flush, link, config_cmd):
+    for module in (serve, queue, flush, link, etrn, odmr, status, passwd, config_cmd):
         module.add_parser(commands)
     commands.add_parser("sendmail", help="submit a message from standard input "
                         "(sendmail-compatible flags)", add_help=False)

@@ -1,0 +1,52 @@
+"""`tidepost passwd USER [DOMAIN...]`: print a line for `relay.credentials_file`.
+
+The password is read from the terminal (twice), or as the first line of
+standard input when that is not a terminal.  The line printed is
+`USER:scrypt$SALT$HASH[:DOMAIN,...]`; the domains are the customer domains
+the user may ETRN and ATRN (`.example.org` for the domain and subdomains).
+Append it to the credentials file and send the daemon SIGHUP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from tidepost.smtp_server.credentials import format_line
+
+EX_USAGE = 64
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    parser = commands.add_parser("passwd", help="make a credentials file line for SMTP AUTH")
+    parser.add_argument("user")
+    parser.add_argument("domains", metavar="DOMAIN", nargs="*",
+                        help="customer domains this user may ETRN/ATRN")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the password and print the line."""
+    password = _read_password()
+    if not password:
+        print("tidepost passwd: empty password", file=sys.stderr)
+        return EX_USAGE
+    try:
+        print(format_line(args.user, password, tuple(args.domains)))
+    except ValueError as exc:
+        print(f"tidepost passwd: {exc}", file=sys.stderr)
+        return EX_USAGE
+    return 0
+
+
+def _read_password() -> str:
+    """From the terminal (asked twice) or the first line of standard input."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        print("tidepost passwd: the passwords differ", file=sys.stderr)
+        return ""
+    return first
