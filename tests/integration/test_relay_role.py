@@ -28,7 +28,8 @@ SITE_ZONE = ["site.test. 300 MX 10 mx.site.test.", "mx.site.test. 300 A 127.0.0.
 
 
 def message(n: int) -> str:
-    return f"From: x@far.test\r\nSubject: held {n}\r\nMessage-ID: <held{n}@far.test>\r\n\r\nbody {n}\r\n"
+    return (f"From: x@far.test\r\nSubject: held {n}\r\nMessage-ID: <held{n}@far.test>\r\n"
+            f"\r\nbody {n}\r\n")
 
 
 def rewrite(node) -> None:
@@ -92,8 +93,7 @@ def test_held_until_the_site_asks_then_delivered_exactly_once(tidepost_node, unb
     assert "by ETRN" in status
 
 
-def test_etrn_from_an_independent_client_and_refusals(tidepost_node, unbound, tmp_path,
-                                                       processes):
+def test_etrn_from_an_independent_client_and_refusals(tidepost_node, unbound, tmp_path):
     relay, site = start_pair(tidepost_node, unbound, tmp_path, etrn_rate=2)
     relay.send("x@far.test", ["carol@site.test"], message(7))
     ehlo = subprocess.run(["/usr/bin/swaks", "--server", f"127.0.0.1:{relay.port}",
@@ -147,3 +147,26 @@ def test_odmr_atrn_delivers_over_the_same_connection(tidepost_node, unbound, tmp
                          env={**env, "TIDEPOST_ODMR_PASSWORD": "nope"}, capture_output=True,
                          timeout=60)
     assert bad.returncode == 1 and b"535" in bad.stdout
+
+
+def test_customer_domains_file_is_reread_while_running(tidepost_node, tmp_path):
+    listing = tmp_path / "customers"
+    listing.write_text("# held for customers\nold.test\n")
+    relay = tidepost_node(hostname="relay.test", local={"domains": ["relay.test"]},
+                          smtp={"relay_networks": []},
+                          relay={"customer_domains_file": str(listing)})
+    relay.send("x@far.test", ["a@old.test"], message(1))
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        relay.send("x@far.test", ["a@new.test"], message(2))
+    listing.write_text("old.test\nnew.test  # added\n")
+    relay.wait_for(lambda: _accepted(relay, "a@new.test"), timeout=10,
+                   what="new.test to become a customer domain")
+    assert relay.queue().count("@old.test") == 1 and relay.queue().count("@new.test") == 1
+
+
+def _accepted(relay, recipient: str) -> bool:
+    try:
+        relay.send("x@far.test", [recipient], message(3))
+    except smtplib.SMTPRecipientsRefused:
+        return False
+    return True
