@@ -327,8 +327,15 @@ class Manager:
                                   cause: str = "") -> None:
         """Claim `entries`; turn what we now hold into jobs for the dispatcher."""
         assert self._dispatcher is not None
-        result = await self._queue.claim([e.recipient_id for e in entries], self._owner,
-                                         LEASE_SECONDS, self._clock.now(), force)
+        ids = [e.recipient_id for e in entries]
+        # In flight from before the claim, so that the poller, which runs while
+        # the claim is awaited, does not put these back into the scheduler.
+        self._in_flight.update(ids)
+        try:
+            result = await self._queue.claim(ids, self._owner, LEASE_SECONDS,
+                                             self._clock.now(), force)
+        finally:
+            self._in_flight.difference_update(ids)
         if self._daemon:
             for entry in result.not_due:
                 self.scheduler.insert(entry)

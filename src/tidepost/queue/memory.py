@@ -87,9 +87,11 @@ class MemoryQueue:
         result = ClaimResult()
         by_message: dict[int, list[QueuedRecipient]] = {}
         for row in rows:
+            # Only what this call claims is returned: a recipient this owner
+            # already holds is in flight, and handing it out again would
+            # deliver it twice.
             if row.state is QUEUED and (force or row.next_try <= now):
                 row.state, row.lease_owner, row.lease_until = CLAIMED, owner, now + lease
-            if row.state is CLAIMED and row.lease_owner == owner:
                 by_message.setdefault(row.message_id, []).append(QueuedRecipient(
                     row.recipient_id, row.message_id, row.address, row.attempts, row.uncertain))
             elif row.state is QUEUED:

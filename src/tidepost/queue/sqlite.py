@@ -338,36 +338,42 @@ def _insert(conn: sqlite3.Connection, message: NewMessage) -> list[ScheduleEntry
 
 def _claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease: float,
            now: float, force: bool) -> ClaimResult:
-    """Lease the due ones among `ids`; report the queued-but-not-due rest."""
+    """Lease the due ones among `ids`; report the queued-but-not-due rest.
+
+    Only recipients this call moves from QUEUED to CLAIMED are returned: one
+    that this owner already holds is in flight, and handing it out again
+    would deliver it twice.  The writer's transaction (BEGIN IMMEDIATE) makes
+    the select and the update one step for every process.
+    """
     result = ClaimResult()
-    due = "" if force else " AND next_try<=?"
     for chunk in _chunks(ids):
-        args = (CLAIMED, owner, now + lease, QUEUED, *chunk) + (() if force else (now,))
-        conn.execute(f"UPDATE recipients SET state=?, lease_owner=?, lease_until=? "
-                     f"WHERE state=? AND id IN ({_marks(chunk)}){due}", args)
         rows = conn.execute(
             "SELECT r.id, r.message_id, r.local, r.domain, r.attempts, r.uncertain, "
-            "r.state, r.lease_owner, r.next_try, m.queue_id, m.sender, m.arrival, m.size, "
-            "m.body_type, m.smtputf8, m.warned FROM recipients r JOIN messages m ON m.id=r.message_id "
-            f"WHERE r.id IN ({_marks(chunk)}) ORDER BY r.message_id, r.id", chunk).fetchall()
-        _group_claimed(rows, owner, result)
+            "r.next_try, m.queue_id, m.sender, m.arrival, m.size, m.body_type, m.smtputf8, "
+            "m.warned FROM recipients r JOIN messages m ON m.id=r.message_id "
+            f"WHERE r.state=? AND r.id IN ({_marks(chunk)}) ORDER BY r.message_id, r.id",
+            (QUEUED, *chunk)).fetchall()
+        due = [row for row in rows if force or row[6] <= now]
+        result.not_due.extend(ScheduleEntry(row[0], row[1], row[3], row[6])
+                              for row in rows if not (force or row[6] <= now))
+        for part in _chunks([row[0] for row in due]):
+            conn.execute(f"UPDATE recipients SET state=?, lease_owner=?, lease_until=? "
+                         f"WHERE id IN ({_marks(part)})", (CLAIMED, owner, now + lease, *part))
+        _group_claimed(due, result)
     return result
 
 
-def _group_claimed(rows: list, owner: str, result: ClaimResult) -> None:
-    """Sort claim query rows into claimed (by message) and not-due entries."""
+def _group_claimed(rows: list, result: ClaimResult) -> None:
+    """Group freshly claimed rows by message."""
     by_message: dict[int, tuple[MessageInfo, list[QueuedRecipient]]] = {}
-    for (rid, mid, local, domain, attempts, uncertain, state, lease_owner, next_try,
-         queue_id, sender, arrival, size, body_type, smtputf8, warned) in rows:
-        if state == CLAIMED and lease_owner == owner:
-            if mid not in by_message:
-                info = MessageInfo(mid, queue_id, _sender(sender), arrival, size,
-                                   BodyType(body_type), bool(smtputf8), bool(warned))
-                by_message[mid] = (info, [])
-            by_message[mid][1].append(
-                QueuedRecipient(rid, mid, Address(local, domain), attempts, bool(uncertain)))
-        elif state == QUEUED:
-            result.not_due.append(ScheduleEntry(rid, mid, domain, next_try))
+    for (rid, mid, local, domain, attempts, uncertain, _next_try, queue_id, sender, arrival,
+         size, body_type, smtputf8, warned) in rows:
+        if mid not in by_message:
+            info = MessageInfo(mid, queue_id, _sender(sender), arrival, size,
+                               BodyType(body_type), bool(smtputf8), bool(warned))
+            by_message[mid] = (info, [])
+        by_message[mid][1].append(
+            QueuedRecipient(rid, mid, Address(local, domain), attempts, bool(uncertain)))
     result.claimed.extend(by_message.values())
 
 
