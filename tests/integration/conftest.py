@@ -124,16 +124,14 @@ class Processes:
 
     @staticmethod
     def stop(process: subprocess.Popen, timeout: float = 40.0) -> int:
-        """SIGTERM, wait up to `timeout` seconds, then SIGKILL; the exit status."""
-        if process.poll() is None:
+        """SIGTERM to the group, wait up to `timeout` seconds, then SIGKILL; exit status."""
+        if process.poll() is None:  # signal groups only while their leader is unreaped
             with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+                os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
                 Processes.kill(process)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # leftover children, if any
         return process.returncode
 
     def stop_all(self) -> None:
