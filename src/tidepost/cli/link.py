@@ -12,12 +12,12 @@ import asyncio
 import time
 
 from rich.console import Console
-from rich.table import Table
 
 from tidepost.cli.common import add_config_option, config_or_exit
 from tidepost.config.schema import Config
 from tidepost.control.client import request
 from tidepost.queue.backend import open_queue
+from tidepost.cli.routes_view import ledger_table, read_snapshot, routes_table
 from tidepost.routing.routes import Router
 
 
@@ -65,28 +65,9 @@ async def _set_offline(config: Config, route: str, held: bool) -> None:
 
 
 async def status(config: Config) -> int:
-    """Print each route's state and queued count."""
-    queue = open_queue(config.queue.backend, config.spool_path)
-    try:
-        holds, rows = await queue.holds(), await queue.rows()
-    finally:
-        await queue.close()
-    router = Router(config)
-    counts: dict[str, int] = {}
-    for row in rows:
-        name = router.route_of(row.domain) or "-"
-        counts[name] = counts.get(name, 0) + 1
-    table = Table(box=None, header_style="bold")
-    for column in ("ROUTE", "KIND", "STATE", "QUEUED", "CHANGED", "CAUSE"):
-        table.add_column(column)
-    for name in router.route_names():
-        route = router.by_name.get(name)
-        state = holds.get(name)
-        held = state.held if state else bool(route and route.start_held)
-        kind = "local" if route is None else ("on-demand" if route.on_demand else "always-up")
-        changed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.changed)) \
-            if state else "-"
-        table.add_row(name, kind, "held" if held else "up", str(counts.get(name, 0)),
-                      changed, state.cause if state else ("start_held" if held else "-"))
-    Console().print(table)
+    """Print each route's state, queue and next run, then the ledger."""
+    snap = await read_snapshot(config)
+    console = Console()
+    console.print(routes_table(snap))
+    console.print(ledger_table(config))
     return 0

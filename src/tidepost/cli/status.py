@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 from rich.console import Console
 from rich.table import Table
@@ -20,7 +19,9 @@ from rich.table import Table
 from tidepost.cli.common import add_config_option, config_or_exit
 from tidepost.config.schema import CUSTOMERS_ROUTE, Config
 from tidepost.node_relay import read_releases
-from tidepost.queue.backend import QueueRow, open_queue
+from tidepost.queue.backend import QueueRow
+from tidepost.resolver.cache import CACHE_FILE, read_statistics
+from tidepost.cli.routes_view import ledger_table, read_snapshot, routes_table, span
 from tidepost.routing.routes import Router
 
 
@@ -32,38 +33,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 async def show(config: Config) -> int:
-    """Print the routes table and, on a relay, the customer domains table."""
-    queue = open_queue(config.queue.backend, config.spool_path)
-    try:
-        holds, rows = await queue.holds(), await queue.rows()
-    finally:
-        await queue.close()
-    router = Router(config)
+    """Routes, customer domains (on a relay), the DNS cache and the ledger."""
+    snap = await read_snapshot(config)
     console = Console()
-    console.print(_routes_table(config, router, holds, rows, time.time()))
-    if router.customers:
-        console.print(_customers_table(config, router, rows, time.time()))
+    console.print(routes_table(snap))
+    if snap.router.customers:
+        console.print(_customers_table(config, snap.router, snap.rows, snap.now))
+    cache = read_statistics(config.spool_path / CACHE_FILE, snap.now)
+    console.print(f"DNS cache: {cache['valid']} valid answers ({cache['negative']} negative) "
+                  f"of {cache['entries']} stored, {cache['bytes'] // 1024} KiB")
+    console.print(ledger_table(config, per_route=3))
     return 0
-
-
-def _routes_table(config: Config, router: Router, holds: dict, rows: list[QueueRow],
-                  now: float) -> Table:
-    """ROUTE, STATE, QUEUED, NEXT ATTEMPT."""
-    by_route: dict[str, list[QueueRow]] = {}
-    for row in rows:
-        by_route.setdefault(router.route_of(row.domain) or "-", []).append(row)
-    table = Table(title="routes", box=None, header_style="bold", title_justify="left")
-    for column in ("ROUTE", "STATE", "QUEUED", "NEXT ATTEMPT"):
-        table.add_column(column)
-    for name in router.route_names():
-        route = router.by_name.get(name)
-        state = holds.get(name)
-        held = state.held if state else bool(route and route.start_held)
-        queued = by_route.get(name, [])
-        due = min((r.next_try for r in queued if r.state == "queued"), default=None)
-        next_attempt = "-" if held or due is None else _when(due, now)
-        table.add_row(name, "held" if held else "up", str(len(queued)), next_attempt)
-    return table
 
 
 def _customers_table(config: Config, router: Router, rows: list[QueueRow],
@@ -89,19 +69,6 @@ def _customers_table(config: Config, router: Router, rows: list[QueueRow],
     return table
 
 
-def _when(moment: float, now: float) -> str:
-    """`now` or `in 5m`."""
-    return "now" if moment <= now else "in " + _span(moment - now)
-
-
 def _ago(moment: float, now: float) -> str:
     """`3h ago`."""
-    return _span(now - moment) + " ago"
-
-
-def _span(seconds: float) -> str:
-    """A short duration: 45s, 12m, 3h, 2d."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(max(seconds, 0))}s"
+    return span(now - moment) + " ago"
