@@ -13,6 +13,7 @@ policy refuse them for clients that may not relay.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -121,8 +122,6 @@ def normalise_domain(domain: str) -> str:
 
 def _check_literal(literal: str) -> str:
     """Validate an address literal such as [192.0.2.1] or [IPv6:2001:db8::1]."""
-    import ipaddress
-
     if not literal.endswith("]"):
         raise AddressError("unterminated address literal")
     inner = literal[1:-1]
@@ -132,6 +131,23 @@ def _check_literal(literal: str) -> str:
         return f"[{ipaddress.IPv4Address(inner)}]"
     except ValueError:
         raise AddressError("invalid address literal") from None
+
+
+def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's IP address (zone id dropped, IPv4-mapped IPv6 unwrapped), or None."""
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def in_networks(ip: str, networks) -> bool:
+    """True when the peer address `ip` lies in one of `networks` (ip_network objects)."""
+    address = client_ip(ip)
+    return address is not None and any(address in network for network in networks)
 
 
 def domain_matches(domain: str, pattern: str) -> bool:

@@ -32,7 +32,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Protocol
 
-from tidepost.address import Address, AddressError, domain_matches, normalise_domain
+from tidepost.address import (Address, AddressError, domain_matches, in_networks,
+                              normalise_domain)
 from tidepost.config.schema import Config
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.replies import Reply
@@ -67,13 +68,7 @@ class AccessPolicy:
 
     def in_relay_networks(self, ip: str) -> bool:
         """True when `ip` lies in one of `smtp.relay_networks`."""
-        try:
-            address = ipaddress.ip_address(ip.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._networks)
+        return in_networks(ip, self._networks)
 
     def may_relay(self, ip: str, authenticated: str = "", trusted: bool = False) -> bool:
         """True for clients allowed to send to any domain."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from typing import Awaitable, Callable
 
+from tidepost.address import client_ip
 from tidepost.smtp_server.reader import BareLineFeed, LineTooLong
 from tidepost.smtp_server.replies import Reply
 
@@ -40,13 +40,8 @@ Challenge = Callable[[str], Awaitable[str]]
 
 def is_loopback(ip: str) -> bool:
     """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
-    try:
-        address = ipaddress.ip_address(ip.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = client_ip(ip)
+    return address is not None and address.is_loopback
 
 
 async def read_credentials(challenge: Challenge, mechanism: str, initial: str

@@ -31,14 +31,13 @@ Config keys read: relay.etrn_networks, relay.etrn_rate (through RelayServices).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from tidepost.address import AddressError, domain_matches, normalise_domain
+from tidepost.address import AddressError, domain_matches, in_networks, normalise_domain
 from tidepost.smtp_client.session import Peer, SmtpSession
 from tidepost.smtp_server import auth as A
 from tidepost.smtp_server import replies as S
@@ -204,7 +203,7 @@ class RelayConversation(Conversation):
         if self.session.trusted or self._user_owns(domain):
             return True
         networks = self.relay.etrn_networks
-        return not networks or _in_networks(self.session.peer_ip, networks)
+        return not networks or in_networks(self.session.peer_ip, networks)
 
     def _user_owns(self, domain: str) -> bool:
         """True when the authenticated user was granted `domain`."""
@@ -329,13 +328,4 @@ class RelayConversation(Conversation):
             await smtp.quit()
 
 
-def _in_networks(ip: str, networks: tuple[Any, ...]) -> bool:
-    """True when `ip` lies in one of `networks`."""
-    try:
-        address = ipaddress.ip_address(ip.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
