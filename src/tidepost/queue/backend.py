@@ -20,7 +20,7 @@ from typing import Callable, Protocol, Sequence
 
 from tidepost.address import Address
 from tidepost.errors import ConfigError
-from tidepost.model import BodyType, DeliveryJob, MessageInfo, QueuedRecipient, ScheduleEntry
+from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import Outcome
 
 
