@@ -66,6 +66,7 @@ class ScheduleEntry:
     message_id: int
     domain: str
     next_try: float
+    size: int = 0  # message size in bytes: routes may refuse large messages
 
 
 @dataclass(frozen=True, slots=True)

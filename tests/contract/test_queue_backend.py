@@ -72,7 +72,9 @@ def test_submit_returns_one_entry_per_recipient_due_at_arrival(queue):
     assert [(e.domain, e.next_try) for e in first] == [("example.org", T0), ("example.net", T0)]
     assert first[0].message_id == first[1].message_id != second[0].message_id
     assert ids(first)[0] < ids(first)[1] < ids(second)[0]
-    assert second == [ScheduleEntry(ids(second)[0], second[0].message_id, "example.org", T0 + 5)]
+    size = len(message(ALICE).body)
+    assert second == [ScheduleEntry(ids(second)[0], second[0].message_id, "example.org", T0 + 5,
+                                    size)]  # the size lets the scheduler route by size
 
 
 def test_walk_lists_queued_recipients_and_entries_since_only_newer_ones(queue):
@@ -156,7 +158,7 @@ def test_deferred_recipient_is_queued_again_with_next_try_attempts_and_error(que
     outcome = deferred(ids(entries)[0], "4.4.1", "connection refused")
     run(queue.record(RUNNER, [RecipientUpdate(outcome, T0 + 900)]))
     assert run(queue.walk()) == [ScheduleEntry(ids(entries)[0], entries[0].message_id,
-                                               "example.org", T0 + 900)]
+                                               "example.org", T0 + 900, entries[0].size)]
     row, = run(queue.rows())
     assert (row.state, row.attempts, row.next_try, row.last_error) == \
         ("queued", 1, T0 + 900, "4.4.1 connection refused")

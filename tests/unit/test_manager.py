@@ -253,3 +253,36 @@ def test_batched_route_waits_for_enough_mail(tmp_path):
         assert sorted(agent.deliveries) == ["a@example.test", "b@example.test", "c@example.test"]
         await h.queue.close()
     asyncio.run(scenario())
+
+
+def test_large_message_waits_for_the_unmetered_route(tmp_path):
+    agent = ScriptedAgent()
+    extra = '''max_message_size = "1k"
+[[route]]
+name = "dock"
+start_held = true'''
+
+    async def scenario():
+        h = Harness(tmp_path, agent, route_extra=extra)
+        envelope = Envelope(ALICE, (Address("big", "example.test"),))
+        await h.submission.submit(envelope, BODY + b"x" * 2000 + b"\r\n",
+                                  ClientInfo("127.0.0.1", "client"))
+        await h.send("small@example.test")
+        stopping = asyncio.Event()
+        task = asyncio.create_task(h.manager.run(stopping))
+        for _ in range(60):
+            if agent.deliveries:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert agent.deliveries == ["small@example.test"]  # big waits: dock is held
+        await h.manager.release("dock", "docked")
+        for _ in range(60):
+            if len(agent.deliveries) == 2:
+                break
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await task
+        assert agent.deliveries == ["small@example.test", "big@example.test"]
+        await h.queue.close()
+    asyncio.run(scenario())

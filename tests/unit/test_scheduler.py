@@ -9,7 +9,7 @@ ROUTES = {"lan.test": "lan", "example.test": "uplink"}
 
 
 def make_queue() -> RamQueue:
-    return RamQueue(lambda domain: ROUTES.get(domain, "uplink"))
+    return RamQueue(lambda entry: ROUTES.get(entry.domain, "uplink"))
 
 
 def entry(rid: int, domain: str, next_try: float) -> ScheduleEntry:

@@ -37,7 +37,7 @@ def show(config: Config) -> int:
     now = time.time()
     for row in rows:
         table.add_row(row.queue_id, _age(now - row.arrival), str(row.size),
-                      row.sender or "<>", row.recipient, router.route_of(row.domain) or "-",
+                      row.sender or "<>", row.recipient, router.route_of(row.domain, row.size) or "-",
                       _state(row, now), row.last_error)
     console.print(table)
     console.print(f"-- {len({r.queue_id for r in rows})} messages, {len(rows)} recipients")

@@ -39,7 +39,7 @@ class Snapshot:
         """Undelivered recipients grouped by the route serving them."""
         grouped: dict[str, list[QueueRow]] = {}
         for row in self.rows:
-            grouped.setdefault(self.router.route_of(row.domain) or "-", []).append(row)
+            grouped.setdefault(self.router.route_of(row.domain, row.size) or "-", []).append(row)
         return grouped
 
 

@@ -179,6 +179,9 @@ class RouteConfig:
         "on-demand routes: when a session's first connect fails, wait this long and "
         "dial once more, while the link comes up (0: off)", low=0, high=600,
         kind="duration"))
+    max_message_size: int = field(default=0, metadata=meta(
+        "larger messages skip this route for the next matching one (0: no limit)",
+        low=0, high=2**31, kind="size"))
     schedule: tuple[str, ...] = field(default=(), metadata=meta(
         "queue-run times, first matching rule wins: \"Mon-Fri 08:00-18:00 every 15m\", "
         "\"every 1h\"; empty: deliver as mail arrives"))

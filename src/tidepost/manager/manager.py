@@ -69,7 +69,7 @@ class Manager:
         self._clock = clock
         self._owner = owner
         self._backoff = Backoff.from_config(config.queue)
-        self.scheduler = RamQueue(router.route_of)
+        self.scheduler = RamQueue(lambda entry: router.route_of(entry.domain, entry.size))
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
         self._warned: set[int] = set()
@@ -147,8 +147,8 @@ class Manager:
         await self._queue.recover_orphans(runner_alive, self._clock.now())
         held = await self.held_routes()
         entries = [e for e in await self._queue.walk()
-                   if wanted(e, self._router.route_of(e.domain) or "")]
-        runnable = [e for e in entries if self._router.route_of(e.domain) not in held]
+                   if wanted(e, self._router.route_of(e.domain, e.size) or "")]
+        runnable = [e for e in entries if self._router.route_of(e.domain, e.size) not in held]
         self._report.held = len(entries) - len(runnable)
         self._report.attempted = len(runnable)
         async with asyncio.TaskGroup() as tasks:
@@ -343,7 +343,8 @@ class Manager:
             by_destination: dict[Destination | None, list] = {}
             for rcpt in recipients:
                 self._in_flight.add(rcpt.recipient_id)
-                by_destination.setdefault(self._router.destination(rcpt.address.domain),
+                by_destination.setdefault(self._router.destination(rcpt.address.domain,
+                                                                   message.size),
                                           []).append(rcpt)
             for destination, group in by_destination.items():
                 job = DeliveryJob(message, group, destination.route if destination else "",
@@ -387,7 +388,8 @@ class Manager:
                 rcpt = next(r for r in job.recipients
                             if r.recipient_id == update.outcome.recipient_id)
                 self.scheduler.insert(ScheduleEntry(rcpt.recipient_id, message.message_id,
-                                                    rcpt.address.domain, update.next_try))
+                                                    rcpt.address.domain, update.next_try,
+                                                    message.size))
         for entry in new_entries:
             if self._daemon:
                 self.scheduler.insert(entry)

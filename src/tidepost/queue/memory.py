@@ -52,11 +52,12 @@ class _Recipient:
     lease_owner: str | None = None  # set exactly while state is CLAIMED
     lease_until: float = 0.0
     uncertain: bool = False
+    size: int = 0  # of its message, as the scheduler needs it for routing
 
     def entry(self) -> ScheduleEntry:
         """This recipient as the scheduler sees it."""
         return ScheduleEntry(self.recipient_id, self.message_id, self.address.domain,
-                             self.next_try)
+                             self.next_try, self.size)
 
     def unlease(self, state: RecipientState) -> None:
         """Leave CLAIMED for `state`, dropping the lease."""
@@ -191,7 +192,8 @@ class MemoryQueue:
         info = MessageInfo(message_id, message.queue_id or new_queue_id(), message.sender,
                            message.arrival, len(message.body), message.body_type,
                            message.smtputf8)
-        rows = [_Recipient(next(self._recipient_ids), message_id, rcpt, QUEUED, message.arrival)
+        rows = [_Recipient(next(self._recipient_ids), message_id, rcpt, QUEUED, message.arrival,
+                           size=len(message.body))
                 for rcpt in message.recipients]
         self._messages[message_id] = _Message(info, message.body,
                                               [r.recipient_id for r in rows])

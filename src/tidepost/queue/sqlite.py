@@ -244,8 +244,9 @@ class SqliteQueue:
         """QUEUED recipients with id above `recipient_id`."""
         def op(conn: sqlite3.Connection) -> list[ScheduleEntry]:
             rows = conn.execute(
-                "SELECT id, message_id, domain, next_try FROM recipients "
-                "WHERE state=? AND id>? ORDER BY id", (QUEUED, recipient_id))
+                "SELECT r.id, r.message_id, r.domain, r.next_try, m.size FROM recipients r "
+                "JOIN messages m ON m.id=r.message_id "
+                "WHERE r.state=? AND r.id>? ORDER BY r.id", (QUEUED, recipient_id))
             return [ScheduleEntry(*row) for row in rows]
         return await self._read(op)
 
@@ -332,7 +333,8 @@ def _insert(conn: sqlite3.Connection, message: NewMessage) -> list[ScheduleEntry
             "INSERT INTO recipients(message_id, local, domain, state, next_try) "
             "VALUES (?,?,?,?,?)",
             (message_id, rcpt.local, rcpt.domain, QUEUED, message.arrival)).lastrowid
-        entries.append(ScheduleEntry(rid, message_id, rcpt.domain, message.arrival))
+        entries.append(ScheduleEntry(rid, message_id, rcpt.domain, message.arrival,
+                                     len(message.body)))
     return entries
 
 
@@ -354,7 +356,7 @@ def _claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease: float,
             f"WHERE r.state=? AND r.id IN ({_marks(chunk)}) ORDER BY r.message_id, r.id",
             (QUEUED, *chunk)).fetchall()
         due = [row for row in rows if force or row[6] <= now]
-        result.not_due.extend(ScheduleEntry(row[0], row[1], row[3], row[6])
+        result.not_due.extend(ScheduleEntry(row[0], row[1], row[3], row[6], row[10])
                               for row in rows if not (force or row[6] <= now))
         for part in _chunks([row[0] for row in due]):
             conn.execute(f"UPDATE recipients SET state=?, lease_owner=?, lease_until=? "

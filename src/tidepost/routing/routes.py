@@ -36,13 +36,13 @@ class Router:
         self._routes = config.route
         self.by_name: dict[str, RouteConfig] = {r.name: r for r in config.route}
         self.customers = CustomerDomains(config.relay)
-        self.route_of = lru_cache(maxsize=65536)(self._route_of)
+        self._candidates = lru_cache(maxsize=65536)(self._candidates_for)
 
     def refresh_customers(self, force: bool = False) -> bool:
         """Re-read the customer domains file if it changed; True when routes changed."""
         changed = self.customers.refresh(force)
         if changed:
-            self.route_of.cache_clear()
+            self._candidates.cache_clear()
         return changed
 
     def is_customer(self, domain: str) -> bool:
@@ -53,20 +53,30 @@ class Router:
         """True for the host's own domains (and the domainless `postmaster`)."""
         return domain == "" or domain in self._local_domains
 
-    def _route_of(self, domain: str) -> str | None:
-        """Name of the route serving `domain`, or None when no route does."""
-        if self.is_local(domain):
-            return LOCAL_ROUTE
-        if self.customers and self.customers.matches(domain):
-            return CUSTOMERS_ROUTE
-        for route in self._routes:
-            if any(domain_matches(domain, pattern) for pattern in route.domains):
-                return route.name
+    def route_of(self, domain: str, size: int = 0) -> str | None:
+        """Name of the route serving `domain` for a message of `size` bytes, or None.
+
+        The first route whose domains match and whose `max_message_size`
+        admits the message wins, so a large message falls through a metered
+        route to the next one (typically held until an unmetered link is up).
+        """
+        for name, limit in self._candidates(domain):
+            if not limit or size <= limit:
+                return name
         return None
 
-    def destination(self, domain: str) -> Destination | None:
-        """The destination for mail to `domain`."""
-        name = self.route_of(domain)
+    def _candidates_for(self, domain: str) -> tuple[tuple[str, int], ...]:
+        """Routes whose domains match `domain`, in order, with their size limits."""
+        if self.is_local(domain):
+            return ((LOCAL_ROUTE, 0),)
+        if self.customers and self.customers.matches(domain):
+            return ((CUSTOMERS_ROUTE, 0),)
+        return tuple((route.name, route.max_message_size) for route in self._routes
+                     if any(domain_matches(domain, pattern) for pattern in route.domains))
+
+    def destination(self, domain: str, size: int = 0) -> Destination | None:
+        """The destination for a message of `size` bytes to `domain`."""
+        name = self.route_of(domain, size)
         if name is None:
             return None
         if name == LOCAL_ROUTE:

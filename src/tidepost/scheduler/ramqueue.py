@@ -35,7 +35,7 @@ class Sleep:
 class RamQueue:
     """Scheduler keeping every queued recipient in memory."""
 
-    def __init__(self, route_of: Callable[[str], str | None]):
+    def __init__(self, route_of: Callable[[ScheduleEntry], str | None]):
         self._route_of = route_of
         self._entries: dict[int, ScheduleEntry] = {}
         self._heap: list[tuple[float, int]] = []
@@ -51,7 +51,7 @@ class RamQueue:
         """Forget a recipient (delivered, bounced, or claimed elsewhere)."""
         entry = self._entries.pop(recipient_id, None)
         if entry is not None:
-            route = self._route_of(entry.domain) or ""
+            route = self._route_of(entry) or ""
             self._parked.get(route, set()).discard(recipient_id)
 
     def __contains__(self, recipient_id: int) -> bool:
@@ -71,7 +71,7 @@ class RamQueue:
         for recipient_id in parked:
             entry = self._entries[recipient_id]
             self.insert(ScheduleEntry(entry.recipient_id, entry.message_id, entry.domain,
-                                      min(entry.next_try, now)))
+                                      min(entry.next_try, now), entry.size))
         return len(parked)
 
     def is_held(self, route: str) -> bool:
@@ -89,7 +89,7 @@ class RamQueue:
             entry = self._entries.get(recipient_id)
             if entry is None or entry.next_try != next_try:
                 continue  # stale: removed or rescheduled since pushed
-            route = self._route_of(entry.domain) or ""
+            route = self._route_of(entry) or ""
             if route in self._held_routes:
                 self._parked.setdefault(route, set()).add(recipient_id)
                 continue
@@ -108,7 +108,7 @@ class RamQueue:
 
     def entries_of_route(self, route: str) -> list[ScheduleEntry]:
         """Every entry currently scheduled (or parked) on `route`."""
-        return [e for e in self._entries.values() if self._route_of(e.domain) == route]
+        return [e for e in self._entries.values() if self._route_of(e) == route]
 
     def statistics(self) -> dict[str, int]:
         """Counts for `tidepost status`."""

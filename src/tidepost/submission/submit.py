@@ -89,6 +89,10 @@ class Submission:
         recipients = self._expand(envelope.recipients)
         if not recipients:
             raise SubmissionRejected(550, "5.1.1", "No valid recipients after alias expansion")
+        too_big = [r for r in recipients if self.router.route_of(r.domain, len(body)) is None]
+        if too_big:
+            raise SubmissionRejected(552, "5.3.4", f"Message too big for every route to "
+                                                   f"{too_big[0].domain}")
         queue_id = new_queue_id()
         now = self._clock.now()
         stamped = received_header(client, self._hostname, queue_id, envelope, now) + body
