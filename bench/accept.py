@@ -271,7 +271,8 @@ def print_table(results: list[Result]) -> None:
               f"{r.rate:>10.1f}")
     by = {(r.server, r.clients): r.rate for r in results}
     for clients in sorted({r.clients for r in results}):
-        durable, memory = by.get(("tidepost sqlite", clients)), by.get(("tidepost memory", clients))
+        durable = by.get(("tidepost sqlite", clients))
+        memory = by.get(("tidepost memory", clients))
         if durable and memory:
             print(f"durable/memory with {clients} client(s): {durable / memory:.2f}")
         if durable and by.get(("postfix", clients)):

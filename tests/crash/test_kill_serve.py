@@ -32,7 +32,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
 KILLS = int(os.environ.get("TIDEPOST_CRASH_KILLS", "8"))
-KILL_WINDOW = 0.25  # seconds before a kill in which a delivered copy may go unrecorded (seen: <10 ms)
+KILL_WINDOW = 0.25  # s before a kill in which a delivered copy may go unrecorded (seen: <10 ms)
 CLOCK_SLACK = 0.05  # file times against time.time() in the test
 CLIENTS = 3
 TOKEN = re.compile(rb"^token (\S+)\r?$", re.M)
