@@ -2,6 +2,7 @@
 a scripted SMTP agent standing in for the network."""
 
 import asyncio
+import socket
 from pathlib import Path
 
 from tidepost.address import Address
@@ -284,5 +285,31 @@ start_held = true'''
         stopping.set()
         await task
         assert agent.deliveries == ["small@example.test", "big@example.test"]
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_daemon_takes_back_the_leases_of_a_runner_that_died(tmp_path):
+    agent = ScriptedAgent()
+
+    async def scenario():
+        h = Harness(tmp_path, agent)
+        stopping = asyncio.Event()
+        h.manager.scheduler.hold("uplink")  # keep the daemon off it while the "flush" claims
+        task = asyncio.create_task(h.manager.run(stopping))
+        await asyncio.sleep(0.2)
+        await h.send("carol@example.test")
+        [entry] = await h.queue.walk()
+        dead_flush = f"{socket.gethostname()}:999999:1"  # this host, no such process
+        claimed = await h.queue.claim([entry.recipient_id], dead_flush, 3600, entry.next_try)
+        assert claimed.claimed  # ... and then that flush was killed before delivering
+        await h.manager.release("uplink", "test")
+        for _ in range(100):
+            if agent.deliveries:
+                break
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await task
+        assert agent.deliveries == ["carol@example.test"]
         await h.queue.close()
     asyncio.run(scenario())

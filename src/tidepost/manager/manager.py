@@ -301,17 +301,25 @@ class Manager:
         return len(entries), self._clock.now() - oldest
 
     async def _poll_forever(self, stopping: asyncio.Event) -> None:
-        """Pick up recipients queued by other processes, every poll interval."""
+        """Pick up mail queued, and leases left, by other processes, every poll interval."""
         while not stopping.is_set():
             await asyncio.sleep(self._config.queue.poll_interval)
             try:
                 await self._poll_new()
+                await self._recover_orphans()
             except Exception:  # noqa: BLE001 - polling must go on
                 log.exception("polling the queue failed")
 
-    async def _poll_new(self) -> None:
+    async def _recover_orphans(self) -> None:
+        """Take back recipients leased by a runner that died (a killed `tidepost flush`)."""
+        recovered = await self._queue.recover_orphans(runner_alive, self._clock.now())
+        if recovered:
+            log.warning("returned %d recipients of a dead queue runner to the queue", recovered)
+            await self._poll_new(since=0)
+
+    async def _poll_new(self, since: int | None = None) -> None:
         """Insert QUEUED recipients the scheduler has not seen yet."""
-        entries = await self._queue.entries_since(self._last_seen_id)
+        entries = await self._queue.entries_since(self._last_seen_id if since is None else since)
         fresh = [e for e in entries
                  if e.recipient_id not in self.scheduler and e.recipient_id not in self._in_flight]
         for entry in fresh:
