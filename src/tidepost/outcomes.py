@@ -32,6 +32,9 @@ class Outcome:
     # Seconds until the next attempt is allowed, when the cause is known to
     # last (a destination in backoff); None lets the backoff policy decide.
     retry_after: float | None = None
+    # False when nothing was tried (the route was held): not a failed
+    # attempt, so no backoff and no count towards the retry schedule.
+    attempted: bool = True
 
 
 def delivered(recipient_id: int, reason: str, remote_mta: str = "") -> Outcome:
@@ -43,6 +46,11 @@ def deferred(recipient_id: int, status: str, reason: str, remote_mta: str = "",
              retry_after: float | None = None) -> Outcome:
     """Build a Deferred outcome (status must be 4.x.x)."""
     return Outcome(recipient_id, Verdict.DEFERRED, status, reason, remote_mta, retry_after)
+
+
+def not_attempted(recipient_id: int, status: str, reason: str) -> Outcome:
+    """A Deferred outcome for a recipient that was not tried at all (route held)."""
+    return Outcome(recipient_id, Verdict.DEFERRED, status, reason, attempted=False)
 
 
 def bounced(recipient_id: int, status: str, reason: str, remote_mta: str = "") -> Outcome:

@@ -392,3 +392,13 @@ def test_one_failing_submit_does_not_spoil_its_group_commit(tmp_path: Path):
         assert len(run(queue.walk())) == 20
     finally:
         run(queue.close())
+
+
+def test_an_outcome_that_was_not_attempted_leaves_the_attempt_count(queue):
+    from tidepost.outcomes import not_attempted
+    entries = run(queue.submit(message(ALICE)))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    run(queue.record(RUNNER, [RecipientUpdate(not_attempted(ids(entries)[0], "4.4.0",
+                                                            "route uplink is held"), T0)]))
+    row, = run(queue.rows())
+    assert (row.state, row.attempts) == ("queued", 0)

@@ -79,3 +79,12 @@ def test_delay_warning_once():
     assert b"Action: delayed" in result.dsns[0].body
     again = settle(j, [deferred(1, "4.4.1", "down")], BACKOFF, 7200, already_warned=True)
     assert not again.warned
+
+
+def test_a_held_route_is_not_an_attempt():
+    from tidepost.outcomes import not_attempted
+    result = settle(job(attempts=3), [not_attempted(1, "4.4.0", "route uplink is held")],
+                    BACKOFF, now=10 * 86400, already_warned=True)
+    [update] = result.updates
+    assert update.next_try == 10 * 86400  # no backoff, and no expiry without an attempt
+    assert update.outcome.verdict is Verdict.DEFERRED and not update.outcome.attempted

@@ -42,7 +42,7 @@ from tidepost.clock import Clock
 from tidepost.config.schema import DeliveryConfig, RouteConfig
 from tidepost.errors import ConnectFailed, DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.model import DeliveryJob, QueuedRecipient
-from tidepost.outcomes import Outcome, bounced, deferred
+from tidepost.outcomes import Outcome, bounced, deferred, not_attempted
 from tidepost.resolver.resolver import Lookups
 from tidepost.routing.ledger import Ledger
 from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, next_hops,
@@ -128,8 +128,9 @@ class SmtpAgentSession:
         try:
             self._check_held()  # also stops a kept connection carrying more jobs
             smtp = await self._connection()
-        except RouteHeld as held:  # not a destination failure: no backoff
-            return _defer_all(job.recipients, held.status, held.reason)
+        except RouteHeld as held:  # not a destination failure, not an attempt: no backoff
+            return [not_attempted(r.recipient_id, held.status, held.reason)
+                    for r in job.recipients]
         except PermFailure as failure:
             return [bounced(r.recipient_id, failure.status, failure.reason)
                     for r in job.recipients]

@@ -38,6 +38,9 @@ def settle(job: DeliveryJob, outcomes: list[Outcome], backoff: Backoff, now: flo
     expired = backoff.expired(job.message.arrival, now)
     for outcome in outcomes:
         recipient = by_id[outcome.recipient_id]
+        if not outcome.attempted:  # held route: waits, parked, for the release
+            result.updates.append(RecipientUpdate(outcome, now))
+            continue
         if outcome.verdict is Verdict.DEFERRED and expired:
             outcome = bounced(outcome.recipient_id, "5.4.7",
                               f"delivery time expired: {outcome.reason}", outcome.remote_mta)

@@ -208,7 +208,7 @@ class MemoryQueue:
         if row is None or row.state is not CLAIMED or row.lease_owner != owner:
             return
         delivered = outcome.verdict is Verdict.DELIVERED
-        row.attempts += 1
+        row.attempts += int(outcome.attempted)
         row.last_error = "" if delivered else f"{outcome.status} {outcome.reason}"[:ERROR_LIMIT]
         if update.next_try is None:
             row.unlease(RecipientState.DELIVERED if delivered else RecipientState.BOUNCED)

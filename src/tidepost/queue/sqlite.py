@@ -402,9 +402,10 @@ def _apply_updates(conn: sqlite3.Connection, owner: str,
                          (state, error, outcome.recipient_id, owner))
         else:
             conn.execute("UPDATE recipients SET state=?, lease_owner=NULL, lease_until=NULL, "
-                         "attempts=attempts+1, last_error=?, next_try=?, uncertain=0 "
+                         "attempts=attempts+?, last_error=?, next_try=?, uncertain=0 "
                          "WHERE id=? AND lease_owner=?",
-                         (QUEUED, error, update.next_try, outcome.recipient_id, owner))
+                         (QUEUED, int(outcome.attempted), error, update.next_try,
+                          outcome.recipient_id, owner))
 
 
 def _drop_finished(conn: sqlite3.Connection, updates: Sequence[RecipientUpdate]) -> None:
