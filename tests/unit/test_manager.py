@@ -238,6 +238,8 @@ def test_batched_route_waits_for_enough_mail(tmp_path):
 
     async def scenario():
         h = Harness(tmp_path, agent, route_extra="batch_messages = 3")
+        runs = []
+        h.manager.on_release = lambda route, cause: runs.append((route, cause))
         stopping = asyncio.Event()
         task = asyncio.create_task(h.manager.run(stopping))
         await h.send("a@example.test")
@@ -252,6 +254,7 @@ def test_batched_route_waits_for_enough_mail(tmp_path):
         stopping.set()
         await task
         assert sorted(agent.deliveries) == ["a@example.test", "b@example.test", "c@example.test"]
+        assert runs == [("uplink", "batch rule")]  # the hook that sends ETRN upstream
         await h.queue.close()
     asyncio.run(scenario())
 

@@ -81,7 +81,8 @@ class Manager:
         self.gates = RouteGates(config.route, clock.now())
         self._operator_held: set[str] = set()
         self.on_result: Callable[[int, int], None] = lambda done, total: None
-        # Called after a release (node.py: ETRN to the route's upstreams).
+        # Called after a release and after each scheduled or batched run of a
+        # route (node_relay.py: ETRN to the route's upstreams).
         self.on_release: Callable[[str, str], None] = lambda route, cause: None
 
     @property
@@ -188,9 +189,9 @@ class Manager:
             count = await self._run_gated(route, f"released: {cause}")
         else:
             count = self.scheduler.release(route, self._clock.now())
+            self.on_release(route, cause)
         log.info("route %s released (%s): %d recipients due", route, cause, count)
         self._wake.set()
-        self.on_release(route, cause)
         return count
 
     async def flush_domain(self, route: str, domain: str, subdomains: bool) -> int:
@@ -292,6 +293,7 @@ class Manager:
         if entries and self._dispatcher is not None:
             await self._claim_and_dispatch(entries, force=False, cause=cause)
         log.info("run of route %s (%s): %d recipients", route, cause, len(entries))
+        self.on_release(route, cause)  # a run is when the upstream is asked (ETRN) too
         return len(entries)
 
     def _waiting(self, route: str) -> tuple[int, float]:
