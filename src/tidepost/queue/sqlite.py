@@ -19,6 +19,7 @@ import contextlib
 import queue as thread_queue
 import secrets
 import sqlite3
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -247,7 +248,9 @@ class SqliteQueue:
                 "SELECT r.id, r.message_id, r.domain, r.next_try, m.size FROM recipients r "
                 "JOIN messages m ON m.id=r.message_id "
                 "WHERE r.state=? AND r.id>? ORDER BY r.id", (QUEUED, recipient_id))
-            return [ScheduleEntry(*row) for row in rows]
+            # Interned: 100,000 recipients share a few thousand domain strings.
+            return [ScheduleEntry(rid, mid, sys.intern(domain), next_try, size)
+                    for rid, mid, domain, next_try, size in rows]
         return await self._read(op)
 
     async def recover_orphans(self, is_alive: Callable[[str], bool], now: float) -> int:
