@@ -22,6 +22,7 @@ from tidepost.clock import Clock, SystemClock
 from tidepost.config.schema import Config
 from tidepost.control.client import socket_path
 from tidepost.control.flagfiles import control_dir, wanted_holds
+from tidepost.control.pidfile import lock_spool
 from tidepost.control.server import ControlServer
 from tidepost.delivery.agent import DeliveryAgent
 from tidepost.delivery.maildir import MaildirAgent
@@ -91,6 +92,8 @@ def build_agents(config: Config, clock: Clock,
 
 async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
+    config.spool_path.mkdir(parents=True, exist_ok=True)
+    lock_spool(config.spool_path)  # held until the process ends
     parts = build(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

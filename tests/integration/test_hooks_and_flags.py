@@ -129,3 +129,12 @@ def test_sighup_with_flag_files_toggles_holds_like_link(daemon):
             break
         time.sleep(0.1)
     assert len(list((spool / "mail" / "alice" / "new").iterdir())) == 1
+
+
+def test_a_second_daemon_on_the_same_spool_is_refused(daemon):
+    proc, config, spool = daemon
+    second = subprocess.run([TIDEPOST, "serve", "-c", str(config)], capture_output=True,
+                            text=True, timeout=30)
+    assert second.returncode == 75
+    assert f"pid {proc.pid}" in second.stderr
+    assert (spool / "control.sock").exists()  # the first daemon's socket is untouched

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from tidepost.cli.common import EX_CONFIG, add_config_option, config_or_exit, setup_logging
+from tidepost.control.pidfile import AlreadyRunning
 from tidepost.errors import ConfigError
 
 
@@ -30,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"tidepost: {problem}", file=sys.stderr)
         return EX_CONFIG
+    except AlreadyRunning as exc:
+        print(f"tidepost: {exc}", file=sys.stderr)
+        return 75
     except OSError as exc:
         print(f"tidepost: cannot start: {exc}", file=sys.stderr)
         return 71
