@@ -520,7 +520,7 @@ def test_tidepost_etrn_flushes_a_postfix_relay_exactly_once(tidepost_node, priva
     postfix = private_postfix(site.port)
     postfix.send(["alice@site.test", "bob@site.test"], message(1))
     postfix.send(["alice@site.test"], message(2))
-    site.wait_for(lambda: postfix.log().count("status=deferred (deferred transport)") == 3,
+    site.wait_for(lambda: postfix.log().count("status=deferred (deferred transport)") >= 3,
                   what="Postfix to defer the site's mail (hold transport)")
     listing = postfix.queue_listing()
     assert listing.count("(deferred transport)") == 2 and " in 2 Requests." in listing, listing
