@@ -4,11 +4,10 @@
   it holds for a customer domain: the relay delivers it to the domain's MX
   (another `tidepost serve`, the site) exactly once;
 - fetchmail (`--protocol ODMR`) against tidepost's ODMR listener: fetchmail
-  authenticates with CRAM-MD5 only, which tidepost does not offer, so the
-  direct test checks the clean refusal and is an xfail until it does; through
-  a small CRAM-MD5 -> PLAIN shim the rest of the session (ATRN, turnaround,
-  the relay's SMTP delivery proxied by fetchmail to the site's SMTP port)
-  delivers every held message exactly once and nothing stays held;
+  authenticates with CRAM-MD5 (RFC 2645 makes it the ODMR mechanism), then
+  ATRN reverses the connection and the relay delivers through fetchmail to
+  the site's SMTP port, every held message exactly once; a wrong password is
+  refused with nothing lost;
 - a private Postfix instance is the upstream relay holding mail for the
   site's domain (a `hold` transport deferred until ETRN, the classic
   `fast_flush_domains` set-up); `tidepost etrn` flushes it into the site.
@@ -22,17 +21,12 @@ instance (a /tmp folder its `postfix` user can reach, removed at teardown).
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hmac
 import os
 import shutil
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -71,9 +65,9 @@ def helpers(processes) -> dict[str, Any]:
 
 
 def credentials_line(user: str, password: str, *domains: str) -> str:
-    """`tidepost passwd USER DOMAIN...` with the password on standard input."""
-    return subprocess.run([sys.executable, "-m", "tidepost.cli.main", "passwd", user,
-                           *domains], input=(password + "\n").encode(), capture_output=True,
+    """`tidepost passwd --cram-md5 USER DOMAIN...` with the password on standard input."""
+    return subprocess.run([sys.executable, "-m", "tidepost.cli.main", "passwd", "--cram-md5",
+                           user, *domains], input=(password + "\n").encode(), capture_output=True,
                           check=True, timeout=60).stdout.decode()
 
 
@@ -209,136 +203,24 @@ def assert_odmr_delivers_exactly_once(fetchmail, port: int, relay, site) -> None
 
 
 def test_fetchmail_odmr_against_tidepost(tidepost_node, fetchmail, helpers, tmp_path):
-    """fetchmail straight to tidepost's ODMR port.
-
-    fetchmail's ODMR client sends `AUTH CRAM-MD5` whatever the server offers
-    (odmr.c calls do_cram_md5 unconditionally).  tidepost offers PLAIN and
-    LOGIN only (its credentials file keeps scrypt hashes, from which no
-    CRAM-MD5 response can be checked), so until it supports CRAM-MD5 the
-    session is refused cleanly with nothing lost, and this test is an xfail.
-    """
+    """fetchmail's ODMR session straight to tidepost's ODMR port: AUTH CRAM-MD5,
+    ATRN, the turnaround, and delivery through fetchmail into the site."""
     relay, site, odmr_port = start_odmr_pair(tidepost_node, helpers, tmp_path)
     with smtplib.SMTP("127.0.0.1", odmr_port, local_hostname="client.test") as probe:
-        mechanisms = probe.ehlo()[1].decode().upper()
-    if "CRAM-MD5" not in mechanisms:
-        refused = fetchmail.run(odmr_rc(odmr_port, site))
-        print(refused.transcript)
-        assert "AUTH CRAM-MD5" in refused.transcript and "504 5.5.4" in refused.transcript
-        assert refused.returncode == 3, refused.transcript        # PS_AUTHFAIL
-        assert held(relay) == 4 and site.maildir("alice") == []   # nothing lost
-        pytest.xfail("fetchmail's ODMR client authenticates with CRAM-MD5 only; tidepost's "
-                     "AUTH offers PLAIN and LOGIN (504 to CRAM-MD5)")
+        assert "CRAM-MD5" in probe.ehlo()[1].decode().upper()
     assert_odmr_delivers_exactly_once(fetchmail, odmr_port, relay, site)
-
-
-class CramMd5Shim:
-    """A loopback proxy that lets fetchmail's ODMR client (CRAM-MD5 only) reach tidepost.
-
-    It answers fetchmail's `AUTH CRAM-MD5` itself with a fresh challenge,
-    checks the response against the user's password (RFC 2195: HMAC-MD5),
-    and authenticates upstream with `AUTH PLAIN`; the upstream's reply (235
-    or 535) goes back to fetchmail.  A wrong digest gets 535 from the shim.
-    Every other byte, both ways, passes unchanged, the ATRN turnaround and
-    the reversed SMTP session included.  One connection at a time.
-    """
-
-    def __init__(self, upstream_port: int, user: str, password: str) -> None:
-        self.upstream_port, self.user, self.password = upstream_port, user, password
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sessions = 0
-        self._threads: list[threading.Thread] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop listening (shutdown wakes the blocked accept) and wait for the threads."""
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for thread in [self._thread, *self._threads]:
-            thread.join(10)
-
-    def _accept(self) -> None:
-        """Serve connections one after the other until closed."""
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # closed
-                return
-            self.sessions += 1
-            with client, socket.create_connection(("127.0.0.1", self.upstream_port)) as up:
-                client.settimeout(30)
-                up.settimeout(30)
-                back = threading.Thread(target=_pump, args=(up, client), daemon=True)
-                back.start()
-                self._threads.append(back)
-                self._forward(client.makefile("rb"), client, up)
-                back.join(30)
-
-    def _forward(self, reader, client: socket.socket, up: socket.socket) -> None:
-        """fetchmail -> upstream: lines until AUTH is translated, then raw bytes."""
-        try:
-            while line := reader.readline():
-                if line.upper().startswith(b"AUTH CRAM-MD5"):
-                    self._translate(reader, client, up)
-                    break
-                up.sendall(line)
-            while data := reader.read1(65536):
-                up.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            up.shutdown(socket.SHUT_WR)
-
-    def _translate(self, reader, client: socket.socket, up: socket.socket) -> None:
-        """Run CRAM-MD5 with fetchmail; on a right digest, AUTH PLAIN upstream."""
-        challenge = f"<{os.getpid()}.{time.time_ns()}@shim.test>".encode()
-        client.sendall(b"334 " + base64.b64encode(challenge) + b"\r\n")
-        user, _, digest = base64.b64decode(reader.readline().strip()).decode().rpartition(" ")
-        expected = hmac.new(self.password.encode(), challenge, "md5").hexdigest()
-        if user == self.user and hmac.compare_digest(digest, expected):
-            plain = base64.b64encode(f"\0{user}\0{self.password}".encode())
-            up.sendall(b"AUTH PLAIN " + plain + b"\r\n")
-        else:
-            client.sendall(b"535 5.7.8 Authentication credentials invalid (shim)\r\n")
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Copy bytes until end of file, then pass the end of file on."""
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    with contextlib.suppress(OSError):
-        sink.shutdown(socket.SHUT_WR)
-
-
-def test_fetchmail_odmr_turnaround_through_a_cram_md5_shim(tidepost_node, fetchmail, helpers,
-                                                            tmp_path):
-    """Everything of fetchmail's ODMR session but the SASL mechanism, against tidepost:
-    EHLO, AUTH (translated to PLAIN by the shim), ATRN, the turnaround, and the
-    relay's SMTP delivery through fetchmail's proxy into the site's SMTP port."""
-    relay, site, odmr_port = start_odmr_pair(tidepost_node, helpers, tmp_path)
-    shim = CramMd5Shim(odmr_port, USER, PASSWORD)
-    try:
-        assert_odmr_delivers_exactly_once(fetchmail, shim.port, relay, site)
-    finally:
-        shim.close()
-    assert shim.sessions == 2
-    # a wrong password, passed on as AUTH PLAIN: refused by tidepost itself
-    relay.send("x@far.test", ["dave@site.test"], message(3))
-    wrong = CramMd5Shim(odmr_port, USER, "wrong-password")
-    try:
-        bad = fetchmail.run(odmr_rc(wrong.port, site, "wrong-password"))
-    finally:
-        wrong.close()
-    print(bad.transcript)
-    assert "535 5.7.8 Authentication credentials invalid\n" in bad.transcript
-    assert bad.returncode != 0 and "ATRN" not in bad.transcript.split("535 5.7.8")[1]
-    assert held(relay) == 1 and site.maildir("dave") == []   # nothing lost, nothing sent
     assert "ATRN site.test by ship: 4 recipients delivered" in relay.log_tail(400)
+
+
+def test_fetchmail_odmr_with_a_wrong_password_loses_nothing(tidepost_node, fetchmail, helpers,
+                                                            tmp_path):
+    """A wrong CRAM-MD5 answer gets 535 5.7.8; nothing is delivered, nothing lost."""
+    relay, site, odmr_port = start_odmr_pair(tidepost_node, helpers, tmp_path)
+    bad = fetchmail.run(odmr_rc(odmr_port, site, "wrong-password"))
+    print(bad.transcript)
+    assert "535 5.7.8 Authentication credentials invalid" in bad.transcript
+    assert bad.returncode != 0 and "ATRN" not in bad.transcript.split("535 5.7.8")[1]
+    assert held(relay) == 4 and site.maildir("alice") == []
 
 
 # -- Postfix as the upstream relay --------------------------------------------------------

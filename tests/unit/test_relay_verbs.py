@@ -261,3 +261,82 @@ def test_odmr_port_refuses_other_commands(credentials):
                        relay, "127.0.0.1")
     assert replies[2:] == [T.S502_ODMR_ONLY, T.S502_ODMR_ONLY, S.S221_BYE]
     assert "ETRN" not in ehlo_lines(relay, "127.0.0.1")
+
+
+# -- CRAM-MD5 (RFC 2195; RFC 2645 ODMR clients such as fetchmail use it) -----
+
+@pytest.fixture(scope="module")
+def cram_credentials(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cram") / "credentials"
+    path.write_text(format_line("ship", PASSWORD, (".fleet.test",), cram_md5=True) + "\n"
+                    + format_line("nocram", PASSWORD) + "\n")
+    return Credentials.load(path)
+
+
+class AnsweringWriter(Writer):
+    """Answers each 334 challenge with `answer(challenge bytes)` fed back as input."""
+
+    def __init__(self, stream, answer):
+        super().__init__()
+        self.stream, self.answer = stream, answer
+
+    def write(self, data):
+        super().write(data)
+        for line in bytes(data).split(b"\r\n"):
+            if line.startswith(b"334 "):
+                self.stream.feed_data(self.answer(base64.b64decode(line[4:])) + b"\r\n")
+
+
+def cram_session(relay, user, password, peer_ip="198.51.100.7") -> list[Reply]:
+    """EHLO, AUTH CRAM-MD5 answered with HMAC-MD5(password, challenge), QUIT."""
+    import hashlib
+    import hmac
+    config = dataclasses.replace(Config(), hostname="relay.test")
+
+    def answer(challenge: bytes) -> bytes:
+        digest = hmac.new(password.encode(), challenge, hashlib.md5).hexdigest()
+        return base64.b64encode(f"{user} {digest}".encode())
+
+    async def main():
+        stream = asyncio.StreamReader()
+        writer = AnsweringWriter(stream, answer)
+        stream.feed_data(b"EHLO me\r\nAUTH CRAM-MD5\r\n")
+        conversation = RelayConversation(config, Directory(), stream, writer,
+                                         peer_ip=peer_ip, relay=relay)
+        task = asyncio.create_task(conversation.run())
+        await asyncio.sleep(0.2)
+        stream.feed_data(b"QUIT\r\n")
+        stream.feed_eof()
+        await task
+        return writer
+    writer = asyncio.run(main())
+    lines = bytes(writer.data).decode().split("\r\n")[:-1]
+    return [Reply.parse(line) for line in lines if line[3] == " "]
+
+
+def test_cram_md5_is_offered_without_tls_when_a_user_has_it(cram_credentials, credentials):
+    relay, _ = services(cram_credentials)
+    assert "AUTH CRAM-MD5\r\n" in ehlo_lines(relay, "198.51.100.7")  # no PLAIN in clear
+    assert "AUTH PLAIN LOGIN CRAM-MD5\r\n" in ehlo_lines(relay, "127.0.0.1")
+    relay, _ = services(credentials)  # nobody has a CRAM-MD5 secret
+    assert "CRAM-MD5" not in ehlo_lines(relay, "127.0.0.1")
+
+
+def test_cram_md5_authenticates_with_the_right_password_only(cram_credentials):
+    relay, _ = services(cram_credentials)
+    replies = cram_session(relay, "ship", PASSWORD)
+    assert replies[2].code == 334 and replies[3] == A.S235_AUTHENTICATED
+    relay, _ = services(cram_credentials)
+    assert cram_session(relay, "ship", "wrong")[3] == A.S535_BAD_CREDENTIALS
+    relay, _ = services(cram_credentials)
+    assert cram_session(relay, "nocram", PASSWORD)[3] == A.S535_BAD_CREDENTIALS
+    relay, _ = services(cram_credentials)
+    replies = converse(f"EHLO me\r\nAUTH PLAIN {plain('ship', PASSWORD)}\r\n".encode(), relay)
+    assert replies[-1] == A.S538_NEEDS_TLS  # a password in clear is still refused
+
+
+def test_cram_md5_secret_in_the_credentials_file():
+    identity = parse_line(format_line("ship", "pw", (), cram_md5=True), "x")
+    assert identity.cram_secret == b"pw" and identity.domains == ()
+    with pytest.raises(CredentialsError):
+        parse_line(format_line("ship", "pw") + "::md5$AAAA", "x:1")

@@ -24,6 +24,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("user")
     parser.add_argument("domains", metavar="DOMAIN", nargs="*",
                         help="customer domains this user may ETRN/ATRN")
+    parser.add_argument("--cram-md5", action="store_true",
+                        help="also enable CRAM-MD5 (needed by fetchmail's ODMR mode); "
+                             "stores a password-equivalent secret in the file")
     parser.set_defaults(run=run)
 
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print("tidepost passwd: empty password", file=sys.stderr)
         return EX_USAGE
     try:
-        print(format_line(args.user, password, tuple(args.domains)))
+        print(format_line(args.user, password, tuple(args.domains), args.cram_md5))
     except ValueError as exc:
         print(f"tidepost passwd: {exc}", file=sys.stderr)
         return EX_USAGE

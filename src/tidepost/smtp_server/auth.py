@@ -1,24 +1,30 @@
-"""SMTP AUTH (RFC 4954) for the relay role: mechanisms PLAIN and LOGIN.
+"""SMTP AUTH (RFC 4954) for the relay role: PLAIN, LOGIN and CRAM-MD5.
 
-`read_credentials(conversation, mechanism, initial)` runs the challenge and
-response exchange on a conversation and returns `(user, password)` or the
-`Reply` that ends the exchange (cancelled, undecodable, unknown mechanism).
-Checking the password is the caller's business (turn.py), as is where AUTH
-is offered: only over TLS or from loopback, so that passwords never cross a
-network in clear text.
+`read_credentials(challenge, mechanism, initial, hostname)` runs the
+challenge and response exchange on a conversation and returns `(user,
+password)` for PLAIN and LOGIN, a `CramResponse` for CRAM-MD5 (RFC 2195),
+or the `Reply` that ends the exchange (cancelled, undecodable, unknown
+mechanism).  Checking is the caller's business (turn.py), as is where AUTH
+is offered: PLAIN and LOGIN only over TLS or from loopback, so that
+passwords never cross a network in clear text; CRAM-MD5, which sends no
+password, also in clear (ODMR clients such as fetchmail use it).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
+import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from tidepost.address import client_ip
 from tidepost.smtp_server.reader import BareLineFeed, LineTooLong
 from tidepost.smtp_server.replies import Reply
 
-MECHANISMS = ("PLAIN", "LOGIN")
+MECHANISMS = ("PLAIN", "LOGIN")   # need TLS or loopback
+CRAM_MD5 = "CRAM-MD5"             # offered when some user has a CRAM-MD5 secret
 AUTH_LINE_LIMIT = 12288  # octets: RFC 4954 4 asks servers to accept at least 12288
 
 S235_AUTHENTICATED = Reply(235, "2.7.0", "Authentication successful")
@@ -44,11 +50,25 @@ def is_loopback(ip: str) -> bool:
     return address is not None and address.is_loopback
 
 
-async def read_credentials(challenge: Challenge, mechanism: str, initial: str
-                           ) -> tuple[str, str] | Reply:
-    """Run one PLAIN or LOGIN exchange; (user, password) or the reply ending it."""
+@dataclass(frozen=True, slots=True)
+class CramResponse:
+    """A CRAM-MD5 answer: who, to which challenge, with which digest."""
+
+    user: str
+    challenge: bytes
+    digest: str
+
+
+async def read_credentials(challenge: Challenge, mechanism: str, initial: str,
+                           hostname: str = "localhost"
+                           ) -> tuple[str, str] | CramResponse | Reply:
+    """Run one AUTH exchange; what the client proved, or the reply ending it."""
     mechanism = mechanism.upper()
     try:
+        if mechanism == CRAM_MD5:
+            if initial:
+                return S501_UNDECODABLE  # CRAM-MD5 has no initial response
+            return await _cram_md5(challenge, hostname)
         if mechanism == "PLAIN":
             response = initial or await challenge("")
             return _plain(_decode(response))
@@ -63,6 +83,16 @@ async def read_credentials(challenge: Challenge, mechanism: str, initial: str
     except (LineTooLong, BareLineFeed):
         return S500_AUTH_LINE_TOO_LONG
     return S504_UNKNOWN_MECHANISM
+
+
+async def _cram_md5(challenge: Challenge, hostname: str) -> CramResponse:
+    """Send a fresh `<random.time@host>` challenge; parse `user hexdigest`."""
+    nonce = f"<{int.from_bytes(os.urandom(8), 'big')}.{int(time.time())}@{hostname}>"
+    answer = _decode(await challenge(_b64(nonce))).decode("utf-8")
+    user, _, digest = answer.rpartition(" ")
+    if not user or len(digest) != 32:
+        raise ValueError("CRAM-MD5 answer is 'user hexdigest'")
+    return CramResponse(user, nonce.encode("ascii"), digest)
 
 
 class _Cancelled(Exception):

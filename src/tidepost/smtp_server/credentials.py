@@ -2,7 +2,13 @@
 
 File format (`relay.credentials_file`), one user a line, `#` comments:
 
-    user:scrypt$SALT$HASH[:domain,domain,...]
+    user:scrypt$SALT$HASH[:domain,domain,...[:cram-md5$SECRET]]
+
+The optional last field enables CRAM-MD5 (RFC 2195) for that user, which
+RFC 2645 makes the ODMR mechanism and fetchmail's ODMR mode insists on.
+CRAM-MD5 needs the password itself on the server: SECRET is the password in
+base64, as good as the password to whoever reads the file, so it is opt-in
+per user (`tidepost passwd --cram-md5`) and the file must stay mode 0600.
 
 SALT and HASH are unpadded base64; HASH is `hashlib.scrypt(password, salt,
 n=2**14, r=8, p=1, dklen=32)`.  The optional domains are the customer
@@ -42,6 +48,7 @@ class Identity:
     user: str
     hashed: str                  # scrypt$SALT$HASH
     domains: tuple[str, ...] = ()
+    cram_secret: bytes = b""     # the password, for CRAM-MD5 only; empty: not enabled
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -102,6 +109,18 @@ class Credentials:
         ok = verify_password(password, identity.hashed if identity else _DUMMY)
         return identity if identity and ok else None
 
+    def offers_cram_md5(self) -> bool:
+        """True when some user has CRAM-MD5 enabled."""
+        return any(identity.cram_secret for identity in self._identities.values())
+
+    def check_cram_md5(self, user: str, challenge: bytes, digest: str) -> Identity | None:
+        """The identity when `digest` is HMAC-MD5(secret, challenge) in hex (RFC 2195)."""
+        identity = self._identities.get(user)
+        secret = identity.cram_secret if identity and identity.cram_secret else b"\0"
+        expected = hmac.new(secret, challenge, hashlib.md5).hexdigest()
+        ok = hmac.compare_digest(expected, digest.strip().lower())
+        return identity if identity and identity.cram_secret and ok else None
+
     def domains_of(self, user: str) -> tuple[str, ...]:
         """The customer domain patterns `user` may ask for."""
         identity = self._identities.get(user)
@@ -111,18 +130,35 @@ class Credentials:
 def parse_line(line: str, where: str) -> Identity:
     """One `user:hash[:domains]` line."""
     user, _, rest = line.partition(":")
-    hashed, _, domains = rest.partition(":")
+    hashed, _, rest = rest.partition(":")
+    domains, _, cram = rest.partition(":")
     if not user or not hashed.startswith(SCHEME + "$") or hashed.count("$") != 2:
         raise CredentialsError(f"{where}: expected user:scrypt$SALT$HASH[:domain,...]")
     patterns = tuple(d.strip().lower().rstrip(".") for d in domains.split(",") if d.strip())
-    return Identity(user, hashed, patterns)
+    return Identity(user, hashed, patterns, _cram_secret(cram, where))
 
 
-def format_line(user: str, password: str, domains: tuple[str, ...] = ()) -> str:
-    """A credentials file line for `user`."""
+def _cram_secret(field: str, where: str) -> bytes:
+    """The CRAM-MD5 secret of a `cram-md5$BASE64` field ('' when absent)."""
+    if not field:
+        return b""
+    scheme, _, secret = field.partition("$")
+    try:
+        if scheme != "cram-md5" or not secret:
+            raise ValueError(field)
+        return _unb64(secret)
+    except ValueError:
+        raise CredentialsError(f"{where}: the last field must be cram-md5$BASE64") from None
+
+
+def format_line(user: str, password: str, domains: tuple[str, ...] = (),
+                cram_md5: bool = False) -> str:
+    """A credentials file line for `user` (with a CRAM-MD5 secret if asked)."""
     if not user or ":" in user or any(c.isspace() for c in user):
         raise ValueError("a user name has no colon and no white space")
     line = f"{user}:{hash_password(password)}"
+    if cram_md5:
+        return f"{line}:{','.join(domains)}:cram-md5${_b64(password.encode('utf-8'))}"
     return f"{line}:{','.join(domains)}" if domains else line
 
 

@@ -144,7 +144,7 @@ class RelayConversation(Conversation):
         if not self.relay.odmr_only:
             keywords.append("ETRN")
         if self._auth_offered():
-            keywords.append("AUTH " + " ".join(A.MECHANISMS))
+            keywords.append("AUTH " + " ".join(self._mechanisms()))
         if self.relay.credentials is not None:
             keywords.append("ATRN")
         return keywords
@@ -215,9 +215,21 @@ class RelayConversation(Conversation):
     # -- AUTH -----------------------------------------------------------------
 
     def _auth_offered(self) -> bool:
-        """AUTH only with a credentials file, over TLS or from loopback."""
+        """AUTH only with a credentials file, and while some mechanism is allowed."""
         return (self.relay.credentials is not None and not self.session.authenticated
-                and (self.session.tls or A.is_loopback(self.session.peer_ip)))
+                and bool(self._mechanisms()))
+
+    def _mechanisms(self) -> list[str]:
+        """PLAIN and LOGIN over TLS or from loopback; CRAM-MD5 for users who have it."""
+        credentials = self.relay.credentials
+        offered = list(A.MECHANISMS) if self._private_channel() else []
+        if credentials is not None and credentials.offers_cram_md5():
+            offered.append(A.CRAM_MD5)
+        return offered
+
+    def _private_channel(self) -> bool:
+        """True over TLS or from loopback: a password may be sent."""
+        return self.session.tls or A.is_loopback(self.session.peer_ip)
 
     async def smtp_AUTH(self, arg: str) -> None:
         """AUTH PLAIN|LOGIN [initial-response] (RFC 4954)."""
@@ -227,13 +239,21 @@ class RelayConversation(Conversation):
         mechanism, _, initial = arg.partition(" ")
         if not mechanism:
             return self.reply(S.S501_SYNTAX)
-        result = await A.read_credentials(self._challenge, mechanism, initial.strip())
+        if mechanism.upper() not in self._mechanisms():
+            return self.reply(A.S538_NEEDS_TLS if mechanism.upper() in A.MECHANISMS
+                              else A.S504_UNKNOWN_MECHANISM)
+        result = await A.read_credentials(self._challenge, mechanism, initial.strip(),
+                                          self.config.hostname)
         if isinstance(result, Reply):
             return self.reply(result)
-        user, password = result
         credentials = self.relay.credentials
         assert credentials is not None
-        identity = await asyncio.to_thread(credentials.check, user, password)
+        if isinstance(result, A.CramResponse):
+            user = result.user
+            identity = credentials.check_cram_md5(user, result.challenge, result.digest)
+        else:
+            user, password = result
+            identity = await asyncio.to_thread(credentials.check, user, password)
         if identity is None:
             self.relay.statistics["auth_failed"] += 1
             log.warning("AUTH %s failed for %r from %s", mechanism.upper(), user,
@@ -255,8 +275,6 @@ class RelayConversation(Conversation):
             return A.S503_ALREADY_AUTHENTICATED
         if self.transaction is not None:
             return A.S503_AUTH_IN_TRANSACTION
-        if not (self.session.tls or A.is_loopback(self.session.peer_ip)):
-            return A.S538_NEEDS_TLS
         return None
 
     async def _challenge(self, text: str) -> str:
