@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterable
 
 import pytest
 
+from tidepost.testing.dns import unbound_config
+
 UNBOUND = "/usr/sbin/unbound"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 SINK_HOSTS = tuple(f"127.0.0.{n}" for n in range(2, 10))
@@ -181,33 +183,6 @@ class DnsServer:
         return f"127.0.0.1:{self.port}"
 
 
-def unbound_config(folder: Path, port: int, records: Iterable[str]) -> Path:
-    """Write an unbound.conf serving `records` under a static `test.` zone."""
-    data = "\n".join(f"    local-data: {json.dumps(r)}" for r in records)
-    path = folder / "unbound.conf"
-    path.write_text(f"""server:
-    username: ""
-    chroot: ""
-    directory: "{folder}"
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    pidfile: ""
-    verbosity: 1
-    num-threads: 1
-    interface: 127.0.0.1@{port}
-    port: {port}
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    do-ip6: no
-    local-zone: "test." static
-{data}
-remote-control:
-    control-enable: no
-""")
-    return path
-
-
 def dns_answers(port: int, name: str) -> bool:
     """True when the server on 127.0.0.1:port answers a query for `name`."""
     import dns.message
@@ -228,7 +203,7 @@ def unbound(tmp_path_factory, processes):
         records = tuple(records)
         folder = tmp_path_factory.mktemp("unbound")
         port = free_port("127.0.0.1")
-        conf = unbound_config(folder, port, records)
+        conf = unbound_config(folder, records, port=port)
         log = folder / "unbound.log"
         process = processes.start([UNBOUND, "-d", "-c", str(conf)], log=log)
         wait_for(lambda: process.poll() is not None or dns_answers(port, "test."), 15,

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tidepost.testing.dns import unbound_config
+
 pytestmark = pytest.mark.integration
 
 UNBOUND = "/usr/sbin/unbound"
@@ -102,26 +104,7 @@ def link():
 def start_isp(processes, isp: str, folder: Path) -> Path:
     """unbound and smtp-sink in the isp namespace; the sink's dump folder."""
     zone = ['remote.test. 300 MX 10 mx.remote.test.', f'mx.remote.test. 300 A {ISP_ADDRESS}']
-    data = "\n".join(f'    local-data: "{record}"' for record in zone)
-    conf = folder / "unbound.conf"
-    conf.write_text(f"""server:
-    username: ""
-    chroot: ""
-    directory: "{folder}"
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    pidfile: ""
-    num-threads: 1
-    interface: {ISP_ADDRESS}
-    port: 53
-    access-control: 10.77.0.0/30 allow
-    do-ip6: no
-    local-zone: "test." static
-{data}
-remote-control:
-    control-enable: no
-""")
+    conf = unbound_config(folder, zone, address=ISP_ADDRESS, allow="10.77.0.0/30")
     in_isp = ["ip", "netns", "exec", isp]
     processes.start([*in_isp, UNBOUND, "-d", "-c", str(conf)], log=folder / "unbound.log")
     dumps = folder / "dumps"

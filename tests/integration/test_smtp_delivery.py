@@ -25,6 +25,7 @@ from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient
 from tidepost.resolver.resolver import Resolver
 from tidepost.delivery.smtp import SmtpAgent
 from tidepost.testing.clock import FakeClock
+from tidepost.testing.dns import unbound_config
 
 pytestmark = pytest.mark.integration
 
@@ -110,32 +111,6 @@ def running(argv: list[str], ready) -> subprocess.Popen:
             process.stdout.close()
 
 
-def unbound_config(folder: Path, port: int) -> Path:
-    """An unbound configuration serving ZONE on 127.0.0.1@port, in the foreground."""
-    data = "\n".join(f'    local-data: "{line}"' for line in ZONE.splitlines())
-    path = folder / "unbound.conf"
-    path.write_text(f"""server:
-    interface: 127.0.0.1@{port}
-    port: {port}
-    access-control: 127.0.0.0/8 allow
-    username: ""
-    chroot: ""
-    directory: "{folder}"
-    pidfile: ""
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    verbosity: 0
-    num-threads: 1
-    do-ip6: no
-    local-zone: "test." static
-{data}
-remote-control:
-    control-enable: no
-""")
-    return path
-
-
 def dns_ready(port: int) -> None:
     """Wait until unbound answers for good.test."""
     resolver = Resolver(DnsConfig(nameservers=(f"127.0.0.1:{port}",), timeout=0.5))
@@ -160,7 +135,7 @@ def world(tmp_path_factory):
     sinks = {"127.0.0.2": [], "127.0.0.3": ["-r", "RCPT"], "127.0.0.5": ["-f", "."],
              "::1": []}
     with contextlib.ExitStack() as stack:
-        conf = unbound_config(folder, dns_port)
+        conf = unbound_config(folder, ZONE.splitlines(), port=dns_port)
         stack.enter_context(running([UNBOUND, "-d", "-c", str(conf)],
                                     lambda: dns_ready(dns_port)))
         dumps = {}
