@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,30 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 TIDEPOST = shutil.which("tidepost") or str(Path(sys.executable).parent / "tidepost")
 
 
-def write_config(tmp_path: Path, port: int = 0) -> Path:
-    config = tmp_path / "tidepost.toml"
-    config.write_text(f'''
-hostname = "site.test"
-spool = "{tmp_path / 'spool'}"
-[smtp]
-listen = ["127.0.0.1:{port or free_port()}"]
-[local]
-domains = ["site.test"]
-users = ["alice"]
-system_users = false
-[queue]
-poll_interval = "0.2s"
-[[route]]
-name = "uplink"
-start_held = true
-''')
-    return config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+UPLINK_HELD = {"route": [{"name": "uplink", "domains": ["*"], "start_held": True}],
+               "local": {"domains": ["site.test"], "users": ["alice"], "system_users": False}}
 
 
 def route_state(config: Path, route: str) -> str:
@@ -55,8 +32,8 @@ def run_hook(script: str, config: Path, *args: str) -> None:
                    capture_output=True)
 
 
-def test_ppp_hooks_release_and_hold_the_uplink(tmp_path):
-    config = write_config(tmp_path)
+def test_ppp_hooks_release_and_hold_the_uplink(tidepost_node):
+    config = tidepost_node(start=False, **UPLINK_HELD).config_path
     assert route_state(config, "uplink") == "held"
     run_hook("ppp/ip-up.d/tidepost", config, "ppp0", "/dev/ttyS0", "115200")
     assert route_state(config, "uplink") == "up"
@@ -64,8 +41,8 @@ def test_ppp_hooks_release_and_hold_the_uplink(tmp_path):
     assert route_state(config, "uplink") == "held"
 
 
-def test_networkmanager_hook_follows_up_and_down(tmp_path):
-    config = write_config(tmp_path)
+def test_networkmanager_hook_follows_up_and_down(tidepost_node):
+    config = tidepost_node(start=False, **UPLINK_HELD).config_path
     run_hook("NetworkManager/dispatcher.d/50-tidepost", config, "wwan0", "up")
     assert route_state(config, "uplink") == "up"
     run_hook("NetworkManager/dispatcher.d/50-tidepost", config, "wwan0", "dhcp4-change")
@@ -75,22 +52,9 @@ def test_networkmanager_hook_follows_up_and_down(tmp_path):
 
 
 @pytest.fixture
-def daemon(tmp_path):
-    port = free_port()
-    config = write_config(tmp_path, port)
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([TIDEPOST, "serve", "-c", str(config)], stderr=log)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield proc, config, tmp_path / "spool"
-    proc.terminate()
-    proc.wait(timeout=40)
-    log.close()
+def daemon(tidepost_node):
+    node = tidepost_node(**UPLINK_HELD)
+    return node.process, node.config_path, node.spool
 
 
 def wait_state(config: Path, route: str, state: str) -> bool:
