@@ -162,3 +162,41 @@ def test_an_unusable_file_means_no_cache_not_no_mail(tmp_path):
         return answer, upstream.queries
     answer, queries = run(main())
     assert answer.records == ("10 mx.d.test.",) and len(queries) == 2
+
+
+class SlowUpstream(CountingUpstream):
+    """Takes a while to answer, as a query over a slow link does."""
+
+    async def query(self, name, rdtype):
+        await asyncio.sleep(0.05)
+        return await super().query(name, rdtype)
+
+
+def test_concurrent_misses_share_one_query(tmp_path):
+    async def main():
+        upstream = SlowUpstream(ANSWERS)
+        resolver = CachedResolver(DnsCache(tmp_path / "c.sqlite", FakeClock()), upstream)
+        sessions = [resolver.guarded(lambda name, rdtype: None) for _ in range(20)]
+        answers = await asyncio.gather(*(s.query("d.test", "MX") for s in sessions))
+        return answers, upstream.queries
+    answers, queries = run(main())
+    assert queries == [("d.test", "MX")]  # one packet, not twenty
+    assert all(a.records == ("10 mx.d.test.",) for a in answers)
+
+
+def test_a_held_first_asker_does_not_fail_the_others(tmp_path):
+    from tidepost.errors import RouteHeld
+
+    def held(name, rdtype):
+        raise RouteHeld("dock")
+
+    async def main():
+        upstream = SlowUpstream(ANSWERS)
+        resolver = CachedResolver(DnsCache(tmp_path / "c.sqlite", FakeClock()), upstream)
+        first = asyncio.ensure_future(resolver.guarded(held).query("d.test", "MX"))
+        await asyncio.sleep(0)
+        second = await resolver.guarded(lambda name, rdtype: None).query("d.test", "MX")
+        return first, second
+    first, second = run(main())
+    assert isinstance(first.exception(), RouteHeld)
+    assert second.records == ("10 mx.d.test.",)
