@@ -175,6 +175,9 @@ class RouteConfig:
     concurrency: int = field(default=0, metadata=meta(
         "parallel connections per destination on this route (0: [delivery] value)",
         low=0, high=1000))
+    max_connections: int = field(default=20, metadata=meta(
+        "connections open at once on this route, all destinations together: more "
+        "only fill a slow link's queue and cause retransmissions", low=1, high=10000))
     dial_delay: float = field(default=0.0, metadata=meta(
         "on-demand routes: when a session's first connect fails, wait this long and "
         "dial once more, while the link comes up (0: off)", low=0, high=600,

@@ -97,7 +97,8 @@ class Manager:
         delivery = self._config.delivery
         self._dispatcher = Dispatcher(
             tasks, self._clock, self._backoff, self._open_session, self._concurrency_of,
-            self._queue.load_body, self._record, delivery.max_concurrency)
+            self._queue.load_body, self._record, delivery.max_concurrency,
+            self._connections_of)
         return self._dispatcher
 
     def _open_session(self, destination: Destination) -> AgentSession:
@@ -106,6 +107,11 @@ class Manager:
             return self._agents[LOCAL_ROUTE].session(None, "")
         route = self._router.by_name[destination.route]
         return self._agents["smtp"].session(route, destination.nexthop)
+
+    def _connections_of(self, route: str) -> int:
+        """Connections allowed at once on `route` (0: no limit of its own)."""
+        config = self._router.by_name.get(route)
+        return config.max_connections if config is not None else 0
 
     def _concurrency_of(self, destination: Destination) -> int:
         """Parallel workers allowed for `destination`."""

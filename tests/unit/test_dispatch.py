@@ -1,0 +1,72 @@
+"""The dispatcher: per-destination and per-route connection limits."""
+
+import asyncio
+
+from tidepost.address import Address
+from tidepost.clock import SystemClock
+from tidepost.manager.dispatch import Dispatcher
+from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient
+from tidepost.outcomes import delivered
+from tidepost.routing.routes import Destination
+from tidepost.scheduler.backoff import Backoff
+
+
+class Meter:
+    """Sessions that take a moment and count how many are open at once."""
+
+    def __init__(self):
+        self.open = {}
+        self.peak = {}
+
+    def session(self, destination):
+        meter = self
+
+        class Session:
+            destination_failed = None
+
+            async def deliver(self, job):
+                route = destination.route
+                meter.open[route] = meter.open.get(route, 0) + 1
+                meter.peak[route] = max(meter.peak.get(route, 0), meter.open[route])
+                await asyncio.sleep(0.02)
+                meter.open[route] -= 1
+                return [delivered(r.recipient_id, "250 ok") for r in job.recipients]
+
+            async def close(self):
+                pass
+        return Session()
+
+
+def job(n: int, domain: str) -> DeliveryJob:
+    info = MessageInfo(n, f"Q{n}", Address("a", "site.test"), 0.0, 100)
+    return DeliveryJob(info, [QueuedRecipient(n, n, Address("u", domain))], "", domain)
+
+
+def test_route_limit_bounds_connections_across_destinations_but_not_other_routes():
+    meter = Meter()
+    done = []
+
+    async def record(job, outcomes):
+        done.append(job.message.message_id)
+
+    async def main():
+        async with asyncio.TaskGroup() as tasks:
+            dispatcher = Dispatcher(
+                tasks, SystemClock(), Backoff(), meter.session,
+                concurrency_of=lambda destination: 10, load_body=lambda mid: _body(),
+                on_done=record, max_concurrency=100,
+                route_limit=lambda route: 4 if route == "uplink" else 0)
+            for n in range(50):  # 5 domains x 10 jobs on the uplink
+                domain = f"d{n % 5}.test"
+                dispatcher.submit(job(n, domain), Destination("uplink", domain))
+            for n in range(50, 70):
+                dispatcher.submit(job(n, "lan.test"), Destination("lan", "lan.test"))
+            await dispatcher.wait_idle()
+    asyncio.run(main())
+    assert sorted(done) == list(range(70))
+    assert meter.peak["uplink"] == 4          # 5 domains x 10 allowed, the route says 4
+    assert meter.peak["lan"] == 10            # its destination concurrency, no route cap
+
+
+async def _body() -> bytes:
+    return b"Subject: x\r\n\r\nx\r\n"
