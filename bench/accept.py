@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from private_postfix import main_cf  # bench/ is on sys.path when run as a script
+
 SENDER = "bench@localhost"
 RECIPIENT = "someone@example.net"  # remote: queued on the held uplink route
 
@@ -190,36 +192,13 @@ def tidepost(folder: Path, backend: str):
         log.close()
 
 
-POSTFIX_MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {folder}/queue
-data_directory = {folder}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relay_domains =
-alias_maps =
-alias_database =
-smtpd_banner = $myhostname ESMTP
-smtpd_peername_lookup = no
-maillog_file_prefixes = {folder}
-maillog_file = {folder}/maillog
-# hold remote mail, as tidepost's held uplink does
-defer_transports = smtp
-"""
-
-
 @contextlib.contextmanager
 def postfix(folder: Path):
     """A private Postfix instance (own config, queue and port); yields its SMTP port."""
     port = free_port()
     conf = folder / "conf"
     conf.mkdir()
-    (conf / "main.cf").write_text(POSTFIX_MAIN_CF.format(folder=folder))
+    (conf / "main.cf").write_text(main_cf(folder, "bench.test"))
     master = Path("/etc/postfix/master.cf").read_text().splitlines()
     (conf / "master.cf").write_text("\n".join(
         f"127.0.0.1:{port}" + line[4:] if line.startswith("smtp ") and " inet " in line

@@ -43,6 +43,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from private_postfix import main_cf  # bench/ is on sys.path when run as a script
+
 UNBOUND = "/usr/sbin/unbound"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 POSTFIX = "/usr/sbin/postfix"
@@ -297,6 +299,7 @@ import smtplib, sys
 port, count, domains, size = map(int, sys.argv[1:5])
 sys.path.insert(0, sys.argv[5])
 from drain import make_message
+
 with smtplib.SMTP("127.0.0.1", port, local_hostname="lan.site.test", timeout=60) as s:
     for i in range(count):
         rcpt, body = make_message(i, domains, size)
@@ -392,29 +395,6 @@ class TidepostSite:
                        check=True, capture_output=True, timeout=60)
 
 
-POSTFIX_MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {folder}/queue
-data_directory = {folder}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = site.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relay_domains =
-alias_maps =
-alias_database =
-smtpd_banner = $myhostname ESMTP
-smtpd_peername_lookup = no
-maillog_file_prefixes = {folder}
-maillog_file = {folder}/maillog
-# hold remote mail, as tidepost's held uplink does; `postqueue -f` releases it
-defer_transports = smtp
-"""
-
-
 class PostfixSite:
     """A private Postfix instance in the site namespace, remote mail held."""
 
@@ -427,7 +407,7 @@ class PostfixSite:
         """Write main.cf and master.cf (no chroot: DNS needs /etc/resolv.conf), start."""
         folder, topo = self.folder, self.topology
         self.conf.mkdir()
-        (self.conf / "main.cf").write_text(POSTFIX_MAIN_CF.format(folder=folder))
+        (self.conf / "main.cf").write_text(main_cf(folder, "site.test"))
         lines = []
         for line in Path("/etc/postfix/master.cf").read_text().splitlines():
             fields = line.split()

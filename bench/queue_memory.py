@@ -12,7 +12,6 @@ shows what the queue itself costs), plus the start-up time.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
