@@ -33,7 +33,7 @@ from tidepost.manager.gates import RouteGates
 from tidepost.manager.settle import add_dsns, settle
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
-from tidepost.queue.backend import QueueBackend
+from tidepost.queue.backend import ClaimResult, QueueBackend
 from tidepost.queue.owner import runner_alive
 from tidepost.routing.routes import LOCAL_ROUTE, Destination, Router
 from tidepost.scheduler.backoff import Backoff
@@ -209,10 +209,7 @@ class Manager:
         gone from the scheduler, so nothing is delivered twice.
         """
         pattern = "." + domain if subdomains else domain
-        entries = [e for e in self.scheduler.entries_of_route(route)
-                   if domain_matches(e.domain, pattern)]
-        for entry in entries:
-            self.scheduler.remove(entry.recipient_id)
+        entries = self._take_held(route, [pattern])
         if entries and self._dispatcher is not None:
             await self._claim_and_dispatch(entries, force=True, cause=f"flush of {pattern}")
         log.info("flush of %s on route %s: %d recipients", pattern, route, len(entries))
@@ -226,18 +223,17 @@ class Manager:
         jobs run one after another on it instead of through the dispatcher.
         Claims make a concurrent ETRN or flush skip these recipients.
         """
-        entries = [e for e in self.scheduler.entries_of_route(route)
-                   if any(domain_matches(e.domain, p) for p in patterns)]
-        for entry in entries:
-            self.scheduler.remove(entry.recipient_id)
-        result = await self._queue.claim([e.recipient_id for e in entries], self._owner,
-                                         LEASE_SECONDS, self._clock.now(), True)
+        result = await self._claim(self._take_held(route, patterns), force=True)
         count = 0
         for message, recipients in result.claimed:
-            self._in_flight.update(r.recipient_id for r in recipients)
-            job = DeliveryJob(message, recipients, route, "", await self._queue.load_body(
-                message.message_id), cause=cause)
-            await self._record(job, await session.deliver(job))
+            job = DeliveryJob(message, recipients, route, "", cause=cause)
+            try:
+                job.body = await self._queue.load_body(message.message_id)
+                outcomes = await session.deliver(job)
+            except Exception as exc:  # noqa: BLE001 - the claim must end in an outcome
+                outcomes = [deferred(r.recipient_id, "4.3.0", f"delivery failed: {exc}")
+                            for r in recipients]
+            await self._record(job, outcomes)
             count += len(recipients)
         log.info("%s on route %s: %d recipients", cause, route, count)
         return count
@@ -339,10 +335,16 @@ class Manager:
 
     # -- claiming and recording ---------------------------------------------
 
-    async def _claim_and_dispatch(self, entries: list[ScheduleEntry], force: bool,
-                                  cause: str = "") -> None:
-        """Claim `entries`; turn what we now hold into jobs for the dispatcher."""
-        assert self._dispatcher is not None
+    def _take_held(self, route: str, patterns: list[str]) -> list[ScheduleEntry]:
+        """Remove and return `route`'s entries for domains matching `patterns`."""
+        entries = [e for e in self.scheduler.entries_of_route(route)
+                   if any(domain_matches(e.domain, p) for p in patterns)]
+        for entry in entries:
+            self.scheduler.remove(entry.recipient_id)
+        return entries
+
+    async def _claim(self, entries: list[ScheduleEntry], force: bool) -> ClaimResult:
+        """Claim `entries`; what we now hold counts as in flight until recorded."""
         ids = [e.recipient_id for e in entries]
         # In flight from before the claim, so that the poller, which runs while
         # the claim is awaited, does not put these back into the scheduler.
@@ -352,13 +354,21 @@ class Manager:
                                              self._clock.now(), force)
         finally:
             self._in_flight.difference_update(ids)
+        for _, recipients in result.claimed:
+            self._in_flight.update(r.recipient_id for r in recipients)
         if self._daemon:
             for entry in result.not_due:
                 self.scheduler.insert(entry)
+        return result
+
+    async def _claim_and_dispatch(self, entries: list[ScheduleEntry], force: bool,
+                                  cause: str = "") -> None:
+        """Claim `entries`; turn what we now hold into jobs for the dispatcher."""
+        assert self._dispatcher is not None
+        result = await self._claim(entries, force)
         for message, recipients in result.claimed:
             by_destination: dict[Destination | None, list] = {}
             for rcpt in recipients:
-                self._in_flight.add(rcpt.recipient_id)
                 by_destination.setdefault(self._router.destination(rcpt.address.domain,
                                                                    message.size),
                                           []).append(rcpt)
