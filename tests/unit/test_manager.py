@@ -103,15 +103,20 @@ class Harness:
         return [p.read_bytes() for p in folder.iterdir()] if folder.exists() else []
 
 
+async def wait_until(condition, timeout: float = 5.0) -> bool:
+    """Poll `condition` every 50 ms; whether it came true in time."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def run_until(harness: Harness, condition, timeout: float = 10.0):
     stopping = asyncio.Event()
     task = asyncio.create_task(harness.manager.run(stopping))
     try:
-        for _ in range(int(timeout / 0.05)):
-            if condition():
-                return True
-            await asyncio.sleep(0.05)
-        return False
+        return await wait_until(condition, timeout)
     finally:
         stopping.set()
         await task
@@ -186,10 +191,7 @@ def test_held_route_waits_for_release_while_local_mail_flows(tmp_path):
         await asyncio.sleep(0.2)
         assert agent.attempts == {}  # held state persisted across the restart
         await h.manager.release("uplink", "test")
-        for _ in range(100):
-            if agent.deliveries:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: agent.deliveries, 5)
         stopping.set()
         await task
         assert agent.deliveries == ["carol@example.test"]
@@ -247,10 +249,7 @@ def test_batched_route_waits_for_enough_mail(tmp_path):
         await asyncio.sleep(0.5)
         assert agent.deliveries == []  # two wait: the link is not brought up
         await h.send("c@example.test")
-        for _ in range(100):
-            if len(agent.deliveries) == 3:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(agent.deliveries) == 3, 5)
         stopping.set()
         await task
         assert sorted(agent.deliveries) == ["a@example.test", "b@example.test", "c@example.test"]
@@ -274,17 +273,11 @@ start_held = true'''
         await h.send("small@example.test")
         stopping = asyncio.Event()
         task = asyncio.create_task(h.manager.run(stopping))
-        for _ in range(60):
-            if agent.deliveries:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: agent.deliveries, 3)
         await asyncio.sleep(0.3)
         assert agent.deliveries == ["small@example.test"]  # big waits: dock is held
         await h.manager.release("dock", "docked")
-        for _ in range(60):
-            if len(agent.deliveries) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(agent.deliveries) == 2, 3)
         stopping.set()
         await task
         assert agent.deliveries == ["small@example.test", "big@example.test"]
@@ -307,10 +300,7 @@ def test_daemon_takes_back_the_leases_of_a_runner_that_died(tmp_path):
         claimed = await h.queue.claim([entry.recipient_id], dead_flush, 3600, entry.next_try)
         assert claimed.claimed  # ... and then that flush was killed before delivering
         await h.manager.release("uplink", "test")
-        for _ in range(100):
-            if agent.deliveries:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: agent.deliveries, 5)
         stopping.set()
         await task
         assert agent.deliveries == ["carol@example.test"]
