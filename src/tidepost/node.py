@@ -130,7 +130,12 @@ async def serve(config: Config) -> None:
 async def _run_manager(parts: Parts, stopping: asyncio.Event) -> None:
     """Run the manager; on stop, give deliveries in flight a grace period."""
     task = asyncio.create_task(parts.manager.run(stopping))
-    await stopping.wait()
+    # A manager that dies on its own must stop the node too: a daemon that
+    # accepts mail it will never deliver is worse than one that exits.
+    stopped = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    stopping.set()
     done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_GRACE)
     if not done:
         task.cancel()
