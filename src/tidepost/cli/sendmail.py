@@ -158,10 +158,12 @@ async def _queue(config: Config, sender: Address, recipients: list[Address], bod
     parts = node.build(config)
     try:
         for rcpt in recipients:
-            if parts.router.is_local(rcpt.domain) and not parts.aliases.exists(rcpt.local):
+            submission = parts.submission
+            if submission.is_local_domain(rcpt.domain) and \
+                    not submission.local_user_exists(rcpt.local):
                 print(f"tidepost sendmail: {rcpt}: unknown local user", file=sys.stderr)
                 return EX_NOUSER
-            if not parts.router.route_of(rcpt.domain):
+            if not submission.has_route(rcpt.domain):
                 print(f"tidepost sendmail: {rcpt}: no route serves this domain",
                       file=sys.stderr)
                 return EX_NOUSER
