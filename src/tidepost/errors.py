@@ -3,6 +3,7 @@
     TidepostError
     ├── ConfigError            bad configuration: file, line, key and reason
     ├── QueueError             the queue store failed (disk full, corrupt)
+    ├── AlreadyQueued          a transfer key was stored before: a repeat, not new mail
     └── DeliveryError          a delivery step failed; carries an RFC 3463 status
         ├── TempFailure        4xx, becomes Deferred
         │   ├── ConnectFailed  no TCP connection (refused, unreachable, timed out): 4.4.1
@@ -30,6 +31,19 @@ class ConfigError(TidepostError):
 
 class QueueError(TidepostError):
     """The queue store could not do what was asked."""
+
+
+class AlreadyQueued(TidepostError):
+    """A submission repeats a transfer the queue already holds (nothing was stored).
+
+    Not a failure: the caller acknowledges the repeat as it acknowledged the
+    first copy (exactly-once receipt between tidepost nodes, maildrop pick-up).
+    """
+
+    def __init__(self, key: str, queue_id: str):
+        super().__init__(f"transfer {key} was queued before as {queue_id}")
+        self.key = key
+        self.queue_id = queue_id
 
 
 class DeliveryError(TidepostError):

@@ -9,17 +9,18 @@ group commit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from tidepost.address import NULL_SENDER, Address
-from tidepost.errors import QueueError
+from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import bounced, deferred, delivered
 from tidepost.queue.backend import HoldState, NewMessage, QueueRow, RecipientUpdate, open_queue
-from tidepost.queue.sqlite import SqliteQueue
+from tidepost.queue.sqlite import SCHEMA, SCHEMA_VERSION, SqliteQueue
 
 T0 = 1_700_000_000.0  # arrival of the first message
 LEASE = 600.0
@@ -91,6 +92,33 @@ def test_submit_keeps_the_queue_id_chosen_by_submission(queue):
     result = run(queue.claim(ids(entries), RUNNER, LEASE, T0))
     assert result.claimed[0][0].queue_id == "4F2A9C0B11DE"
     assert run(queue.rows())[0].queue_id == "4F2A9C0B11DE"
+
+
+# -- transfer keys (exactly-once receipt) -------------------------------------
+
+def test_a_repeated_transfer_key_stores_nothing_and_names_the_first_copy(queue):
+    first = dataclasses.replace(message(ALICE, queue_id="AAAA00000001"),
+                                transfer_keys=("site/Q1/alice", "site/Q1/bob"))
+    run(queue.submit(first))
+    repeat = dataclasses.replace(message(ALICE, BOB, queue_id="AAAA00000002"),
+                                 transfer_keys=("site/Q1/bob",))
+    with pytest.raises(AlreadyQueued) as raised:
+        run(queue.submit(repeat))
+    assert (raised.value.key, raised.value.queue_id) == ("site/Q1/bob", "AAAA00000001")
+    assert [row.queue_id for row in run(queue.rows())] == ["AAAA00000001"]
+    assert run(queue.known_transfers(["site/Q1/alice", "site/Q2/x"])) == {
+        "site/Q1/alice": "AAAA00000001"}
+
+
+def test_transfer_keys_outlive_their_message_until_forgotten(queue):
+    entries = run(queue.submit(dataclasses.replace(message(ALICE), transfer_keys=("k1",))))
+    run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    run(queue.record(RUNNER, [final(delivered(ids(entries)[0], "ok"))]))
+    assert run(queue.rows()) == []
+    assert list(run(queue.known_transfers(["k1"]))) == ["k1"]
+    assert run(queue.forget_transfers(T0)) == 0
+    assert run(queue.forget_transfers(T0 + 1)) == 1
+    assert run(queue.known_transfers(["k1"])) == {}
 
 
 # -- claim -------------------------------------------------------------------
@@ -402,3 +430,34 @@ def test_an_outcome_that_was_not_attempted_leaves_the_attempt_count(queue):
                                                             "route uplink is held"), T0)]))
     row, = run(queue.rows())
     assert (row.state, row.attempts) == ("queued", 0)
+
+
+def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_mail(tmp_path: Path):
+    path = tmp_path / "queue.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)  # the landed schema: no user_version, no transfers table
+    old.execute("INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
+                "VALUES ('OLD000000001', 'a@b.example', 1.0, 3, '7BIT', 0)")
+    old.execute("INSERT INTO bodies VALUES (1, x'616263')")
+    old.execute("INSERT INTO recipients(message_id, local, domain, state, next_try) "
+                "VALUES (1, 'bob', 'example.net', 'queued', 1.0)")
+    old.commit()
+    old.close()
+    queue = SqliteQueue(path)
+    try:
+        assert [row.queue_id for row in run(queue.rows())] == ["OLD000000001"]
+        assert run(queue.known_transfers(["x"])) == {}
+    finally:
+        run(queue.close())
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    check.close()
+
+
+def test_a_spool_from_a_newer_tidepost_is_refused(tmp_path: Path):
+    path = tmp_path / "queue.sqlite"
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    newer.close()
+    with pytest.raises(QueueError, match="newer"):
+        SqliteQueue(path)

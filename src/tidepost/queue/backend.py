@@ -35,6 +35,9 @@ class NewMessage:
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
     queue_id: str = ""  # chosen by submission so that headers can carry it
+    # Stored with the message in its commit; a submit naming a key already
+    # stored raises AlreadyQueued and stores nothing (exactly-once receipt).
+    transfer_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,17 @@ class QueueBackend(Protocol):
     """Durable storage of messages and recipient states."""
 
     async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
-        """Queue one message durably (the commit point); return its entries."""
+        """Queue one message durably (the commit point); return its entries.
+
+        Raises AlreadyQueued, storing nothing, when one of the message's
+        transfer keys is already stored.
+        """
+
+    async def known_transfers(self, keys: Sequence[str]) -> dict[str, str]:
+        """The queue ids stored under those of `keys` that are known."""
+
+    async def forget_transfers(self, before: float) -> int:
+        """Drop transfer keys stored before `before`; returns how many."""
 
     async def claim(self, recipient_ids: Sequence[int], owner: str, lease: float,
                     now: float, force: bool = False) -> ClaimResult:

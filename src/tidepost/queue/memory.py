@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from tidepost.address import Address
-from tidepost.errors import QueueError
+from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
@@ -72,6 +72,7 @@ class MemoryQueue:
         self._recipients: dict[int, _Recipient] = {}  # ascending id order
         self._holds: dict[str, HoldState] = {}
         self._queue_ids: set[str] = set()
+        self._transfers: dict[str, tuple[str, float]] = {}  # key -> (queue id, received)
         self._message_ids = itertools.count(1)
         self._recipient_ids = itertools.count(1)
 
@@ -79,6 +80,17 @@ class MemoryQueue:
         """Queue one message; a duplicate queue id is a QueueError."""
         self._check_new([message])
         return self._insert(message)
+
+    async def known_transfers(self, keys: Sequence[str]) -> dict[str, str]:
+        """Queue ids stored under the known ones among `keys`."""
+        return {k: self._transfers[k][0] for k in keys if k in self._transfers}
+
+    async def forget_transfers(self, before: float) -> int:
+        """Drop transfer keys older than `before`."""
+        old = [k for k, (_, received) in self._transfers.items() if received < before]
+        for key in old:
+            del self._transfers[key]
+        return len(old)
 
     async def claim(self, recipient_ids: Sequence[int], owner: str, lease: float,
                     now: float, force: bool = False) -> ClaimResult:
@@ -185,6 +197,9 @@ class MemoryQueue:
         for queue_id in wanted:
             if queue_id in self._queue_ids or wanted.count(queue_id) > 1:
                 raise QueueError(f"queue id {queue_id} is already in use")
+        for key in (k for m in messages for k in m.transfer_keys):
+            if key in self._transfers:
+                raise AlreadyQueued(key, self._transfers[key][0])
 
     def _insert(self, message: NewMessage) -> list[ScheduleEntry]:
         """Store a message and its recipients; return their schedule entries."""
@@ -199,6 +214,8 @@ class MemoryQueue:
                                               [r.recipient_id for r in rows])
         self._recipients.update((r.recipient_id, r) for r in rows)
         self._queue_ids.add(info.queue_id)
+        self._transfers.update((k, (info.queue_id, message.arrival))
+                               for k in message.transfer_keys)
         return [r.entry() for r in rows]
 
     def _apply(self, owner: str, update: RecipientUpdate) -> None:

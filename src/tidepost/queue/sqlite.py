@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tidepost.address import Address
-from tidepost.errors import QueueError
+from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
@@ -71,6 +71,23 @@ CREATE TABLE IF NOT EXISTS holds (
 );
 """
 
+# Each entry takes the schema from version N+1 to N+2 (SCHEMA is version 1).
+# Append only: a spool of any earlier version is brought up to date at open,
+# inside one transaction per step, by whichever process opens it first.
+MIGRATIONS: tuple[str, ...] = (
+    # 2: transfer keys, stored with the message they brought (exactly-once
+    # receipt: a repeated transfer is recognised, not stored twice).
+    """
+    CREATE TABLE transfers (
+        key      TEXT PRIMARY KEY,
+        queue_id TEXT NOT NULL,
+        received REAL NOT NULL
+    );
+    CREATE INDEX transfers_by_age ON transfers(received);
+    """,
+)
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
 QUEUED = RecipientState.QUEUED.value
 CLAIMED = RecipientState.CLAIMED.value
 BATCH_LIMIT = 512      # operations per group commit
@@ -85,6 +102,37 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=60000")
     return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to SCHEMA_VERSION; returns the version found.
+
+    A spool newer than this program is refused (QueueError) rather than
+    written with assumptions that no longer hold.
+    """
+    conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it
+    try:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise QueueError(f"queue schema version {found} is newer than this tidepost "
+                             f"({SCHEMA_VERSION}); upgrade tidepost")
+        if found == 0:
+            for statement in _statements(SCHEMA):
+                conn.execute(statement)
+        for step in MIGRATIONS[max(found, 1) - 1:]:
+            for statement in _statements(step):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (none contains a semicolon inside)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
 
 
 def new_queue_id() -> str:
@@ -192,7 +240,7 @@ class SqliteQueue:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         with contextlib.closing(connect(path)) as conn:
-            conn.executescript(SCHEMA)
+            migrate(conn)
         self._writer = _Writer(path)
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
         self._reader: sqlite3.Connection | None = None
@@ -208,6 +256,18 @@ class SqliteQueue:
     async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
         """Queue one message durably; returns after the group COMMIT."""
         return await self._writer.run(lambda conn: _insert(conn, message))
+
+    async def known_transfers(self, keys: Sequence[str]) -> dict[str, str]:
+        """Queue ids stored under the known ones among `keys`."""
+        wanted = list(keys)
+        def op(conn: sqlite3.Connection) -> dict[str, str]:
+            return _known_transfers(conn, wanted)
+        return await self._read(op)
+
+    async def forget_transfers(self, before: float) -> int:
+        """Drop transfer keys older than `before`."""
+        return await self._writer.run(lambda conn: conn.execute(
+            "DELETE FROM transfers WHERE received < ?", (before,)).rowcount)
 
     async def claim(self, recipient_ids: Sequence[int], owner: str, lease: float,
                     now: float, force: bool = False) -> ClaimResult:
@@ -320,9 +380,28 @@ class SqliteQueue:
         self._reader_pool.shutdown()
 
 
+def _known_transfers(conn: sqlite3.Connection, keys: list[str]) -> dict[str, str]:
+    """{key: queue_id} for the stored ones among `keys`."""
+    found: dict[str, str] = {}
+    for chunk in _chunks(keys):
+        found.update(conn.execute(f"SELECT key, queue_id FROM transfers "
+                                  f"WHERE key IN ({_marks(chunk)})", chunk).fetchall())
+    return found
+
+
 def _insert(conn: sqlite3.Connection, message: NewMessage) -> list[ScheduleEntry]:
-    """Insert a message, its body and its recipients; return schedule entries."""
+    """Insert a message, its body, its recipients and its transfer keys.
+
+    Returns schedule entries; raises AlreadyQueued before writing anything
+    when a transfer key is already stored.
+    """
     queue_id = message.queue_id or new_queue_id()
+    known = _known_transfers(conn, list(message.transfer_keys))
+    if known:
+        key, earlier = next(iter(known.items()))
+        raise AlreadyQueued(key, earlier)
+    conn.executemany("INSERT INTO transfers(key, queue_id, received) VALUES (?,?,?)",
+                     [(key, queue_id, message.arrival) for key in message.transfer_keys])
     cursor = conn.execute(
         "INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
         "VALUES (?,?,?,?,?,?)",
