@@ -10,7 +10,7 @@ PACKAGE = Path(tidepost.__file__).parent
 
 # Lower index = lower layer. Modules may import their own layer or below.
 LAYERS = [
-    {"address", "errors", "clock"},
+    {"address", "errors", "clock", "eventlog"},
     {"model", "outcomes", "testing"},
     {"config"},
     {"queue", "scheduler"},
