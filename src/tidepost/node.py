@@ -175,7 +175,7 @@ def control_handlers(parts: Parts) -> dict[str, Any]:
     manager = parts.manager
 
     async def wake(request: dict) -> dict:
-        manager.wake()
+        await manager.catch_up()
         return {}
 
     async def hold(request: dict) -> dict:

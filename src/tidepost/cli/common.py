@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from tidepost.config.load import find_config_path, load_config
+from tidepost.config.load import CONFIG_ORDER, find_config_path, load_config
 from tidepost.config.schema import Config
 from tidepost.errors import ConfigError
 
@@ -16,8 +16,7 @@ EX_CONFIG = 78
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """The -c/--config option shared by all subcommands."""
     parser.add_argument("-c", "--config", metavar="CONFIG",
-                        help="configuration file (default: $TIDEPOST_CONFIG, "
-                             "else the embedded default)")
+                        help=f"configuration file (default: {CONFIG_ORDER.split(', ', 1)[1]})")
 
 
 def config_or_exit(path: str | None) -> Config:

@@ -41,10 +41,17 @@ CUSTOMERS = RouteConfig(name=CUSTOMERS_ROUTE, domains=(), transport="mx", on_dem
                         start_held=True)
 
 
+SYSTEM_CONFIG = Path("/etc/tidepost/tidepost.toml")
+CONFIG_ORDER = ("-c/-C CONFIG, else $TIDEPOST_CONFIG, else /etc/tidepost/tidepost.toml "
+                "when it exists, else the embedded default")
+
+
 def find_config_path(explicit: str | None) -> Path | None:
-    """The config file to read: -c, else $TIDEPOST_CONFIG, else none (embedded)."""
+    """The config file every command reads (CONFIG_ORDER); None means embedded."""
     chosen = explicit or os.environ.get("TIDEPOST_CONFIG")
-    return Path(chosen) if chosen else None
+    if chosen:
+        return Path(chosen)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
 
 
 def load_config(path: Path | None) -> Config:

@@ -133,6 +133,17 @@ class Manager:
         """Look at the queue now rather than at the next timer."""
         self._wake.set()
 
+    async def catch_up(self) -> None:
+        """Take in mail other processes committed (sendmail, another node), then wake.
+
+        Called before every release, scheduled run and ETRN/ATRN, so that
+        they cover every message committed before them, whoever queued it,
+        and when `tidepost sendmail` says it has queued something.
+        """
+        if self._daemon:
+            await self._poll_new()
+        self._wake.set()
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Daemon loop until `stopping` is set; in-flight jobs finish first."""
         self._daemon = True
@@ -191,6 +202,7 @@ class Manager:
         await self._queue.set_hold(route, False, self._clock.now(), cause)
         self._operator_held.discard(route)
         self._route_cause[route] = (self._clock.now(), f"released: {cause}")
+        await self.catch_up()
         if route in self.gates:
             count = await self._run_gated(route, f"released: {cause}")
         else:
@@ -209,6 +221,7 @@ class Manager:
         gone from the scheduler, so nothing is delivered twice.
         """
         pattern = "." + domain if subdomains else domain
+        await self.catch_up()
         entries = self._take_held(route, [pattern])
         if entries and self._dispatcher is not None:
             await self._claim_and_dispatch(entries, force=True, cause=f"flush of {pattern}")
@@ -223,6 +236,7 @@ class Manager:
         jobs run one after another on it instead of through the dispatcher.
         Claims make a concurrent ETRN or flush skip these recipients.
         """
+        await self.catch_up()
         result = await self._claim(self._take_held(route, patterns), force=True)
         count = 0
         for message, recipients in result.claimed:
@@ -291,6 +305,7 @@ class Manager:
 
     async def _run_gated(self, route: str, cause: str) -> int:
         """One run of a gated route: everything due on it, now."""
+        await self.catch_up()
         entries = self.scheduler.take_route(route, self._clock.now())
         if entries and self._dispatcher is not None:
             await self._claim_and_dispatch(entries, force=False, cause=cause)
