@@ -8,6 +8,7 @@ assert on what the client actually sent and how it grouped it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 import pytest
@@ -331,7 +332,7 @@ def test_starttls_failure_falls_back_to_plain_text_on_a_new_connection():
     assert "STARTTLS" not in connections[1].commands
 
 
-def test_starttls_then_ehlo_again_inside_tls(tmp_path):
+def test_starttls_then_ehlo_again_inside_tls(tmp_path, caplog):
     server_context = _self_signed_server_context(tmp_path)
     async def main():
         async with ScriptedServer(extensions=("PIPELINING", "STARTTLS"),
@@ -339,7 +340,9 @@ def test_starttls_then_ehlo_again_inside_tls(tmp_path):
                                   tls_context=server_context) as server:
             outcomes = await transact(server, tx("a@dest.test"))
         return server, outcomes
-    server, outcomes = asyncio.run(main())
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        server, outcomes = asyncio.run(main())
+    assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
     assert verdicts(outcomes) == ["delivered 2.0.0"]
     assert len(server.connections) == 1
     assert server.connections[0].commands[:2] == ["EHLO client.test", "STARTTLS"]

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import logging
 import ssl
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -475,3 +476,26 @@ def test_helo_with_control_characters_and_reply_injection():
         assert await c.message(b"x\r\n.\r\n") == Reply(550, "5.7.1", "no  250 2.0.0 Ok")
         assert await c.cmd("NOOP") == S.S250_OK
     run(scenario, submission=submission)
+
+
+def test_starttls_session_eof_logs_no_asyncio_warning(tmp_path, caplog):
+    server_context, client_context = self_signed(tmp_path)
+
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        assert await c.cmd("STARTTLS") == S.S220_READY_FOR_TLS
+        await c.writer.start_tls(client_context, server_hostname="mx.test")
+        assert (await c.cmd("EHLO client.test")).code == 250
+        assert c.writer.transport.get_extra_info("ssl_object") is not None
+        c.writer.close()  # EOF (close_notify) while the server waits for a command
+        await c.writer.wait_closed()
+        for _ in range(50):  # until the server's conversation has ended
+            if server.statistics().connections_active == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert server.statistics().connections_active == 0
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        run(scenario, tls_context=server_context)
+    assert not [r for r in caplog.records if r.name == "asyncio"
+                and "eof_received" in r.getMessage()]

@@ -11,6 +11,15 @@ read as if it had come over TLS.  `StreamWriter.start_tls()` keeps the old
 `StreamReader`, whose buffer may still hold such plaintext; a fresh
 `StreamReader` behind a fresh protocol starts empty, so only decrypted bytes
 reach the session, which also starts a new SmtpReader on it.
+
+Why `connection_made` is called by hand: `loop.start_tls()` never calls it on
+the protocol it is given (the connection was made long before), so the fresh
+StreamReaderProtocol would not know its transport is TLS: its
+`eof_received()` would then return True, which the TLS layer answers with the
+warning "returning true from eof_received() has no effect when using ssl" at
+every client EOF, and its StreamReader would have no transport to pause
+when its buffer fills (no flow control for a client that floods us).
+`StreamWriter.start_tls()` does the same bookkeeping for its own protocol.
 """
 
 from __future__ import annotations
@@ -41,4 +50,5 @@ async def upgrade(writer: asyncio.StreamWriter, context: ssl.SSLContext
     protocol = asyncio.StreamReaderProtocol(reader)
     transport = await loop.start_tls(writer.transport, protocol, context, server_side=True,
                                      ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+    protocol.connection_made(transport)  # see the module docstring
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
