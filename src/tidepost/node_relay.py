@@ -40,7 +40,8 @@ from tidepost.smtp_client.turn import UpstreamPlan, UpstreamRequests
 from tidepost.smtp_server.credentials import Credentials, CredentialsError
 from tidepost.smtp_server.listeners import SmtpServer
 from tidepost.smtp_server.session import Conversation
-from tidepost.smtp_server.turn import RateLimiter, RelayConversation, RelayServices
+from tidepost.smtp_server.ratelimit import RateLimiter
+from tidepost.smtp_server.turn import TURN_WINDOW, RelayConversation, RelayServices
 from tidepost.submission.submit import Submission
 
 log = logging.getLogger("tidepost.relay")
@@ -73,7 +74,9 @@ class RelayRole:
         self.router = router
         self.submission = submission
         self.credentials = _load_credentials(config)
-        self.limiter = RateLimiter(config.relay.etrn_rate)
+        # One budget each: an ETRN burst never refuses the same client's ATRN.
+        self.etrn_limiter = RateLimiter(config.relay.etrn_rate, TURN_WINDOW)
+        self.atrn_limiter = RateLimiter(config.relay.atrn_rate, TURN_WINDOW)
         self.upstreams = UpstreamRequests(config.hostname, config.delivery)
         self._servers: list[SmtpServer] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -89,7 +92,8 @@ class RelayRole:
         delivery = self.config.delivery
         return RelayServices(
             flush_domain=self.flush_domain, is_customer=self.router.is_customer,
-            limiter=self.limiter, credentials=self.credentials,
+            etrn_limiter=self.etrn_limiter, atrn_limiter=self.atrn_limiter,
+            credentials=self.credentials,
             etrn_networks=tuple(ipaddress.ip_network(n, strict=False)
                                 for n in self.config.relay.etrn_networks),
             pending=self.pending, deliver_over=self.deliver_over,

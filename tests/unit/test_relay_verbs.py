@@ -17,7 +17,8 @@ from tidepost.smtp_server import turn as T
 from tidepost.smtp_server.credentials import (Credentials, CredentialsError, format_line,
                                               parse_line, verify_password)
 from tidepost.smtp_server.replies import Reply
-from tidepost.smtp_server.turn import RateLimiter, RelayConversation, RelayServices
+from tidepost.smtp_server.ratelimit import RateLimiter
+from tidepost.smtp_server.turn import RelayConversation, RelayServices
 
 CUSTOMERS = (".fleet.test", "shop.test")
 PASSWORD = "s3cret"
@@ -64,7 +65,7 @@ def credentials(tmp_path_factory):
     return Credentials.load(path)
 
 
-def services(credentials=None, networks=(), rate=100, waiting=3):
+def services(credentials=None, networks=(), rate=100, waiting=3, atrn_rate=100):
     flushed = []
 
     async def flush_domain(domain, subdomains):
@@ -72,7 +73,8 @@ def services(credentials=None, networks=(), rate=100, waiting=3):
         return waiting
 
     relay = RelayServices(flush_domain=flush_domain, is_customer=is_customer,
-                          limiter=RateLimiter(rate, now=lambda: 0.0),
+                          etrn_limiter=RateLimiter(rate, now=lambda: 0.0),
+                          atrn_limiter=RateLimiter(atrn_rate, now=lambda: 0.0),
                           etrn_networks=tuple(ipaddress.ip_network(n) for n in networks),
                           credentials=credentials, pending=lambda patterns: waiting,
                           deliver_over=None)
@@ -152,7 +154,19 @@ def test_etrn_flood_gets_458():
     relay, flushed = services(rate=2)
     replies = converse(b"EHLO me\r\n" + b"ETRN shop.test\r\n" * 3, relay)
     assert [r.code for r in replies[2:]] == [253, 253, 458]
-    assert replies[-1].status == "4.7.0" and len(flushed) == 2
+    assert replies[-1] == T.s458_too_many("shop.test") and len(flushed) == 2
+
+
+def test_etrn_syntax_is_checked_before_the_budget():
+    relay, flushed = services(rate=1)
+    replies = converse("EHLO me\r\nETRN bücher.example\r\nETRN @\r\nETRN #\r\n"
+                       "ETRN [192.0.2.1]\r\nETRN shop.test\r\nETRN xn--bcher-kva.example\r\n"
+                       "ETRN bücher.example\r\n".encode(), relay)
+    assert replies[2:6] == [T.S501_ETRN_SYNTAX] * 4
+    assert replies[6] == T.s253_started("shop.test", 3)  # the budget was still whole
+    assert replies[7] == T.s458_too_many("xn--bcher-kva.example")
+    assert replies[8] == T.S501_ETRN_SYNTAX  # still 501, not 458, once over budget
+    assert flushed == [("shop.test", False)]
 
 
 def test_rate_limiter_window():
@@ -162,6 +176,17 @@ def test_rate_limiter_window():
     assert limiter.allow("b")
     clock[0] = 61.0
     assert limiter.allow("a")
+
+
+def test_rate_limiter_forgets_only_idle_clients(monkeypatch):
+    monkeypatch.setattr("tidepost.smtp_server.ratelimit.MAX_CLIENTS", 4)
+    clock = [0.0]
+    limiter = RateLimiter(1, 60.0, now=lambda: clock[0])
+    assert all(limiter.allow(f"old{i}") for i in range(3))
+    clock[0] = 100.0
+    assert limiter.allow("busy") and len(limiter) == 4
+    assert limiter.allow("new") and len(limiter) == 2      # the three idle ones went
+    assert not limiter.allow("busy")                        # its budget is still spent
 
 
 def test_etrn_networks_restrict_who_may_ask(credentials):
@@ -252,6 +277,21 @@ def test_atrn_refusals(credentials):
     assert converse(f"{auth}ATRN fleet.test\r\n".encode(), relay, "127.0.0.1")[-1] == \
         T.S453_NO_MAIL
     assert "ATRN" in ehlo_lines(relay)
+
+
+def test_atrn_has_its_own_budget_apart_from_etrn(credentials):
+    relay, _ = services(credentials, rate=2, atrn_rate=2)
+    relay.deliver_over = lambda patterns, smtp: None
+    relay.pending = lambda patterns: 0  # 453 tells a request that passed the limiter
+    auth = f"EHLO me\r\nAUTH PLAIN {plain('ship', PASSWORD)}\r\n"
+    replies = converse(f"{auth}{'ETRN @fleet.test' + chr(13) + chr(10)}"
+                       "ETRN @fleet.test\r\nETRN @fleet.test\r\n"
+                       "ATRN bücher.fleet.test\r\nATRN fleet.test\r\nATRN\r\n"
+                       "ATRN fleet.test\r\n".encode(), relay, "127.0.0.1")
+    assert [r.code for r in replies[3:6]] == [253, 253, 458]   # ETRN budget spent
+    assert replies[6] == T.S501_ATRN_SYNTAX                    # syntax costs nothing
+    assert replies[7:9] == [T.S453_NO_MAIL, T.S453_NO_MAIL]    # ATRN budget untouched
+    assert replies[9] == T.S451_ATRN_LATER                     # ATRN's own budget spent
 
 
 def test_odmr_port_refuses_other_commands(credentials):

@@ -273,7 +273,7 @@ def test_smuggling_variants_submit_nothing(variant):
     async def scenario(connect, server):
         c = await connect()
         await c.ehlo()
-        assert await c.message(smuggled) == S.S550_BARE_CR_LF
+        assert await c.message(smuggled) == S.S554_BARE_CR_LF
         assert await c.cmd("NOOP") == S.S250_OK  # nothing else was read as a command
     assert run(scenario).submitted == []
 
@@ -282,8 +282,8 @@ def test_nul_and_long_text_lines_are_refused():
     async def scenario(connect, server):
         c = await connect()
         await c.ehlo()
-        assert await c.message(b"a\0b\r\n.\r\n") == S.S550_NUL
-        assert await c.message(b"x" * 999 + b"\r\n.\r\n") == S.S550_LINE_TOO_LONG
+        assert await c.message(b"a\0b\r\n.\r\n") == S.S554_NUL
+        assert await c.message(b"x" * 999 + b"\r\n.\r\n") == S.S554_LINE_TOO_LONG
         assert await c.message(b"x" * 998 + b"\r\n.\r\n") == S.queued("Q1")
     assert len(run(scenario).submitted) == 1
 

@@ -96,8 +96,11 @@ class RelayConfig:
         "client networks that may ETRN any customer domain; empty: anyone may "
         "(authenticated customers may always ETRN their own domains)"))
     etrn_rate: int = field(default=10, metadata=meta(
-        "ETRN and ATRN requests per client address per minute; more get 458",
+        "well-formed ETRN requests per client address per minute; more get 458 4.7.0",
         low=1, high=100000))
+    atrn_rate: int = field(default=10, metadata=meta(
+        "ATRN requests per client address per minute (a budget apart from ETRN's); "
+        "more get 451 4.7.0", low=1, high=100000))
     credentials_file: str = field(default="", metadata=meta(
         "SMTP AUTH users, `user:scrypt$salt$hash[:domain,domain]` a line "
         "(`tidepost passwd`); empty disables AUTH"))

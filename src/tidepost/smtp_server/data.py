@@ -3,9 +3,9 @@
 Pure functions used by the session after `SmtpReader.read_data()`:
 `content_problem(data)` returns the refusal for a message that must not be
 queued, checked in this order: over `smtp.max_message_size` (552 5.3.4),
-a bare CR or LF anywhere (550 5.6.0; this is what defeats SMTP smuggling,
-since every non-CRLF end-of-data variant contains one), NUL (550 5.6.0),
-a line over 1000 octets including CRLF (550 5.6.0).
+a bare CR or LF anywhere (554 5.6.0; this is what defeats SMTP smuggling,
+since every non-CRLF end-of-data variant contains one), NUL (554 5.6.0),
+a line over 1000 octets including CRLF (554 5.6.0).
 `client_info(session)` builds the `ClientInfo` the submission records in
 the Received header (protocol per RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA...).
 """
@@ -24,11 +24,11 @@ def content_problem(data: MessageData) -> Reply | None:
     if data.too_big:
         return S.S552_TOO_BIG
     if data.bare_cr or data.bare_lf:
-        return S.S550_BARE_CR_LF
+        return S.S554_BARE_CR_LF
     if data.nul:
-        return S.S550_NUL
+        return S.S554_NUL
     if data.long_line:
-        return S.S550_LINE_TOO_LONG
+        return S.S554_LINE_TOO_LONG
     return None
 
 

@@ -14,7 +14,7 @@ Code choices that are ours, not dictated by an RFC (documented here once):
 - MAIL FROM address syntax: 501 5.1.7 (bad sender address), RCPT: 501 5.1.3;
 - bytes pipelined after DATA before its reply: 554 5.5.0, then we hang up;
 - message content problems (bare CR/LF, NUL, lines over 1000 octets):
-  550 5.6.0; oversize: 552 5.3.4; submission failure: 451 4.3.0.
+  554 5.6.0; oversize: 552 5.3.4; submission failure: 451 4.3.0.
 """
 
 from __future__ import annotations
@@ -125,10 +125,10 @@ S503_TLS_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 S550_NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
 S550_RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 S550_NO_ROUTE = Reply(550, "5.4.4", "Unable to route to this domain")
-S550_BARE_CR_LF = Reply(550, "5.6.0", "Message contains a bare CR or LF; lines must "
+S554_BARE_CR_LF = Reply(554, "5.6.0", "Message contains a bare CR or LF; lines must "
                                       "end with CRLF (RFC 5321 2.3.8)")
-S550_NUL = Reply(550, "5.6.0", "Message contains NUL characters")
-S550_LINE_TOO_LONG = Reply(550, "5.6.0", "Message has a line over 1000 octets "
+S554_NUL = Reply(554, "5.6.0", "Message contains NUL characters")
+S554_LINE_TOO_LONG = Reply(554, "5.6.0", "Message has a line over 1000 octets "
                                          "(RFC 5321 4.5.3.1.6)")
 S552_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 S553_NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs MAIL FROM ... SMTPUTF8")

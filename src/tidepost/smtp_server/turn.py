@@ -5,11 +5,13 @@ it needs from the rest of the node as a `RelayServices` (node.py wires it),
 never the queue manager itself (layers: smtp_server sits beside manager).
 
 ETRN `domain` | `@domain` (the domain and its subdomains) | `#queue`:
-  503 before HELO/EHLO or inside a mail transaction; 501 5.5.4 bad syntax;
+  503 before HELO/EHLO or inside a mail transaction; 501 5.5.4 for anything
+  else (RFC 1985 allows an ASCII domain name only: `bücher.example`, an
+  address literal or an empty `#` are 501), checked before any budget;
   458 4.3.0 for `#queue` (named queues are not supported) and when the
-  flush fails; 458 4.7.0 over `relay.etrn_rate` requests per client address
-  per minute; 459 4.7.1 for a domain that is not a customer domain, or a
-  client that may not ask (`relay.etrn_networks` non-empty and the client
+  flush fails; 458 4.7.0 over `relay.etrn_rate` well-formed requests per
+  client address per minute; 459 4.7.1 for a domain that is not a customer
+  domain, or a client that may not ask (`relay.etrn_networks` non-empty and the client
   outside them, and not authenticated as the domain's customer).
   Otherwise the domain's held mail is handed to the dispatcher at once and
   the reply is 253 2.0.0 with the number of recipients started, or 251 2.0.0
@@ -19,21 +21,22 @@ AUTH PLAIN | LOGIN: offered when `relay.credentials_file` is set, and only
   over TLS or from loopback; bad credentials 535 5.7.8; success 235 2.7.0,
   after which the client may relay and ETRN/ATRN its own domains.
 ATRN [domain[,domain...]] (no argument: all of the user's domains): 530 5.7.0
-  without AUTH; 450 4.7.1 for a domain not granted to the user; 453 when no
-  mail waits; else 250, and the roles reverse on this connection: the
-  customer greets us, we say EHLO and deliver its held mail, then QUIT.
+  without AUTH; 501 5.5.4 for a list that is not of ASCII domain names;
+  450 4.7.1 for a domain not granted to the user; 451 4.7.0 over
+  `relay.atrn_rate` requests per client address per minute (a budget of its
+  own: ETRNs never use it up); 453 when no mail waits; else 250, and the
+  roles reverse on this connection: the customer greets us, we say EHLO and deliver its held mail, then QUIT.
 On an ODMR listener (`odmr_only`, `relay.odmr_listen`) every other command
 but EHLO, HELO, AUTH, ATRN, STARTTLS, NOOP, RSET, HELP and QUIT gets 502
 (RFC 2645 5.4).
-Config keys read: relay.etrn_networks, relay.etrn_rate (through RelayServices).
+Config keys read: relay.etrn_networks, relay.etrn_rate, relay.atrn_rate (through
+RelayServices).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -42,6 +45,7 @@ from tidepost.smtp_client.session import Peer, SmtpSession
 from tidepost.smtp_server import auth as A
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.credentials import Credentials
+from tidepost.smtp_server.ratelimit import RateLimiter
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.session import Conversation
 
@@ -58,7 +62,7 @@ S250_REVERSING = Reply(250, "2.0.0", "OK now reversing the connection")
 S451_ATRN_LATER = Reply(451, "4.7.0", "Unable to process ATRN request now")
 S453_NO_MAIL = Reply(453, "4.3.0", "You have no mail")
 ODMR_VERBS = {"EHLO", "HELO", "AUTH", "ATRN", "STARTTLS", "NOOP", "RSET", "HELP", "QUIT"}
-ETRN_WINDOW = 60.0  # seconds over which relay.etrn_rate counts
+TURN_WINDOW = 60.0  # seconds over which relay.etrn_rate and relay.atrn_rate count
 
 
 def s251_none_waiting(node: str) -> Reply:
@@ -71,9 +75,15 @@ def s253_started(node: str, count: int) -> Reply:
     return Reply(253, "2.0.0", f"OK, {count} pending messages for node {node} started")
 
 
-def s458_unable(node: str, why: str, status: str = "4.3.0") -> Reply:
+def s458_unable(node: str, why: str) -> Reply:
     """ETRN: cannot start the queue for the node now."""
-    return Reply(458, status, f"Unable to queue messages for node {node}: {why}")
+    return Reply(458, "4.3.0", f"Unable to queue messages for node {node}: {why}")
+
+
+def s458_too_many(node: str) -> Reply:
+    """ETRN: this client has used its `relay.etrn_rate` budget."""
+    return Reply(458, "4.7.0", f"Unable to queue messages for node {node}: too many "
+                               "requests, try again later")
 
 
 def s459_not_allowed(node: str, why: str) -> Reply:
@@ -86,28 +96,19 @@ def s450_refused(domain: str) -> Reply:
     return Reply(450, "4.7.1", f"ATRN request refused: {domain} is not yours")
 
 
-class RateLimiter:
-    """At most `limit` events per client address in a sliding window."""
+def ascii_domain(text: str) -> str | None:
+    """`text` as a normalised domain name if it is one in ASCII (RFC 1985), else None."""
+    if not text.isascii() or text.startswith("["):
+        return None
+    try:
+        return normalise_domain(text)
+    except AddressError:
+        return None
 
-    def __init__(self, limit: int, window: float = ETRN_WINDOW,
-                 now: Callable[[], float] | None = None):
-        self.limit = limit
-        self.window = window
-        self._now = now or time.monotonic  # intervals only: no wall clock
-        self._events: dict[str, deque[float]] = {}
 
-    def allow(self, client: str) -> bool:
-        """Count one event for `client`; False when it is over the limit."""
-        now = self._now()
-        events = self._events.setdefault(client, deque())
-        while events and events[0] <= now - self.window:
-            events.popleft()
-        if len(events) >= self.limit:
-            return False
-        events.append(now)
-        if len(self._events) > 10000:  # forget idle clients; bounded memory
-            self._events = {k: v for k, v in self._events.items() if v}
-        return True
+def is_queue_name(text: str) -> bool:
+    """True for the name after ETRN `#`: printable ASCII, no space, 1-255 octets."""
+    return 0 < len(text) <= 255 and text.isascii() and text.isprintable() and " " not in text
 
 
 @dataclass
@@ -116,7 +117,8 @@ class RelayServices:
 
     flush_domain: Callable[[str, bool], Awaitable[int]]   # ETRN: (domain, subdomains)
     is_customer: Callable[[str], bool]
-    limiter: RateLimiter
+    etrn_limiter: RateLimiter                              # relay.etrn_rate
+    atrn_limiter: RateLimiter                              # relay.atrn_rate
     etrn_networks: tuple[Any, ...] = ()                    # ip_network objects
     credentials: Credentials | None = None
     pending: Callable[[list[str]], int] = lambda patterns: 0
@@ -165,7 +167,7 @@ class RelayConversation(Conversation):
             self.relay.statistics["etrn_refused"] += 1
             return self.reply(refusal)
         subdomains = arg.startswith("@")
-        domain = normalise_domain(arg.lstrip("@"))
+        domain = normalise_domain(arg[1:] if subdomains else arg)
         try:
             count = await self.relay.flush_domain(domain, subdomains)
         except Exception:
@@ -176,22 +178,25 @@ class RelayConversation(Conversation):
         self.reply(s253_started(arg, count) if count else s251_none_waiting(arg))
 
     def _etrn_refusal(self, arg: str) -> Reply | None:
-        """The reply refusing this ETRN, or None when it may go ahead."""
+        """The reply refusing this ETRN, or None when it may go ahead.
+
+        Syntax first (RFC 1985: a domain name, `@domain` or `#queue`), so a
+        malformed request gets 501 and costs no budget; then the client's
+        own ETRN budget; then whether we hold mail for it and for this client.
+        """
         if not self.session.helo:
             return S.S503_HELO_FIRST
         if self.transaction is not None:
             return S503_IN_TRANSACTION
-        if not arg or " " in arg:
-            return S501_ETRN_SYNTAX
         if arg.startswith("#"):
-            shown = arg if arg.isprintable() and len(arg) <= 255 else "#"
-            return s458_unable(shown, "named queues are not supported")
-        try:
-            domain = normalise_domain(arg[1:] if arg.startswith("@") else arg)
-        except AddressError:
+            if not is_queue_name(arg[1:]):
+                return S501_ETRN_SYNTAX
+            return s458_unable(arg, "named queues are not supported")
+        domain = ascii_domain(arg[1:] if arg.startswith("@") else arg)
+        if domain is None:
             return S501_ETRN_SYNTAX
-        if not self.relay.limiter.allow(self.session.peer_ip):
-            return s458_unable(arg, "too many requests, try again later", "4.7.0")
+        if not self.relay.etrn_limiter.allow(self.session.peer_ip):
+            return s458_too_many(arg)
         if not self.relay.is_customer(domain):
             return s459_not_allowed(arg, "we hold no mail for it")
         if not self._may_ask_for(domain):
@@ -311,20 +316,28 @@ class RelayConversation(Conversation):
         if self.transaction is not None:
             return S503_IN_TRANSACTION
         granted = self.relay.credentials.domains_of(self.session.authenticated)
-        if not arg:
-            return [p for p in granted if self.relay.is_customer(p.lstrip("."))] \
+        if arg:
+            domains = [ascii_domain(d.strip()) for d in arg.split(",")]
+            if None in domains:
+                return S501_ATRN_SYNTAX
+            patterns = self._own_patterns(domains, granted)  # type: ignore[arg-type]
+        else:
+            patterns = [p for p in granted if self.relay.is_customer(p.lstrip("."))] \
                 or s450_refused("(no domains)")
-        try:
-            domains = [normalise_domain(d.strip()) for d in arg.split(",")]
-        except AddressError:
-            return S501_ATRN_SYNTAX
+        if isinstance(patterns, Reply):
+            return patterns
+        if not self.relay.atrn_limiter.allow(self.session.peer_ip):
+            return S451_ATRN_LATER
+        return patterns
+
+    def _own_patterns(self, domains: list[str], granted: tuple[str, ...]
+                      ) -> list[str] | Reply:
+        """The held-mail patterns for the named domains, if all are the user's."""
         patterns = []
         for domain in domains:
             if not (self.relay.is_customer(domain) and self._user_owns(domain)):
                 return s450_refused(domain)
             patterns.append("." + domain if "." + domain in granted else domain)
-        if not self.relay.limiter.allow(self.session.peer_ip):
-            return S451_ATRN_LATER
         return patterns
 
     async def _reverse(self, patterns: list[str]) -> None:
