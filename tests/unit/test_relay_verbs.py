@@ -213,6 +213,37 @@ def test_auth_offered_only_on_loopback_or_tls(credentials):
     assert replies[-1] == A.S538_NEEDS_TLS
 
 
+class TrickleStream:
+    """Hands out a script at once, then one octet of `trickle` every 50 ms."""
+
+    def __init__(self, script: bytes, trickle: bytes):
+        self.script, self.trickle = script, trickle
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.script:
+            data, self.script = self.script, b""
+            return data
+        await asyncio.sleep(0.05)
+        data, self.trickle = self.trickle[:1], self.trickle[1:]
+        return data
+
+
+def test_trickled_auth_response_line_meets_the_command_deadline(credentials):
+    relay, _ = services(credentials)
+    config = dataclasses.replace(Config(), hostname="relay.test", smtp=SmtpServerConfig(
+        relay_networks=(), command_deadline=0.3))
+    writer = Writer()
+    stream = TrickleStream(b"EHLO me\r\nAUTH PLAIN\r\n", plain("ship", PASSWORD).encode() * 9)
+
+    async def main():
+        await RelayConversation(config, Directory(), stream, writer, peer_ip="127.0.0.1",
+                                relay=relay).run()
+    asyncio.run(main())
+    lines = bytes(writer.data).decode().split("\r\n")[:-1]
+    assert lines[-2:] == ["334 ", S.S421_COMMAND_TIMEOUT.line()]
+    assert writer.closed and relay.statistics["auth_ok"] == 0
+
+
 def test_auth_plain_and_login(credentials):
     relay, _ = services(credentials)
     replies = converse(f"EHLO me\r\nAUTH PLAIN\r\n{plain('ship', PASSWORD)}\r\n"

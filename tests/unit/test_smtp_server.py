@@ -410,7 +410,7 @@ def test_connections_per_client_limit():
         first = await connect()
         assert (await first.reply()).code == 220
         second = await connect()
-        assert await second.reply() == S.S421_TOO_MANY_CONNECTIONS
+        assert await second.reply() == S.S421_TOO_MANY_FROM_CLIENT
         assert await second.at_eof()
         assert server.statistics().connections_refused == 1
     run(scenario, make_config(max_connections_per_client=1))

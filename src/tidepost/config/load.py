@@ -107,6 +107,11 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             builder.error(f"smtp.relay_networks[{index}]", f"{network!r} is not a network")
+    smtp = config.smtp
+    if smtp.reserved_connections >= smtp.max_connections:
+        builder.error("smtp.reserved_connections",
+                      f"{smtp.reserved_connections} leaves no connection for other clients "
+                      f"(smtp.max_connections is {smtp.max_connections})")
     relay = _relay(config.relay, builder)
     if builder.problems:
         raise ConfigError(builder.problems)

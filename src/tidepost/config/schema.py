@@ -51,10 +51,31 @@ class SmtpServerConfig:
         "recipients per message; more get 452 4.5.3", low=1, high=100000))
     max_connections: int = field(default=200, metadata=meta(
         "concurrent SMTP connections; more get 421 4.7.0", low=1, high=100000))
+    reserved_connections: int = field(default=20, metadata=meta(
+        "of max_connections, slots only relay_networks and recently authenticated "
+        "clients may take; must be below max_connections", low=0, high=100000))
     max_connections_per_client: int = field(default=30, metadata=meta(
-        "concurrent connections from one IP address", low=1, high=100000))
+        "concurrent connections from one IP address (relay_networks exempt)",
+        low=1, high=100000))
+    max_connection_rate: int = field(default=60, metadata=meta(
+        "new connections per minute from one IP address (relay_networks exempt); "
+        "0: no limit", low=0, high=1000000))
     idle_timeout: float = field(default=300.0, metadata=meta(
         "seconds a client may stay silent before 421 4.4.2", low=1, high=3600, kind="duration"))
+    command_deadline: float = field(default=300.0, metadata=meta(
+        "seconds one whole command line (or AUTH response) may take, however it "
+        "trickles; only a complete line resets it; then 421 4.4.2", low=1, high=3600,
+        kind="duration"))
+    min_data_rate: int = field(default=100, metadata=meta(
+        "bytes/s a DATA section must average over each data_rate_window (the first one "
+        "is the grace period); slower gets 421 4.4.2; 0: no minimum", low=0, high=10**9))
+    data_rate_window: float = field(default=30.0, metadata=meta(
+        "seconds over which min_data_rate is averaged", low=1, high=3600,
+        kind="duration"))
+    max_session_time: float = field(default=3600.0, metadata=meta(
+        "seconds a client outside relay_networks and AUTH may stay connected; checked "
+        "between commands, never inside DATA (421 4.4.2); 0: no limit", low=0,
+        high=7 * 86400, kind="duration"))
     max_errors: int = field(default=20, metadata=meta(
         "bad commands before the connection is closed with 421", low=1, high=1000))
     relay_networks: tuple[str, ...] = field(default=("127.0.0.0/8", "::1/128"), metadata=meta(

@@ -9,13 +9,17 @@ can; a message whose submission was cancelled is not acknowledged), and
 `await server.wait_closed()` waits for them to end.  `statistics()` returns a
 `ServerStatistics` snapshot.
 
-Limits: at most `smtp.max_connections` conversations at once and
-`smtp.max_connections_per_client` from one IP address; a connection over
-either limit gets `421 4.7.0 Too many connections` and is closed.  No DNS:
-clients are known by IP address only, and the greeting names
-`config.hostname`.  Every conversation task is owned by the server.
-Config keys read: smtp.listen, smtp.max_connections,
-smtp.max_connections_per_client (the rest through Conversation).
+Limits (admission.py): `smtp.max_connections` in all, of which
+`smtp.reserved_connections` only for relay networks and recently
+authenticated addresses; untrusted addresses also have a per-address count
+and connection rate.  A connection over a limit is answered `421 4.7.0` at
+once and closed, without waiting for the client to read (the 421 goes into
+the kernel's buffer, or the connection is reset): accepting never waits on
+a client, so a flood of slow clients cannot stall it.  No DNS: clients are
+known by IP address only, and the greeting names `config.hostname`.  Every
+conversation task is owned by the server.
+Config keys read: smtp.listen (the limits through Admission, the rest
+through Conversation).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import Counter as Tally
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -32,11 +35,15 @@ from tidepost.errors import ConfigError
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server import tls
 from tidepost.smtp_server.access import AccessPolicy
+from tidepost.smtp_server.admission import Admission, Slot
+from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.session import Conversation
 from tidepost.smtp_server.state import Counters
 from tidepost.submission.submit import Submission
 
 log = logging.getLogger("tidepost.smtp_server")
+
+LISTEN_BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +51,7 @@ class ServerStatistics:
     """A snapshot of one SmtpServer's counters."""
 
     connections_active: int
+    connections_reserved: int      # of the active ones, in the reserve
     connections_total: int
     connections_refused: int
     sessions: int
@@ -78,10 +86,10 @@ class SmtpServer:
         self._submission = submission
         self._tls_context = tls_context
         self._access = AccessPolicy(config, submission)
+        self._admission = Admission(config.smtp, self._access.in_relay_networks)
         self._counters = Counters()
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._per_client: Tally[str] = Tally()
         self._total = 0
         self._refused = 0
         self._closing = False
@@ -90,7 +98,8 @@ class SmtpServer:
         """Bind every `smtp.listen` address and start accepting."""
         for entry in self._config.smtp.listen:
             host, port = parse_listen(entry)
-            server = await asyncio.start_server(self._on_connection, host, port)
+            server = await asyncio.start_server(self._on_connection, host, port,
+                                                backlog=LISTEN_BACKLOG)
             self._servers.append(server)
 
     def addresses(self) -> list[tuple[str, int]]:
@@ -115,8 +124,8 @@ class SmtpServer:
 
     def statistics(self) -> ServerStatistics:
         """Current counters: connections, commands, errors, messages."""
-        return ServerStatistics(len(self._tasks), self._total, self._refused,
-                                **asdict(self._counters))
+        return ServerStatistics(len(self._tasks), self._admission.statistics().reserved,
+                                self._total, self._refused, **asdict(self._counters))
 
     async def _on_connection(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
@@ -124,15 +133,20 @@ class SmtpServer:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if peer else ""
         self._total += 1
-        if self._over_limits(ip):
-            await self._refuse(writer)
-            return
+        admitted = self._admission.admit(ip) if not self._closing else S.S421_SHUTTING_DOWN
+        if isinstance(admitted, Reply):
+            return self._refuse(writer, admitted)
+        slot: Slot = admitted
+
+        def on_authenticated() -> None:
+            nonlocal slot  # AUTH moves the connection into the reserve
+            slot = self._admission.authenticated(slot)
+
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        self._per_client[ip] += 1
         try:
-            await self._converse(reader, writer, ip)
+            await self._converse(reader, writer, ip, on_authenticated)
         except asyncio.CancelledError:
             # Our own close() cancelled it.  End normally: Python 3.11's
             # start_server callback logs a cancelled connection task as an error.
@@ -140,33 +154,29 @@ class SmtpServer:
                 raise
         finally:
             self._tasks.discard(task)
-            self._per_client[ip] -= 1
-            if not self._per_client[ip]:
-                del self._per_client[ip]
+            self._admission.release(slot)
 
-    def _over_limits(self, ip: str) -> bool:
-        """True when accepting `ip` would exceed a connection limit."""
-        limits = self._config.smtp
-        return (len(self._tasks) >= limits.max_connections
-                or self._per_client[ip] >= limits.max_connections_per_client)
-
-    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
-        """Say 421 Too many connections and hang up."""
+    def _refuse(self, writer: asyncio.StreamWriter, reply: Reply) -> None:
+        """Say the 421 and hang up, never waiting for the client to read it."""
         self._refused += 1
+        transport = writer.transport
         try:
-            writer.write(bytes(S.S421_TOO_MANY_CONNECTIONS))
-            await asyncio.wait_for(writer.drain(), 5.0)
-        except (ConnectionError, TimeoutError):
+            transport.write(bytes(reply))
+        except (OSError, RuntimeError):
             pass
-        writer.close()
+        if transport.get_write_buffer_size() > 0:
+            transport.abort()  # the kernel would not take 60 octets: do not wait
+        else:
+            transport.close()
 
-    async def _converse(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter, ip: str) -> None:
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        ip: str, on_authenticated: Callable[[], None]) -> None:
         """Run one Conversation; errors end that connection only."""
         conversation = self._conversation(
             self._config, self._submission, reader, writer, peer_ip=ip,
             access=self._access, tls_context=self._tls_context,
-            tls_upgrade=tls.upgrade, counters=self._counters)
+            tls_upgrade=tls.upgrade, counters=self._counters,
+            on_authenticated=on_authenticated)
         try:
             await conversation.run()
         except asyncio.CancelledError:

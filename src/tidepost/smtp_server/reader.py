@@ -18,7 +18,12 @@ a command or after end-of-data stay there for the next command.
 
 Every read from the stream waits at most `idle_timeout` seconds (None: no
 limit) and then raises `TimeoutError`; a closed stream raises
-`ClientDisconnected`.  Findings use whole-body bytes operations (count, find,
+`ClientDisconnected`.  Slow clients are bounded as a whole, not per read, so
+that a byte every few seconds holds no slot for ever: a command line must
+be complete within `line_deadline` seconds of the first wait for it (only a
+complete line resets the clock), else `CommandTimeout`; a DATA section
+must keep up `min_data_rate` octets/s over each `data_rate_window`
+(pace.py), else `DataTooSlow`.  Findings use whole-body bytes operations (count, find,
 split run in C), never a Python loop per line.
 """
 
@@ -27,6 +32,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Protocol
+
+from tidepost.smtp_server.pace import DataPace
 
 CHUNK = 64 * 1024
 END_OF_DATA = b"\r\n.\r\n"
@@ -47,6 +54,18 @@ class LineTooLong(ReaderError):
 
 class BareLineFeed(ReaderError):
     """A command line ended with LF alone instead of CRLF."""
+
+
+class ClientTooSlow(ReaderError):
+    """The client did not keep up with a deadline; the session must end."""
+
+
+class CommandTimeout(ClientTooSlow):
+    """A command line was not complete within its deadline."""
+
+
+class DataTooSlow(ClientTooSlow):
+    """A DATA section arrived below the minimum data rate."""
 
 
 class ByteStream(Protocol):
@@ -72,10 +91,15 @@ class MessageData:
 class SmtpReader:
     """A buffered reader of SMTP command lines and DATA sections."""
 
-    def __init__(self, stream: ByteStream, idle_timeout: float | None = None):
+    def __init__(self, stream: ByteStream, idle_timeout: float | None = None, *,
+                 line_deadline: float | None = None, min_data_rate: float = 0.0,
+                 data_rate_window: float = 30.0):
         self._stream = stream
         self._buffer = bytearray()
         self.idle_timeout = idle_timeout
+        self.line_deadline = line_deadline
+        self.min_data_rate = min_data_rate
+        self.data_rate_window = data_rate_window
         self.bytes_read = 0
 
     @property
@@ -93,7 +117,18 @@ class SmtpReader:
         return b"\n" in self._buffer
 
     async def read_line(self, limit: int) -> bytes:
-        """One command line without CRLF; raises LineTooLong or BareLineFeed."""
+        """One command line without CRLF; LineTooLong, BareLineFeed, CommandTimeout."""
+        deadline = asyncio.timeout(self.line_deadline)
+        try:
+            async with deadline:
+                return await self._read_line(limit)
+        except TimeoutError:
+            if deadline.expired():  # the whole line's deadline, not one read's
+                raise CommandTimeout() from None
+            raise
+
+    async def _read_line(self, limit: int) -> bytes:
+        """read_line() without its deadline."""
         scanned = 0
         while True:
             end = self._buffer.find(b"\n", scanned)
@@ -129,10 +164,43 @@ class SmtpReader:
         """Append one chunk from the stream; raise at EOF or idle timeout."""
         async with asyncio.timeout(self.idle_timeout):
             data = await self._stream.read(CHUNK)
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        """Append what one read returned; b"" is the client's EOF."""
         if not data:
             raise ClientDisconnected()
         self.bytes_read += len(data)
         self._buffer += data
+
+    async def _fill_paced(self, pace: DataPace | None) -> None:
+        """Append one chunk of DATA; DataTooSlow when a window ends short of the rate."""
+        if pace is None:
+            return await self._fill()
+        loop = asyncio.get_running_loop()
+        idle_end = loop.time() + self.idle_timeout if self.idle_timeout else None
+        while True:
+            until = pace.window_end if idle_end is None else min(idle_end, pace.window_end)
+            try:
+                async with asyncio.timeout_at(until):
+                    data = await self._stream.read(CHUNK)
+            except TimeoutError:
+                now = max(loop.time(), until)  # timers may fire a hair early
+                if idle_end is not None and now >= idle_end:
+                    raise
+                if not pace.received(0, now):
+                    raise DataTooSlow() from None
+                continue
+            if not pace.received(len(data), loop.time()):
+                raise DataTooSlow()
+            return self._take(data)
+
+    def _pace(self) -> DataPace | None:
+        """The rate judge for a DATA section starting now, if a minimum is set."""
+        if self.min_data_rate <= 0:
+            return None
+        start = asyncio.get_running_loop().time()
+        return DataPace(self.min_data_rate, self.data_rate_window, start)
 
     async def read_data(self, max_size: int) -> MessageData:
         """Read a DATA section up to CRLF "." CRLF; see the module docstring."""
@@ -144,12 +212,13 @@ class SmtpReader:
         keep_limit = max_size + max_size // 3 + 8
         dropped = 0
         scan = 0
+        pace = self._pace()
         while (end := work.find(END_OF_DATA, scan)) < 0:
             if len(work) > keep_limit:
                 dropped += len(work) - 4
                 del work[:-4]
             scan = max(0, len(work) - 4)
-            await self._fill()
+            await self._fill_paced(pace)
             work += self._buffer
             self._buffer.clear()
         self._buffer += work[end + 5:]

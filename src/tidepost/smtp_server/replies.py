@@ -99,7 +99,16 @@ S354_START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
 S421_IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
 S421_TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
-S421_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections")
+S421_COMMAND_TIMEOUT = Reply(421, "4.4.2", "Command line not completed in time, closing "
+                                           "connection")
+S421_DATA_TOO_SLOW = Reply(421, "4.4.2", "Message data arriving too slowly, closing "
+                                         "connection")
+S421_SESSION_TOO_LONG = Reply(421, "4.4.2", "Session time limit reached, closing connection")
+S421_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+S421_TOO_MANY_FROM_CLIENT = Reply(421, "4.7.0", "Too many connections from your address, "
+                                                "try again later")
+S421_CONNECTION_RATE = Reply(421, "4.7.0", "Too many connections from your address in the "
+                                           "last minute, try again later")
 S421_SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 S451_LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing; message not accepted")
 S452_TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")

@@ -1,11 +1,15 @@
 """One SMTP conversation, on any pair of byte streams.
 
 `Conversation(config, submission, stream, writer, peer_ip=...)` greets the
-client and serves commands until QUIT, end of input, the idle timeout
-(`smtp.idle_timeout`: 421 4.4.2) or too many errors (`smtp.max_errors`:
-421 4.7.0).  It needs only an async `stream.read(n)` and a writer with
-`write()`, `drain()` and `close()`, so it serves TCP connections (listeners.py)
-and `tidepost sendmail -bs` on stdin/stdout alike (pass `trusted=True`).
+client and serves commands until QUIT, end of input, a timeout (421 4.4.2:
+silence over `smtp.idle_timeout`, a command line not complete within
+`smtp.command_deadline`, DATA below `smtp.min_data_rate`, or a client
+outside relay_networks and AUTH past `smtp.max_session_time`) or too many
+errors (`smtp.max_errors`: 421 4.7.0).  It needs only an async
+`stream.read(n)` and a writer with `write()`, `drain()` and `close()`, so it
+serves TCP connections (listeners.py) and `tidepost sendmail -bs` on
+stdin/stdout alike (pass `trusted=True`: a local user holds no connection
+slot, so no deadline but idle_timeout applies to it).
 
 State (state.py): `Session` lives as long as the connection (client, HELO, TLS, AUTH,
 error count); `Transaction` from MAIL to the end of DATA or RSET.
@@ -24,7 +28,9 @@ is exempt.
 Every 5xx reply counts as an error; the one that reaches `smtp.max_errors`
 is followed by 421 4.7.0 and the connection is closed.
 Config keys read: hostname, smtp.max_message_size, smtp.max_recipients,
-smtp.idle_timeout, smtp.max_errors (relay keys through AccessPolicy).
+smtp.idle_timeout, smtp.command_deadline, smtp.min_data_rate,
+smtp.data_rate_window, smtp.max_session_time, smtp.max_errors (relay keys
+through AccessPolicy).
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from tidepost.smtp_server.access import AccessPolicy
 from tidepost.smtp_server.data import client_info, content_problem
 from tidepost.smtp_server.parsing import parse_mail, parse_rcpt
 from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconnected,
-                                         LineTooLong, SmtpReader)
+                                         ClientTooSlow, CommandTimeout, LineTooLong,
+                                         SmtpReader)
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Counters, Session, Transaction
 from tidepost.submission.submit import Submission, SubmissionRejected
@@ -76,7 +83,8 @@ class Conversation:
     def __init__(self, config: Config, submission: Submission, stream: ByteStream,
                  writer: Writer, *, peer_ip: str = "", trusted: bool = False,
                  access: AccessPolicy | None = None, tls_context: ssl.SSLContext | None = None,
-                 tls_upgrade: TlsUpgrade | None = None, counters: Counters | None = None):
+                 tls_upgrade: TlsUpgrade | None = None, counters: Counters | None = None,
+                 on_authenticated: Callable[[], None] = lambda: None):
         self.config = config
         self.limits = config.smtp
         self.submission = submission
@@ -85,16 +93,30 @@ class Conversation:
         self.session = Session(peer_ip=peer_ip, trusted=trusted)
         self.session.may_relay = self.access.may_relay(peer_ip, "", trusted)
         self.transaction: Transaction | None = None
-        self._reader = SmtpReader(stream, self.limits.idle_timeout)
+        self._reader = self._new_reader(stream)
         self._writer = writer
         self._tls_context = tls_context
         self._tls_upgrade = tls_upgrade
+        self._on_authenticated = on_authenticated  # the listener moves us to the reserve
         self._pending: list[bytes] = []
         self._closing = False
+        self._session_end: float | None = None     # loop time past which we say 421
+
+    def _new_reader(self, stream: ByteStream) -> SmtpReader:
+        """A reader on `stream` with this server's deadlines."""
+        limits = self.limits
+        if self.session.trusted:  # a local user on stdin (sendmail -bs) holds no slot
+            return SmtpReader(stream, limits.idle_timeout)
+        return SmtpReader(stream, limits.idle_timeout, line_deadline=limits.command_deadline,
+                          min_data_rate=limits.min_data_rate,
+                          data_rate_window=limits.data_rate_window)
 
     async def run(self) -> None:
-        """Greet, then serve commands until QUIT, EOF, idle timeout or error limit."""
+        """Greet, then serve commands until QUIT, EOF, a timeout or the error limit."""
         self.counters.sessions += 1
+        if self.limits.max_session_time:
+            now = asyncio.get_running_loop().time()
+            self._session_end = now + self.limits.max_session_time
         self.reply(S.greeting(self.config.hostname))
         try:
             while not self._closing:
@@ -102,6 +124,10 @@ class Conversation:
                     await self.flush()
                 await self._serve_command()
             await self.flush()
+        except ClientTooSlow as slow:
+            self.counters.timeouts += 1
+            self._last_words(S.S421_COMMAND_TIMEOUT if isinstance(slow, CommandTimeout)
+                             else S.S421_DATA_TOO_SLOW)
         except TimeoutError:  # before OSError, of which it is a subclass
             self.counters.timeouts += 1
             self._last_words(S.S421_IDLE_TIMEOUT)
@@ -169,6 +195,9 @@ class Conversation:
             return self.reply(S.S500_LINE_TOO_LONG)
         except BareLineFeed:
             return self.reply(S.S500_BARE_LF)
+        if self._session_over():
+            self.reply(S.S421_SESSION_TOO_LONG)
+            return self.close_after_reply()
         self.counters.commands += 1
         try:
             text = line.decode("utf-8")
@@ -179,6 +208,19 @@ class Conversation:
         if handler is None:
             return self.reply(S.S500_UNKNOWN_COMMAND)
         await self._call(handler, arg.strip(" "))
+
+    def _session_over(self) -> bool:
+        """True once an untrusted client has used up `smtp.max_session_time`."""
+        if self._session_end is None or self.session.may_relay:
+            return False  # relay networks, AUTH and local users are never cut off
+        return asyncio.get_running_loop().time() >= self._session_end
+
+    def authenticated(self, user: str) -> None:
+        """AUTH succeeded: the client may relay and counts in the reserve."""
+        self.session.authenticated = user
+        self.session.may_relay = self.access.may_relay(self.session.peer_ip, user,
+                                                       self.session.trusted)
+        self._on_authenticated()
 
     def _handler(self, verb: str) -> Callable[[str], Any] | None:
         """The `smtp_<VERB>` method for `verb`, or None for unknown verbs."""
@@ -192,7 +234,7 @@ class Conversation:
             result = handler(arg)
             if inspect.isawaitable(result):
                 await result
-        except (ClientDisconnected, OSError):  # includes TimeoutError: end the session
+        except (ClientDisconnected, ClientTooSlow, OSError):  # OSError: TimeoutError too
             raise
         except Exception:
             log.exception("error handling SMTP command from %s", self.session.peer_ip)
@@ -312,7 +354,7 @@ class Conversation:
             log.info("TLS handshake with %s failed: %s", self.session.peer_ip, exc)
             raise ClientDisconnected() from exc
         # A new reader: plaintext pipelined after STARTTLS is never read (RFC 3207 4.2).
-        self._reader = SmtpReader(stream, self.limits.idle_timeout)
+        self._reader = self._new_reader(stream)
         self.session.tls = True
         self.session.helo, self.session.esmtp = "", False
         self.transaction = None

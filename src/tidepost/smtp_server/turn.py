@@ -25,7 +25,8 @@ ATRN [domain[,domain...]] (no argument: all of the user's domains): 530 5.7.0
   450 4.7.1 for a domain not granted to the user; 451 4.7.0 over
   `relay.atrn_rate` requests per client address per minute (a budget of its
   own: ETRNs never use it up); 453 when no mail waits; else 250, and the
-  roles reverse on this connection: the customer greets us, we say EHLO and deliver its held mail, then QUIT.
+  roles reverse on this connection: the customer greets us, we say EHLO and
+  deliver its held mail, then QUIT.
 On an ODMR listener (`odmr_only`, `relay.odmr_listen`) every other command
 but EHLO, HELO, AUTH, ATRN, STARTTLS, NOOP, RSET, HELP and QUIT gets 502
 (RFC 2645 5.4).
@@ -265,9 +266,7 @@ class RelayConversation(Conversation):
                         self.session.peer_ip)
             return self.reply(A.S535_BAD_CREDENTIALS)
         self.relay.statistics["auth_ok"] += 1
-        self.session.authenticated = identity.user
-        self.session.may_relay = self.access.may_relay(
-            self.session.peer_ip, identity.user, self.session.trusted)
+        self.authenticated(identity.user)
         self.reply(A.S235_AUTHENTICATED)
 
     def _auth_refusal(self) -> Reply | None:
