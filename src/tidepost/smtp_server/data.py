@@ -1,6 +1,6 @@
-"""What happens to a DATA section: the content checks and the client record.
+"""What happens to a DATA section: the content checks, the client record, the submit.
 
-Pure functions used by the session after `SmtpReader.read_data()`:
+Used by the session after `SmtpReader.read_data()` (all but the last pure):
 `content_problem(data)` returns the refusal for a message that must not be
 queued, checked in this order: over `smtp.max_message_size` (552 5.3.4),
 a bare CR or LF anywhere (554 5.6.0; this is what defeats SMTP smuggling,
@@ -8,15 +8,24 @@ since every non-CRLF end-of-data variant contains one), NUL (554 5.6.0),
 a line over 1000 octets including CRLF (554 5.6.0).
 `client_info(session)` builds the `ClientInfo` the submission records in
 the Received header (protocol per RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA...).
+`submit_message(submission, transaction, body, session)` hands a message
+that passed them to the submission and returns the reply: 250 with the queue
+id only once it is committed, the submission's own refusal, or 451 4.3.0
+for any failure (the message is then not acknowledged).
 """
 
 from __future__ import annotations
 
+import logging
+
+from tidepost.model import Envelope
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.reader import MessageData
 from tidepost.smtp_server.replies import Reply
-from tidepost.smtp_server.state import Session
-from tidepost.submission.submit import ClientInfo
+from tidepost.smtp_server.state import Session, Transaction
+from tidepost.submission.submit import ClientInfo, Submission, SubmissionRejected
+
+log = logging.getLogger("tidepost.smtp_server")
 
 
 def content_problem(data: MessageData) -> Reply | None:
@@ -30,6 +39,21 @@ def content_problem(data: MessageData) -> Reply | None:
     if data.long_line:
         return S.S554_LINE_TOO_LONG
     return None
+
+
+async def submit_message(submission: Submission, transaction: Transaction, body: bytes,
+                         session: Session) -> Reply:
+    """Queue the message; the reply reflects its commit."""
+    envelope = Envelope(transaction.sender, tuple(transaction.recipients),
+                        transaction.body_type, transaction.smtputf8)
+    try:
+        queue_id = await submission.submit(envelope, body, client_info(session))
+    except SubmissionRejected as exc:
+        return S.rejected(exc.code, exc.status, exc.text)
+    except Exception:
+        log.exception("submission failed for a message from %s", session.peer_ip)
+        return S.S451_LOCAL_ERROR
+    return S.queued(queue_id)
 
 
 def client_info(session: Session) -> ClientInfo:

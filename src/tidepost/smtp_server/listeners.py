@@ -13,9 +13,10 @@ Limits (admission.py): `smtp.max_connections` in all, of which
 `smtp.reserved_connections` only for relay networks and recently
 authenticated addresses; untrusted addresses also have a per-address count
 and connection rate.  A connection over a limit is answered `421 4.7.0` at
-once and closed, without waiting for the client to read (the 421 goes into
-the kernel's buffer, or the connection is reset): accepting never waits on
-a client, so a flood of slow clients cannot stall it.  No DNS: clients are
+once, logged (`reject`, command=CONNECT) and closed, without waiting for
+the client to read (the 421 goes into the kernel's buffer, or the
+connection is reset): accepting never waits on a client, so a flood of slow
+clients cannot stall it.  No DNS: clients are
 known by IP address only, and the greeting names `config.hostname`.  Every
 conversation task is owned by the server.
 Config keys read: smtp.listen (the limits through Admission, the rest
@@ -36,6 +37,7 @@ from tidepost.smtp_server import replies as S
 from tidepost.smtp_server import tls
 from tidepost.smtp_server.access import AccessPolicy
 from tidepost.smtp_server.admission import Admission, Slot
+from tidepost.smtp_server.rejections import log_reject
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.session import Conversation
 from tidepost.smtp_server.state import Counters
@@ -135,7 +137,7 @@ class SmtpServer:
         self._total += 1
         admitted = self._admission.admit(ip) if not self._closing else S.S421_SHUTTING_DOWN
         if isinstance(admitted, Reply):
-            return self._refuse(writer, admitted)
+            return self._refuse(writer, ip, admitted)
         slot: Slot = admitted
 
         def on_authenticated() -> None:
@@ -156,9 +158,10 @@ class SmtpServer:
             self._tasks.discard(task)
             self._admission.release(slot)
 
-    def _refuse(self, writer: asyncio.StreamWriter, reply: Reply) -> None:
+    def _refuse(self, writer: asyncio.StreamWriter, ip: str, reply: Reply) -> None:
         """Say the 421 and hang up, never waiting for the client to read it."""
         self._refused += 1
+        log_reject("CONNECT", ip, "", reply)
         transport = writer.transport
         try:
             transport.write(bytes(reply))

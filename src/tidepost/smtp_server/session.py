@@ -26,7 +26,10 @@ and the connection closed, so message text can never run as commands; a
 trusted session (a local script on stdin, which is always fully buffered)
 is exempt.
 Every 5xx reply counts as an error; the one that reaches `smtp.max_errors`
-is followed by 421 4.7.0 and the connection is closed.
+is followed by 421 4.7.0 and the connection is closed.  Every 4xx and 5xx
+reply but our own shutdown's is logged as a `reject` event (rejections.py),
+with the command it answered (CONNECT before the first one; for a timeout,
+the last command seen, DATA while the message arrived).
 Config keys read: hostname, smtp.max_message_size, smtp.max_recipients,
 smtp.idle_timeout, smtp.command_deadline, smtp.min_data_rate,
 smtp.data_rate_window, smtp.max_session_time, smtp.max_errors (relay keys
@@ -39,21 +42,22 @@ import asyncio
 import inspect
 import logging
 import ssl
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
 from tidepost.address import Address
 from tidepost.config.schema import Config
-from tidepost.model import Envelope
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.access import AccessPolicy
-from tidepost.smtp_server.data import client_info, content_problem
+from tidepost.smtp_server.data import content_problem, submit_message
+from tidepost.smtp_server.outbox import Outbox, Writer
 from tidepost.smtp_server.parsing import parse_mail, parse_rcpt
 from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconnected,
                                          ClientTooSlow, CommandTimeout, LineTooLong,
                                          SmtpReader)
+from tidepost.smtp_server.rejections import log_reject, path_word
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Counters, Session, Transaction
-from tidepost.submission.submit import Submission, SubmissionRejected
+from tidepost.submission.submit import Submission
 
 log = logging.getLogger("tidepost.smtp_server")
 
@@ -61,20 +65,14 @@ COMMAND_LINE_LIMIT = 2048  # octets incl. CRLF: 512 (RFC 5321) plus ESMTP parame
 FLUSH_THRESHOLD = 64 * 1024  # flush pending replies beyond this many octets
 
 
-class Writer(Protocol):
-    """Where replies go (asyncio.StreamWriter fits)."""
-
-    def write(self, data: bytes) -> None:
-        """Queue bytes for sending."""
-
-    async def drain(self) -> None:
-        """Wait until the queued bytes may be sent."""
-
-    def close(self) -> None:
-        """Close the connection."""
-
-
 TlsUpgrade = Callable[[Any, ssl.SSLContext], Awaitable[tuple[ByteStream, Writer]]]
+
+
+def verb_name(word: bytes) -> str:
+    """The command name a line starts with, as the log names it (UNKNOWN if none)."""
+    if word.isalpha() and len(word) <= 16:
+        return word.decode("ascii").upper()
+    return "UNKNOWN"
 
 
 class Conversation:
@@ -94,13 +92,14 @@ class Conversation:
         self.session.may_relay = self.access.may_relay(peer_ip, "", trusted)
         self.transaction: Transaction | None = None
         self._reader = self._new_reader(stream)
-        self._writer = writer
+        self._outbox = Outbox(writer, self.limits.idle_timeout)
         self._tls_context = tls_context
         self._tls_upgrade = tls_upgrade
         self._on_authenticated = on_authenticated  # the listener moves us to the reserve
-        self._pending: list[bytes] = []
         self._closing = False
         self._session_end: float | None = None     # loop time past which we say 421
+        self._command = "CONNECT"                  # what a refusal answers, for the log
+        self._noted: tuple[str | None, str | None] = (None, None)  # its from=, to=
 
     def _new_reader(self, stream: ByteStream) -> SmtpReader:
         """A reader on `stream` with this server's deadlines."""
@@ -120,46 +119,58 @@ class Conversation:
         self.reply(S.greeting(self.config.hostname))
         try:
             while not self._closing:
-                if not self._reader.has_line() or self._pending_size() > FLUSH_THRESHOLD:
+                if not self._reader.has_line() or self._outbox.size > FLUSH_THRESHOLD:
                     await self.flush()
                 await self._serve_command()
             await self.flush()
         except ClientTooSlow as slow:
-            self.counters.timeouts += 1
-            self._last_words(S.S421_COMMAND_TIMEOUT if isinstance(slow, CommandTimeout)
-                             else S.S421_DATA_TOO_SLOW)
+            self._timed_out(S.S421_COMMAND_TIMEOUT if isinstance(slow, CommandTimeout)
+                            else S.S421_DATA_TOO_SLOW)
         except TimeoutError:  # before OSError, of which it is a subclass
-            self.counters.timeouts += 1
-            self._last_words(S.S421_IDLE_TIMEOUT)
+            self._timed_out(S.S421_IDLE_TIMEOUT)
         except (ClientDisconnected, OSError):  # OSError: resets, broken pipes, TLS errors
             pass
         except asyncio.CancelledError:
-            self._last_words(S.S421_SHUTTING_DOWN)
+            self._outbox.last_words(bytes(S.S421_SHUTTING_DOWN))
             raise
         finally:
-            self._hang_up()
+            self._outbox.hang_up()
 
-    def _hang_up(self) -> None:
-        """Close the writer; abort it if the client left replies unread."""
-        transport = getattr(self._writer, "transport", None)
-        if transport is not None and transport.get_write_buffer_size() > 0:
-            transport.abort()  # a close() would wait for a client that does not read
-        self._writer.close()
+    def _timed_out(self, reply: Reply) -> None:
+        """Say a final 421 for a client too slow, without waiting for it to read."""
+        self.counters.timeouts += 1
+        self._log_reject(reply)
+        self._outbox.last_words(bytes(reply))
 
     def reply(self, reply: Reply) -> None:
         """Queue a reply; count 5xx errors and hang up when there are too many."""
-        self._pending.append(bytes(reply))
+        self._outbox.add(bytes(reply))
+        if reply.code >= 400:
+            self._log_reject(reply)
         if reply.code >= 500:
             self.session.errors += 1
             self.counters.errors += 1
             if self.session.errors >= self.limits.max_errors and not self._closing:
                 self.counters.error_disconnects += 1
-                self._pending.append(bytes(S.S421_TOO_MANY_ERRORS))
+                self._log_reject(S.S421_TOO_MANY_ERRORS)
+                self._outbox.add(bytes(S.S421_TOO_MANY_ERRORS))
                 self._closing = True
+
+    def _log_reject(self, reply: Reply) -> None:
+        """The mail log's `reject` line for a refusal just given."""
+        sender, recipient = self._noted
+        if sender is None and self.transaction is not None:
+            sender = f"<{self.transaction.sender}>"
+        log_reject(self._command, self.session.peer_ip, self.session.helo, reply,
+                   sender=sender, recipient=recipient)
+
+    def note(self, sender: str | None = None, recipient: str | None = None) -> None:
+        """The from= and to= a refusal of the current command is logged with."""
+        self._noted = (sender, recipient)
 
     def reply_lines(self, code: int, lines: list[str]) -> None:
         """Queue a multi-line reply (EHLO, HELP)."""
-        self._pending.append(S.render_multiline(code, lines))
+        self._outbox.add(S.render_multiline(code, lines))
 
     def close_after_reply(self) -> None:
         """End the conversation once the queued replies are sent."""
@@ -167,34 +178,18 @@ class Conversation:
 
     async def flush(self) -> None:
         """Send the queued replies; a client that does not read times out."""
-        if not self._pending:
-            return
-        self._writer.write(b"".join(self._pending))
-        self._pending.clear()
-        async with asyncio.timeout(self.limits.idle_timeout):
-            await self._writer.drain()
-
-    def _pending_size(self) -> int:
-        """Octets of replies queued but not yet written."""
-        return sum(map(len, self._pending))
-
-    def _last_words(self, reply: Reply) -> None:
-        """Write queued replies and a final 421 without waiting for the client."""
-        self._pending.append(bytes(reply))
-        try:
-            self._writer.write(b"".join(self._pending))
-        except (OSError, RuntimeError):
-            pass
-        self._pending.clear()
+        await self._outbox.flush()
 
     async def _serve_command(self) -> None:
         """Read one command line and dispatch it to its `smtp_<VERB>` method."""
         try:
             line = await self._reader.read_line(COMMAND_LINE_LIMIT)
-        except LineTooLong:
-            return self.reply(S.S500_LINE_TOO_LONG)
-        except BareLineFeed:
-            return self.reply(S.S500_BARE_LF)
+        except (LineTooLong, BareLineFeed) as bad:
+            self._command, self._noted = "UNKNOWN", (None, None)
+            return self.reply(S.S500_LINE_TOO_LONG if isinstance(bad, LineTooLong)
+                              else S.S500_BARE_LF)
+        self._command = verb_name(line.partition(b" ")[0])
+        self._noted = (None, None)
         if self._session_over():
             self.reply(S.S421_SESSION_TOO_LONG)
             return self.close_after_reply()
@@ -284,6 +279,7 @@ class Conversation:
             return self.reply(S.S503_HELO_FIRST)
         if self.transaction is not None:
             return self.reply(S.S503_NESTED_MAIL)
+        self.note(sender=path_word(arg))
         command = parse_mail(arg, self.limits.max_message_size)
         if isinstance(command, Reply):
             return self.reply(command)
@@ -293,6 +289,7 @@ class Conversation:
     def smtp_RCPT(self, arg: str) -> None:
         """RCPT TO: add a recipient if the policy allows it."""
         transaction = self.transaction
+        self.note(recipient=path_word(arg))
         if transaction is None:
             return self.reply(S.S503_MAIL_FIRST)
         rcpt = parse_rcpt(arg)
@@ -349,7 +346,8 @@ class Conversation:
         self.reply(S.S220_READY_FOR_TLS)
         await self.flush()
         try:
-            stream, self._writer = await self._tls_upgrade(self._writer, self._tls_context)
+            stream, self._outbox.writer = await self._tls_upgrade(self._outbox.writer,
+                                                                  self._tls_context)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             log.info("TLS handshake with %s failed: %s", self.session.peer_ip, exc)
             raise ClientDisconnected() from exc
@@ -374,29 +372,15 @@ class Conversation:
             return self.reply(S.S554_NO_VALID_RECIPIENTS)
         self.reply(S.S354_START_DATA)
         await self.flush()
+        self.note(f"<{transaction.sender}>", f"<{transaction.recipients[0]}>")
         data = await self._reader.read_data(self.limits.max_message_size)
+        self._command = "end-of-data"
         outcome = content_problem(data)
         if outcome is None:
-            outcome = await self._submit(transaction, data.body)
+            outcome = await submit_message(self.submission, transaction, data.body,
+                                           self.session)
         if outcome.code == 250:
             self.counters.messages_accepted += 1
         else:
             self.counters.messages_rejected += 1
         self.reply(outcome)
-
-    async def _submit(self, transaction: Transaction, body: bytes) -> Reply:
-        """Hand the message to the submission; the reply reflects its commit."""
-        try:
-            queue_id = await self.submission.submit(
-                self._envelope(transaction), body, client_info(self.session))
-        except SubmissionRejected as exc:
-            return S.rejected(exc.code, exc.status, exc.text)
-        except Exception:
-            log.exception("submission failed for a message from %s", self.session.peer_ip)
-            return S.S451_LOCAL_ERROR
-        return S.queued(queue_id)
-
-    def _envelope(self, transaction: Transaction) -> Envelope:
-        """The model Envelope for a finished transaction."""
-        return Envelope(transaction.sender, tuple(transaction.recipients),
-                        transaction.body_type, transaction.smtputf8)

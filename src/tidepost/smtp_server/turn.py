@@ -283,7 +283,7 @@ class RelayConversation(Conversation):
 
     async def _challenge(self, text: str) -> str:
         """Send `334 text` and read the client's response line."""
-        self._pending.append(f"334 {text}\r\n".encode("ascii"))
+        self._outbox.add(f"334 {text}\r\n".encode("ascii"))
         await self.flush()
         line = await self._reader.read_line(A.AUTH_LINE_LIMIT)
         return line.decode("ascii", "replace")
@@ -343,7 +343,7 @@ class RelayConversation(Conversation):
         """Be the client on this connection: EHLO, the held mail, QUIT; then hang up."""
         stream = self._reader.stream
         peer = Peer(self.session.helo, self.session.peer_ip, 0)
-        smtp = SmtpSession(stream, self._writer, peer,  # type: ignore[arg-type]
+        smtp = SmtpSession(stream, self._outbox.writer, peer,  # type: ignore[arg-type]
                            command_timeout=self.relay.command_timeout)
         self.close_after_reply()
         try:

@@ -1,0 +1,71 @@
+"""The replies of one conversation on their way out, and the writer they go to.
+
+`Outbox(writer, drain_timeout)` queues reply octets (`add`), sends them in
+one write (`flush`, which waits at most `drain_timeout` seconds for a client
+that does not read: TimeoutError), and ends the connection: `last_words`
+writes what is queued plus a final reply without waiting, `hang_up` closes,
+aborting instead when the client left replies unread (a close() would wait
+for it).  Replies are batched so that pipelined commands get their replies
+in one segment (RFC 2920); STARTTLS swaps in the TLS writer (`writer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+
+class Writer(Protocol):
+    """Where replies go (asyncio.StreamWriter fits)."""
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for sending."""
+
+    async def drain(self) -> None:
+        """Wait until the queued bytes may be sent."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+
+class Outbox:
+    """Reply octets waiting to be sent on one connection."""
+
+    def __init__(self, writer: Writer, drain_timeout: float | None):
+        self.writer = writer
+        self._drain_timeout = drain_timeout
+        self._pending: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        """Queue octets for the next flush."""
+        self._pending.append(data)
+
+    @property
+    def size(self) -> int:
+        """Octets queued but not yet written."""
+        return sum(map(len, self._pending))
+
+    async def flush(self) -> None:
+        """Send the queued replies; a client that does not read times out."""
+        if not self._pending:
+            return
+        self.writer.write(b"".join(self._pending))
+        self._pending.clear()
+        async with asyncio.timeout(self._drain_timeout):
+            await self.writer.drain()
+
+    def last_words(self, final: bytes) -> None:
+        """Write the queued replies and `final` without waiting for the client."""
+        self._pending.append(final)
+        try:
+            self.writer.write(b"".join(self._pending))
+        except (OSError, RuntimeError):
+            pass
+        self._pending.clear()
+
+    def hang_up(self) -> None:
+        """Close the writer; abort it if the client left replies unread."""
+        transport = getattr(self.writer, "transport", None)
+        if transport is not None and transport.get_write_buffer_size() > 0:
+            transport.abort()  # a close() would wait for a client that does not read
+        self.writer.close()
