@@ -1,11 +1,15 @@
 """Named SMTP replies, shared by the server and its tests.
 
-Every reply the server sends is a `Reply` constant here (or built by one of
-the small functions below), so that tests read like transcripts:
-`assert reply == S.S550_RELAY_DENIED`.  Each reply carries an RFC 3463
-enhanced status code, because EHLO advertises ENHANCEDSTATUSCODES; RFC 2034
-section 3 exempts only the greeting, the HELO/EHLO replies and 3xx replies
-(354), whose `status` is "".
+Every reply the server sends is a `Reply` constant here, in turn.py (ETRN,
+ATRN, ODMR) or in auth.py (AUTH), or is built by one of the small functions
+beside them, so that tests read like transcripts:
+`assert reply == S.S550_RELAY_DENIED`.  docs/REPLIES.md lists every one,
+with the command it answers and when; tests/unit/test_replies_table.py
+parses that table and checks it against these constants both ways, so the
+two cannot drift apart.  Each reply carries an RFC 3463 enhanced status
+code, because EHLO advertises ENHANCEDSTATUSCODES; RFC 2034 section 3
+exempts only the greeting, the HELO/EHLO replies and 3xx replies (354),
+whose `status` is "".
 
 Code choices that are ours, not dictated by an RFC (documented here once):
 - over-long command line: 500 5.5.2 (RFC 5321 4.5.3.1.4 suggests "500 Line
@@ -14,7 +18,12 @@ Code choices that are ours, not dictated by an RFC (documented here once):
 - MAIL FROM address syntax: 501 5.1.7 (bad sender address), RCPT: 501 5.1.3;
 - bytes pipelined after DATA before its reply: 554 5.5.0, then we hang up;
 - message content problems (bare CR/LF, NUL, lines over 1000 octets):
-  554 5.6.0; oversize: 552 5.3.4; submission failure: 451 4.3.0.
+  554 5.6.0, "transaction failed" (RFC 5321 4.2.2, 4.2.5: 550 is about the
+  mailbox, and the mailbox is fine); oversize: 552 5.3.4; submission
+  failure: 451 4.3.0;
+- a client too slow (silent, a command line or DATA trickled, an untrusted
+  session too long): 421 4.4.2 ("connection dropped", RFC 3463); over a
+  connection limit or the error limit: 421 4.7.0 (a policy refusal).
 """
 
 from __future__ import annotations
@@ -75,6 +84,11 @@ def greeting(hostname: str) -> Reply:
     return Reply(220, "", f"{hostname} ESMTP tidepost")
 
 
+def helo_ok(hostname: str) -> Reply:
+    """The 250 to HELO; RFC 2034 exempts it from enhanced status codes."""
+    return Reply(250, "", hostname)
+
+
 def queued(queue_id: str) -> Reply:
     """The 250 after DATA, sent only once the message is committed."""
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
@@ -98,7 +112,6 @@ S252_CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept messag
 S354_START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
 S421_IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
-S421_TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 S421_COMMAND_TIMEOUT = Reply(421, "4.4.2", "Command line not completed in time, closing "
                                            "connection")
 S421_DATA_TOO_SLOW = Reply(421, "4.4.2", "Message data arriving too slowly, closing "
@@ -109,6 +122,7 @@ S421_TOO_MANY_FROM_CLIENT = Reply(421, "4.7.0", "Too many connections from your 
                                                 "try again later")
 S421_CONNECTION_RATE = Reply(421, "4.7.0", "Too many connections from your address in the "
                                            "last minute, try again later")
+S421_TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 S421_SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 S451_LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing; message not accepted")
 S452_TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
@@ -134,13 +148,13 @@ S503_TLS_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 S550_NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
 S550_RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 S550_NO_ROUTE = Reply(550, "5.4.4", "Unable to route to this domain")
+S552_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+S553_NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs MAIL FROM ... SMTPUTF8")
 S554_BARE_CR_LF = Reply(554, "5.6.0", "Message contains a bare CR or LF; lines must "
                                       "end with CRLF (RFC 5321 2.3.8)")
 S554_NUL = Reply(554, "5.6.0", "Message contains NUL characters")
 S554_LINE_TOO_LONG = Reply(554, "5.6.0", "Message has a line over 1000 octets "
                                          "(RFC 5321 4.5.3.1.6)")
-S552_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-S553_NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs MAIL FROM ... SMTPUTF8")
 S554_NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 S554_PIPELINED_DATA = Reply(554, "5.5.0", "Protocol error: data sent before the reply "
                                           "to DATA (RFC 2920 3.1)")

@@ -271,7 +271,7 @@ class Conversation:
         if esmtp:
             self.reply_lines(250, [self.config.hostname, *self.extensions()])
         else:
-            self.reply(Reply(250, "", self.config.hostname))
+            self.reply(S.helo_ok(self.config.hostname))
 
     def smtp_MAIL(self, arg: str) -> None:
         """MAIL FROM: start a transaction."""
@@ -361,18 +361,19 @@ class Conversation:
         """DATA: read the message, check it, submit it; 250 only after commit."""
         if arg:
             return self.reply(S.S501_SYNTAX)
+        transaction, self.transaction = self.transaction, None
+        if transaction is not None:
+            first = transaction.recipients[0] if transaction.recipients else None
+            self.note(f"<{transaction.sender}>", first and f"<{first}>")
         if self._reader.buffered and not self.session.trusted:
-            self.transaction = None
             self.reply(S.S554_PIPELINED_DATA)
             return self.close_after_reply()
-        transaction, self.transaction = self.transaction, None
         if transaction is None:
             return self.reply(S.S503_MAIL_FIRST)
         if not transaction.recipients:
             return self.reply(S.S554_NO_VALID_RECIPIENTS)
         self.reply(S.S354_START_DATA)
         await self.flush()
-        self.note(f"<{transaction.sender}>", f"<{transaction.recipients[0]}>")
         data = await self._reader.read_data(self.limits.max_message_size)
         self._command = "end-of-data"
         outcome = content_problem(data)
