@@ -93,11 +93,11 @@ def parse_mailbox(text: str) -> Address:
     if at <= 0:
         raise AddressError("address has no domain")
     local, domain = text[:at], text[at + 1:]
-    _check_local(local)
+    check_local_part(local)
     return Address(local, normalise_domain(domain))
 
 
-def _check_local(local: str) -> None:
+def check_local_part(local: str) -> None:
     """Raise AddressError unless `local` is an RFC 5321 Local-part."""
     if len(local.encode()) > MAX_LOCAL_PART:
         raise AddressError("local part longer than 64 octets")

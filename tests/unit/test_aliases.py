@@ -1,5 +1,7 @@
 """Local recipients: aliases file syntax, expansion, postmaster."""
 
+import dataclasses
+
 import pytest
 
 from tidepost.address import Address
@@ -19,6 +21,21 @@ def test_aliases_file_syntax_and_errors():
     assert caught.value.problems == [
         "aliases:2: expected 'name: target, ...'",
         "aliases:3: program and file targets are not supported"]
+
+
+def test_targets_that_are_no_address_are_refused_at_load():
+    # Found by fuzzing: such a target used to vanish at expansion (the alias
+    # expanded to nobody), and a NUL in one crashed the system-user lookup.
+    text = 'team: alice, carol@\nnul: x+\0y\nsp: a b\nok: "a b", bob@far.test\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_aliases(text, "aliases")
+    assert caught.value.problems == [
+        "aliases:1: 'carol@' is neither a local name nor an address",
+        "aliases:2: 'x+\\x00y' is neither a local name nor an address",
+        "aliases:3: 'a b' is neither a local name nor an address"]
+    system = dataclasses.replace(CONFIG, local=dataclasses.replace(CONFIG.local,
+                                                                   system_users=True))
+    assert not Aliases(system, {}).exists("x+\0y")
 
 
 def test_expansion_keeps_the_addressed_domain_and_stops_loops():

@@ -65,3 +65,20 @@ def test_domains_are_normalised_and_star_is_no_relay_domain():
         "site.toml:2: relay.domains: '*' would make an open relay; use smtp.relay_networks"]
     assert problems('[local]\ndomains = ["bad domain"]\n')[0].startswith(
         "site.toml:2: local.domains[0]:")
+
+
+def test_non_finite_numbers_and_deep_nesting_are_errors():
+    # Found by fuzzing (bench/fuzz.py, target config): nan and inf passed every
+    # bound (they compare false), and deep nesting crashed tomllib.
+    found = problems('[smtp]\nidle_timeout = nan\n[queue]\nlifetime = inf\n'
+                     f'min_backoff = "{"9" * 400}s"\n')
+    assert found == ["site.toml:2: smtp.idle_timeout: nan is not a finite number",
+                     "site.toml:4: queue.lifetime: inf is not a finite number",
+                     "site.toml:5: queue.min_backoff: inf is not a finite number"]
+    assert problems("x = " + "[" * 5000) == ["site.toml: TOML nested too deeply"]
+
+
+def test_the_reserve_must_leave_connections_for_others():
+    [problem] = problems("[smtp]\nmax_connections = 10\n")
+    assert problem == ("site.toml:1: smtp.reserved_connections: 20 leaves no connection "
+                       "for other clients (smtp.max_connections is 10)")

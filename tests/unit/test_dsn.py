@@ -88,3 +88,18 @@ def test_a_held_route_is_not_an_attempt():
     [update] = result.updates
     assert update.next_try == 10 * 86400  # no backoff, and no expiry without an attempt
     assert update.outcome.verdict is Verdict.DEFERRED and not update.outcome.attempted
+
+
+def test_dsn_of_a_hostile_original_is_well_formed():
+    # Found by fuzzing (bench/fuzz.py, target dsn): a locally submitted
+    # original may hold bare CRs, NULs, endless lines or no blank line at
+    # all; the DSN carried them, and an SMTP server refuses such a message.
+    original = b"Subject: a\rb\0c " + "é".encode() * 2000 + b"\r\n" + b"y" * (10 * 2**20)
+    j = job()
+    result = settle(j, [bounced(3, "5.1.1", "no such user\r\n250 ok")], BACKOFF, 50, False)
+    add_dsns(result, j, original, "site.test", 50)
+    body = result.dsns[0].body
+    assert body.count(b"\n") == body.count(b"\r\n") == body.count(b"\r")
+    assert b"\0" not in body and len(body) < 80 * 1024
+    assert max(len(line) for line in body.split(b"\r\n")) <= 998
+    assert "é".encode() * 400 in body  # cut at a character boundary, not dropped

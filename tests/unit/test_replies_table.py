@@ -15,33 +15,15 @@ import re
 from pathlib import Path
 
 import pytest
+from replies_table import table_rows
 
 from tidepost.smtp_server import auth, replies, turn
 from tidepost.smtp_server.replies import Reply
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLE = ROOT / "docs" / "REPLIES.md"
 MODULES = {"replies": replies, "turn": turn, "auth": auth}
-HEADER = ["reply", "code", "status", "command", "when"]
 RAISED = re.compile(r'SubmissionRejected\(\s*(\d{3}),\s*"([\d.]+)"')
 PASS_THROUGH = {"replies.rejected"}  # sends the `submit` rows as they are
-
-
-def table_rows() -> list[dict[str, str]]:
-    """Every row of every table in REPLIES.md with the expected header, and its section."""
-    rows, header, section = [], None, ""
-    for line in TABLE.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
-        if header is None:
-            header = cells
-        elif set(line) - set("|-: ") and header == HEADER:
-            rows.append({**dict(zip(header, cells)), "section": section})
-    return rows
 
 
 def build(function) -> Reply:

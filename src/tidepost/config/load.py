@@ -6,13 +6,16 @@ lost.  All problems are collected and raised together as one ConfigError, each
 line of the form `FILE:LINE: KEY: reason`.
 
 Durations accept seconds or a number with a unit (`90s`, `15m`, `4h`, `5d`);
-sizes accept bytes or `k`, `M`, `G` suffixes (powers of 1024).
+sizes accept bytes or `k`, `M`, `G` suffixes (powers of 1024).  Numbers must
+be finite: TOML's `nan` and `inf` (and a duration too long for a float)
+would pass every bound, since they compare false with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -74,6 +77,8 @@ def parse_config(text: str, source: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: TOML syntax error: {exc}"]) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError([f"{source}: TOML nested too deeply"]) from None
     builder = _Builder(source, _key_lines(text))
     config = builder.build(Config, data, "")
     if builder.problems:
@@ -264,6 +269,9 @@ class _Builder:
                 self.error(path, f"expected {getattr(hint, '__name__', hint)}, "
                            f"got {type(value).__name__}")
                 return _INVALID
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error(path, f"{value} is not a finite number")
+            return _INVALID
         low, high = metadata.get("low"), metadata.get("high")
         if low is not None and value < low:
             self.error(path, f"{value} is below the minimum {low}")

@@ -3,7 +3,13 @@
 A DSN is a multipart/report with a human-readable part, a
 message/delivery-status part (one block per recipient) and the original
 message's headers only (text/rfc822-headers): on a metered link, returning
-a 20 MB attachment to say it failed is waste.
+a 20 MB attachment to say it failed is waste.  Whatever octets the original
+holds (a local submission may carry bare CRs, NULs, endless lines, or no
+blank line at all, so that its "header section" is the whole message), the
+DSN is well formed: at most `MAX_RETURNED_HEADERS` octets of them are
+returned, every line ends in CRLF and has at most 998 octets (RFC 5322
+2.1.1), and NULs are dropped, so that any SMTP server, tidepost included,
+accepts it.
 
 Never bounce a bounce: a message from the null sender gets no DSN (the
 caller checks `Envelope.is_bounce` / `MessageInfo.sender.is_null`), and every
@@ -12,6 +18,7 @@ DSN is itself sent from the null sender, so a DSN that fails is dropped.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -22,6 +29,10 @@ from tidepost.outcomes import Outcome
 from tidepost.queue.backend import NewMessage
 from tidepost.queue.sqlite import new_queue_id
 from tidepost.submission.headers import header_section
+
+MAX_RETURNED_HEADERS = 64 * 1024  # octets of the original's header section a DSN returns
+MAX_LINE = 998                    # octets per line, CRLF excluded (RFC 5322 2.1.1)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +67,8 @@ def make_dsn(message: MessageInfo, original: bytes, failures: list[Failure],
               _human_text(message, failures, hostname, delayed)),
         _part("message/delivery-status",
               _status_fields(message, failures, hostname, now, delayed)),
-        _part("text/rfc822-headers", header_section(original).decode("utf-8", "replace")),
+        _part("text/rfc822-headers",
+              header_section(original)[:MAX_RETURNED_HEADERS].decode("utf-8", "replace")),
     ]
     body = head + "".join(f"--{boundary}\r\n{p}" for p in parts) + f"--{boundary}--\r\n"
     return NewMessage(NULL_SENDER, (message.sender,), body.encode(), now,
@@ -64,11 +76,19 @@ def make_dsn(message: MessageInfo, original: bytes, failures: list[Failure],
 
 
 def _part(content_type: str, text: str) -> str:
-    """One MIME body part with CRLF line endings."""
-    text = text.replace("\r\n", "\n").replace("\n", "\r\n")
-    if not text.endswith("\r\n"):
-        text += "\r\n"
-    return f"Content-Type: {content_type}\r\n\r\n{text}\r\n"
+    """One MIME body part: CRLF line endings, lines of at most 998 octets, no NUL."""
+    lines = [_cut(line) for line in _LINE_BREAK.split(text.replace("\0", ""))]
+    if lines[-1] == "":
+        lines.pop()
+    body = "".join(line + "\r\n" for line in lines)
+    return f"Content-Type: {content_type}\r\n\r\n{body}\r\n"
+
+
+def _cut(line: str) -> str:
+    """`line` shortened to MAX_LINE octets of UTF-8, never inside a character."""
+    if len(line) * 4 <= MAX_LINE:  # short enough whatever its characters
+        return line
+    return line.encode("utf-8")[:MAX_LINE].decode("utf-8", "ignore")
 
 
 def _human_text(message: MessageInfo, failures: list[Failure], hostname: str,

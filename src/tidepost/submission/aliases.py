@@ -4,7 +4,10 @@ The aliases file uses the familiar /etc/aliases syntax (`name: target, ...`,
 `#` comments, continuation lines starting with white space).  A target is a
 local name (expanded again, up to 10 levels) or a full address (forwarded).
 Program (`|cmd`) and file (`/path`) targets are refused at load: a queue that
-runs commands from a text file is a security hole we do not need.
+runs commands from a text file is a security hole we do not need.  So is
+every target that is neither a valid local part nor a valid address, with
+its file and line: an alias that silently expanded to nothing would refuse
+mail only at the end of DATA.
 
 `postmaster` always resolves (RFC 5321 4.5.1): to its alias if there is one,
 else to the mailbox `postmaster`.  `user+detail` resolves like `user`.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import pwd
 from pathlib import Path
 
-from tidepost.address import Address, AddressError, parse_mailbox
+from tidepost.address import Address, AddressError, check_local_part, parse_mailbox
 from tidepost.config.schema import Config
 from tidepost.errors import ConfigError
 
@@ -44,11 +47,26 @@ def parse_aliases(text: str, source: str) -> dict[str, list[str]]:
             problems.append(f"{source}:{number}: expected 'name: target, ...'")
         elif any(t[0] in "|/" for t in targets):
             problems.append(f"{source}:{number}: program and file targets are not supported")
+        elif (bad := next((t for t in targets if not _valid_target(t)), None)) is not None:
+            problems.append(f"{source}:{number}: {bad!r} is neither a local name nor an "
+                            "address")
         else:
             aliases[name.strip().lower()] = targets
     if problems:
         raise ConfigError(problems)
     return aliases
+
+
+def _valid_target(target: str) -> bool:
+    """True for a local part (`bob`) or a mailbox (`bob@example.org`)."""
+    try:
+        if "@" in target:
+            parse_mailbox(target)
+        else:
+            check_local_part(target)
+    except AddressError:
+        return False
+    return True
 
 
 class Aliases:
@@ -118,7 +136,7 @@ class Aliases:
             return False
         try:
             pwd.getpwnam(name)
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
             return False
         return True
 
