@@ -38,6 +38,13 @@ def test_targets_that_are_no_address_are_refused_at_load():
     assert not Aliases(system, {}).exists("x+\0y")
 
 
+def test_a_leading_plus_is_no_detail():
+    # Found by fuzzing: `+alice` lost its whole local part (Address("", ...)).
+    aliases = Aliases(CONFIG, {"team": ["+alice"]})
+    assert aliases.expand("team", "site.test") == [Address("+alice", "site.test")]
+    assert not aliases.exists("+alice")
+
+
 def test_expansion_keeps_the_addressed_domain_and_stops_loops():
     aliases = Aliases(CONFIG, {"staff": ["alice", "ops"], "ops": ["bob", "staff"],
                                "out": ["carol@example.test"]})

@@ -40,6 +40,16 @@ async def closed_with(client: Client, timeout: float) -> tuple[object, float]:
     return reply, elapsed
 
 
+async def in_data(connect) -> Client:
+    """A client that has said EHLO, MAIL, RCPT and DATA and got its 354."""
+    c = await connect()
+    await c.ehlo()
+    await c.cmd("MAIL FROM:<a@origin.test>")
+    await c.cmd("RCPT TO:<alice@local.example>")
+    assert await c.cmd("DATA") == S.S354_START_DATA
+    return c
+
+
 def test_trickled_command_line_is_closed_at_its_deadline():
     async def scenario(connect, server):
         c = await connect()
@@ -76,11 +86,7 @@ def test_half_a_line_after_a_complete_one_times_out():
 
 def test_trickled_data_is_closed_for_its_rate():
     async def scenario(connect, server):
-        c = await connect()
-        await c.ehlo()
-        await c.cmd("MAIL FROM:<a@origin.test>")
-        await c.cmd("RCPT TO:<alice@local.example>")
-        assert await c.cmd("DATA") == S.S354_START_DATA
+        c = await in_data(connect)
         sender = asyncio.create_task(trickle(c, b"Subject: slow\r\n\r\n" * 50, 0.02))
         reply, elapsed = await closed_with(c, 5.0)
         sender.cancel()
@@ -93,11 +99,7 @@ def test_trickled_data_is_closed_for_its_rate():
 
 def test_data_at_the_minimum_rate_is_accepted():
     async def scenario(connect, server):
-        c = await connect()
-        await c.ehlo()
-        await c.cmd("MAIL FROM:<a@origin.test>")
-        await c.cmd("RCPT TO:<alice@local.example>")
-        assert await c.cmd("DATA") == S.S354_START_DATA
+        c = await in_data(connect)
         for _ in range(8):  # 8 x 0.15 s, 100 octets each: ~650 octets/s
             await c.send(b"x" * 98 + b"\r\n")
             await asyncio.sleep(0.15)

@@ -124,9 +124,10 @@ class Aliases:
 
     def _base(self, name: str) -> str:
         """`user+detail` -> `user` when `user` exists and `user+detail` does not."""
-        if "+" in name and name not in self._aliases and not self._is_user(name):
-            return name.split("+", 1)[0]
-        return name
+        base = name.split("+", 1)[0]
+        if base and base != name and name not in self._aliases and not self._is_user(name):
+            return base
+        return name  # a leading + has no user before it: `+x` stays `+x`
 
     def _is_user(self, name: str) -> bool:
         """True for configured users and, if enabled, system accounts."""
