@@ -23,8 +23,8 @@ that a byte every few seconds holds no slot for ever: a command line must
 be complete within `line_deadline` seconds of the first wait for it (only a
 complete line resets the clock), else `CommandTimeout`; a DATA section
 must keep up `min_data_rate` octets/s over each `data_rate_window`
-(pace.py), else `DataTooSlow`.  Findings use whole-body bytes operations (count, find,
-split run in C), never a Python loop per line.
+(pace.py), else `DataTooSlow`.  Findings use whole-body bytes operations
+(count, find, split run in C), never a Python loop per line.
 """
 
 from __future__ import annotations
