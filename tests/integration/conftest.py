@@ -393,6 +393,10 @@ class TidepostNode:
             "delivery": {"smtp_port": smtp_port, "connect_timeout": "3s",
                          "command_timeout": "10s"},
             "route": [INTERNET_ROUTE],
+            # The tests run as root in CI; the daemon keeps root's identity
+            # for spools in pytest's private folders (test_local_users.py
+            # tests the switch to a real account).
+            "system": {"user": "root"},
         }, overrides or {})
         self.config_path.write_text(to_toml(self.config))
 

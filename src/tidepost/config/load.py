@@ -44,8 +44,9 @@ CUSTOMERS = RouteConfig(name=CUSTOMERS_ROUTE, domains=(), transport="mx", on_dem
 
 
 SYSTEM_CONFIG = Path("/etc/tidepost/tidepost.toml")
-CONFIG_ORDER = ("-c/-C CONFIG, else $TIDEPOST_CONFIG, else /etc/tidepost/tidepost.toml "
-                "when it exists, else the embedded default")
+DEFAULT_CONFIG = ("$TIDEPOST_CONFIG, else /etc/tidepost/tidepost.toml when it exists, "
+                  "else the embedded default")
+CONFIG_ORDER = f"-c/-C CONFIG, else {DEFAULT_CONFIG}"
 
 
 def find_config_path(explicit: str | None) -> Path | None:
