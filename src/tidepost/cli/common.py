@@ -53,13 +53,3 @@ def spool_owner_or_exit(config: Config, with_helper: bool = False):
     except AccountError as exc:
         print(f"tidepost: {exc}", file=sys.stderr)
         sys.exit(EX_NOPERM)
-
-
-def exit_if_not_permitted(error: OSError | Exception, command: str) -> None:
-    """A permission error on the spool becomes a clear message and exit 77."""
-    text = str(error)
-    if isinstance(error, PermissionError) or "readonly database" in text or \
-            "unable to open database" in text:
-        print(f"tidepost {command}: permission denied: the queue belongs to the mail "
-              "system's account; run this as root or as that account", file=sys.stderr)
-        sys.exit(EX_NOPERM)

@@ -4,9 +4,9 @@ Checks the TOML file (syntax, keys, types, bounds, and the semantic rules of
 config/load.py: duplicate or hidden routes, missing smarthosts, listen
 addresses...) and then every file `tidepost serve` would open: the aliases
 file, the customer domains file, the credentials file, the TLS certificate
-and key, and the account the daemon runs as.  Each problem is printed as
-`FILE:LINE: key: reason` (the line where one is known); exit 1 when there
-is any, 0 with a one-line summary when there is none.
+and key, and (a warning only) the account the daemon runs as.  Each problem is
+printed as `FILE:LINE: key: reason` (the line where one is known); exit 1
+when there is any, 0 with a one-line summary when there is none.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         config, problems = None, exc.problems
     if config is not None:
         problems += named_file_problems(config)
+        for warning in account_warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -75,7 +77,6 @@ def named_file_problems(config: Config) -> list[str]:
     problems += _customer_file_problems(config.relay.customer_domains_file)
     problems += _credentials_problems(config.relay.credentials_file)
     problems += _tls_problems(config)
-    problems += _account_problems(config)
     return problems
 
 
@@ -124,14 +125,14 @@ def _tls_problems(config: Config) -> list[str]:
     return []
 
 
-def _account_problems(config: Config) -> list[str]:
-    """The account `serve` started as root switches to must exist."""
+def account_warnings(config: Config) -> list[str]:
+    """The account `serve` started as root switches to should exist (else it keeps root)."""
     user = config.system.user
     if not user or config.source == "<embedded default>":
         return []
     try:
         pwd.getpwnam(user)
     except KeyError:
-        return [f"{config.source}: system.user: no account named {user!r} "
-                "(`tidepost install` creates it)"]
+        return [f"{config.source}: system.user: no account named {user!r}: started as "
+                "root, serve would keep root (`tidepost install` creates the account)"]
     return []

@@ -12,10 +12,11 @@ import os
 import sys
 
 from tidepost import __version__
-from tidepost.cli import (config_cmd, etrn, flush, link, odmr, passwd, queue, serve,
-                          status)
+from tidepost.errors import QueueError
+from tidepost.cli import (config_cmd, etrn, flush, install, link, odmr, passwd, queue,
+                          serve, status)
 
-EX_USAGE = 64
+EX_USAGE, EX_TEMPFAIL, EX_NOPERM = 64, 75, 77
 
 DESCRIPTION = """\
 tidepost: a mail transfer agent for intermittent, metered and dial-on-demand
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tidepost {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for module in (serve, queue, flush, link, status, etrn, odmr, passwd, config_cmd):
+    for module in (serve, queue, flush, link, status, etrn, odmr, passwd, config_cmd,
+                   install):
         module.add_parser(commands)
     commands.add_parser("sendmail", add_help=False,
                         help="submit a message from standard input (sendmail-compatible "
@@ -61,7 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EX_USAGE
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (QueueError, PermissionError) as exc:
+        return _queue_unusable(args.command, exc)
+
+
+def _queue_unusable(command: str, error: Exception) -> int:
+    """A queue this user may not open is exit 77 with a plain reason; else 75."""
+    text = str(error)
+    if isinstance(error, PermissionError) or any(
+            words in text for words in ("unable to open", "readonly", "permission")):
+        print(f"tidepost {command}: permission denied: the queue belongs to the mail "
+              "system's account; run this as root or as that account", file=sys.stderr)
+        return EX_NOPERM
+    print(f"tidepost {command}: {text}", file=sys.stderr)
+    return EX_TEMPFAIL
 
 
 if __name__ == "__main__":

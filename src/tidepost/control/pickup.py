@@ -103,6 +103,8 @@ class SubmitSocket:
                 request = await self._read(reader)
         except TimeoutError:
             return LocalResult(local.EX_TEMPFAIL, "request not received in time")
+        except asyncio.IncompleteReadError:
+            return LocalResult(local.EX_DATAERR, "bad request: it ended early")
         except local.RequestError as exc:
             return LocalResult(local.EX_DATAERR, f"bad request: {exc}")
         if isinstance(request, LocalResult):

@@ -239,8 +239,11 @@ class SqliteQueue:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        with contextlib.closing(connect(path)) as conn:
-            migrate(conn)
+        try:
+            with contextlib.closing(connect(path)) as conn:
+                migrate(conn)
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot open the queue {path}: {exc}") from None
         self._writer = _Writer(path)
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
         self._reader: sqlite3.Connection | None = None
