@@ -43,25 +43,30 @@ class Startup:
     lock_fd: int = -1
 
 
-def run_account(config: Config) -> Account:
-    """The account this process should run as (see the module docstring)."""
+def run_account(config: Config, warn: bool = False) -> Account:
+    """The account this process should run as (see the module docstring).
+
+    With `warn` (the daemon), keeping root is logged as a warning.
+    """
     if not is_root():
         return current()
     if config.system.user in ("", "root"):
-        log.warning("running as root (system.user = %r): not recommended",
-                    config.system.user)
+        if warn:
+            log.warning("running as root (system.user = %r): not recommended",
+                        config.system.user)
         return current()
     account = lookup(config.system.user)
     if account is None:
-        log.warning("user %r does not exist: running as root (`tidepost install` creates "
-                    "the account)", config.system.user)
+        if warn:
+            log.warning("user %r does not exist: running as root (`tidepost install` "
+                        "creates the account)", config.system.user)
         return current()
     return account
 
 
 def prepare_daemon(config: Config) -> Startup:
     """Spool, lock, helper, sockets as root; then become the account (see above)."""
-    account = run_account(config)
+    account = run_account(config, warn=True)
     dropping = is_root() and account.uid != 0
     spool.prepare(config.spool_path, account if dropping else None)
     startup = Startup(account)
