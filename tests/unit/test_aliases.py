@@ -20,7 +20,7 @@ def test_aliases_file_syntax_and_errors():
         parse_aliases("ok: alice\nbroken\nrun: |/bin/sh\n", "aliases")
     assert caught.value.problems == [
         "aliases:2: expected 'name: target, ...'",
-        "aliases:3: program and file targets are not supported"]
+        "aliases:3: run: program and file targets are not supported"]
 
 
 def test_targets_that_are_no_address_are_refused_at_load():
@@ -30,9 +30,9 @@ def test_targets_that_are_no_address_are_refused_at_load():
     with pytest.raises(ConfigError) as caught:
         parse_aliases(text, "aliases")
     assert caught.value.problems == [
-        "aliases:1: 'carol@' is neither a local name nor an address",
-        "aliases:2: 'x+\\x00y' is neither a local name nor an address",
-        "aliases:3: 'a b' is neither a local name nor an address"]
+        "aliases:1: team: 'carol@' is neither a local name nor an address",
+        "aliases:2: nul: 'x+\\x00y' is neither a local name nor an address",
+        "aliases:3: sp: 'a b' is neither a local name nor an address"]
     system = dataclasses.replace(CONFIG, local=dataclasses.replace(CONFIG.local,
                                                                    system_users=True))
     assert not Aliases(system, {}).exists("x+\0y")
@@ -61,3 +61,9 @@ def test_who_exists():
     assert not aliases.exists("mallory") and not aliases.exists("mallory+x")
     assert aliases.expand("alice+lists", "site.test") == [Address("alice", "site.test")]
     assert aliases.expand("postmaster", "") == [Address("postmaster", "site.test")]
+
+
+def test_an_alias_defined_twice_names_both_lines():
+    with pytest.raises(ConfigError) as caught:
+        parse_aliases("root: alice\n# c\nRoot: bob\n", "aliases")
+    assert caught.value.problems == ["aliases:3: root: defined again (first on line 1)"]

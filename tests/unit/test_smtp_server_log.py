@@ -7,15 +7,17 @@ import logging
 import pytest
 from test_smtp_server import make_config, run
 
+from tidepost.cli.logsetup import component_of
 from tidepost.smtp_server import replies as S
 
 
 @pytest.fixture
 def rejects(caplog):
-    """The `reject` lines logged by the SMTP server during the test."""
-    caplog.set_level(logging.INFO, logger="tidepost.smtpd")
+    """The `reject` lines logged by the SMTP server during the test (component smtpd)."""
+    assert component_of("tidepost.smtp_server.reject") == "smtpd"
+    caplog.set_level(logging.INFO, logger="tidepost.smtp_server.reject")
     return lambda: [r.getMessage() for r in caplog.records
-                    if r.name == "tidepost.smtpd" and " reject " in r.getMessage()]
+                    if r.name == "tidepost.smtp_server.reject" and " reject " in r.getMessage()]
 
 
 def test_rcpt_and_mail_refusals_are_logged_with_the_envelope(rejects):

@@ -28,6 +28,7 @@ from tidepost.address import domain_matches
 from tidepost.clock import Clock
 from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
+from tidepost.eventlog import event
 from tidepost.manager.dispatch import Dispatcher
 from tidepost.manager.gates import RouteGates
 from tidepost.manager.settle import add_dsns, settle
@@ -81,6 +82,7 @@ class Manager:
         self.gates = RouteGates(config.route, clock.now())
         self._operator_held: set[str] = set()
         self.on_result: Callable[[int, int], None] = lambda done, total: None
+        self.runner = "daemon"  # who makes the attempts, for the log: daemon, flush...
         # Called after a release and after each scheduled or batched run of a
         # route (node_relay.py: ETRN to the route's upstreams).
         self.on_release: Callable[[str, str], None] = lambda route, cause: None
@@ -416,9 +418,16 @@ class Manager:
             add_dsns(result, job, original, self._config.hostname, now)
         if result.warned:
             self._warned.add(message.message_id)
-        new_entries = await self._queue.record(
+        recorded = await self._queue.record(
             self._owner, result.updates, result.dsns,
             [message.message_id] if result.warned else [])
+        new_entries = recorded.entries
+        for dsn in result.dsns:
+            event(log, message.queue_id, "dsn", kind="delay" if dsn is not result.dsns[0]
+                  or not result.failures else "failure", dsn_id=dsn.queue_id,
+                  to=f"<{message.sender}>")
+        for queue_id in recorded.removed:
+            event(log, queue_id, "removed")
         if all(u.next_try is None for u in result.updates):
             self._warned.discard(message.message_id)  # ids are not reused, but keep it small
         for update in result.updates:
@@ -448,11 +457,16 @@ class Manager:
         done = self._report.delivered + self._report.deferred + self._report.bounced
         self.on_result(done, self._report.attempted)
 
-    @staticmethod
-    def _log(job: DeliveryJob, outcome: Outcome, now: float) -> None:
-        """One Postfix-style log line per recipient attempt."""
+    def _log(self, job: DeliveryJob, outcome: Outcome, now: float) -> None:
+        """One log line per recipient attempt (docs/LOGGING.md)."""
         rcpt = next(r for r in job.recipients if r.recipient_id == outcome.recipient_id)
-        log.info("%s: to=<%s>, route=%s, relay=%s, delay=%.2f, status=%s (%s %s)",
-                 job.message.queue_id, rcpt.address, job.route or "none",
-                 outcome.remote_mta or job.nexthop or "local", now - job.message.arrival,
-                 outcome.verdict.value, outcome.status, outcome.reason)
+        runner = self.runner
+        if job.cause.startswith(("ETRN", "flush of")):
+            runner = "etrn"
+        elif job.cause.startswith("ATRN"):
+            runner = "atrn"
+        event(log, job.message.queue_id, outcome.verdict.value, to=f"<{rcpt.address}>",
+              route=job.route or "none", relay=outcome.remote_mta or job.nexthop or "local",
+              delay=f"{now - job.message.arrival:.2f}",
+              attempts=rcpt.attempts + int(outcome.attempted), runner=runner,
+              status=outcome.status, reply=outcome.reason)

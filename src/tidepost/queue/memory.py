@@ -21,7 +21,7 @@ from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
-                                    RecipientUpdate)
+                                    RecipientUpdate, Recorded)
 from tidepost.queue.sqlite import new_queue_id
 
 QUEUED = RecipientState.QUEUED
@@ -120,7 +120,7 @@ class MemoryQueue:
 
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
                      new_messages: Sequence[NewMessage] = (),
-                     warned: Sequence[int] = ()) -> list[ScheduleEntry]:
+                     warned: Sequence[int] = ()) -> Recorded:
         """Apply `owner`'s outcomes, queue DSNs, mark warnings, drop finished messages."""
         self._check_new(new_messages)
         for update in updates:
@@ -130,8 +130,9 @@ class MemoryQueue:
                 stored = self._messages[message_id]
                 stored.info = dataclasses.replace(stored.info, warned=True)
         entries = [e for m in new_messages for e in self._insert(m)]
-        self._drop_finished(u.outcome.recipient_id for u in updates if u.next_try is None)
-        return entries
+        removed = self._drop_finished(u.outcome.recipient_id for u in updates
+                                      if u.next_try is None)
+        return Recorded(entries, removed)
 
     async def walk(self) -> list[ScheduleEntry]:
         """Every QUEUED recipient."""
@@ -233,8 +234,9 @@ class MemoryQueue:
             row.unlease(QUEUED)
             row.next_try, row.uncertain = update.next_try, False
 
-    def _drop_finished(self, recipient_ids: Iterable[int]) -> None:
-        """Forget messages of these recipients once none is QUEUED or CLAIMED."""
+    def _drop_finished(self, recipient_ids: Iterable[int]) -> list[str]:
+        """Forget messages of these recipients once none is QUEUED or CLAIMED; their ids."""
+        removed: list[str] = []
         message_ids = {self._recipients[i].message_id for i in recipient_ids
                        if i in self._recipients}
         for message_id in message_ids:
@@ -242,7 +244,10 @@ class MemoryQueue:
             if all(r.state not in (QUEUED, CLAIMED) for r in rows):
                 for row in rows:
                     del self._recipients[row.recipient_id]
-                self._queue_ids.discard(self._messages.pop(message_id).info.queue_id)
+                queue_id = self._messages.pop(message_id).info.queue_id
+                self._queue_ids.discard(queue_id)
+                removed.append(queue_id)
+        return removed
 
     def _row(self, row: _Recipient) -> QueueRow:
         """One recipient as `tidepost queue` lists it."""

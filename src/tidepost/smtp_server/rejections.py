@@ -5,8 +5,8 @@
     NOQUEUE: reject command=RCPT, client=laptop[192.0.2.7], helo=laptop,
     from=<a@b.example>, to=<c@d.example>, reply="550 5.7.1 Relaying denied"
 
-through `tidepost.eventlog` on the `tidepost.smtpd` logger (component
-`smtpd`, docs/LOGGING.md).  Refused mail is never queued, so the queue id
+through `tidepost.eventlog` on the `tidepost.smtp_server.reject` logger
+(component `smtpd`, docs/LOGGING.md; cli/logsetup.py names components).  Refused mail is never queued, so the queue id
 is always NOQUEUE.  `client` is the HELO name (or `unknown`) and the
 address in brackets, as in the Received header: no DNS is asked.
 Values the client chose are written as the log quotes them (eventlog.quote),
@@ -20,7 +20,7 @@ import logging
 from tidepost.eventlog import NOQUEUE, event
 from tidepost.smtp_server.replies import Reply
 
-log = logging.getLogger("tidepost.smtpd")
+log = logging.getLogger("tidepost.smtp_server.reject")
 
 MAX_LOGGED = 300  # characters of a client-chosen value kept in the log
 
@@ -31,7 +31,7 @@ def log_reject(command: str, ip: str, helo: str, reply: Reply, *,
     name = helo[:MAX_LOGGED] or "unknown"
     client = f"{name}[{ip}]" if ip else "local"
     event(log, NOQUEUE, "reject", command=command, client=client,
-          helo=helo[:MAX_LOGGED] or None, **{"from": _cut(sender)}, to=_cut(recipient),
+          helo=helo[:MAX_LOGGED] or None, from_=_cut(sender), to=_cut(recipient),
           reply=reply.line())
 
 
