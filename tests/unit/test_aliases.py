@@ -39,9 +39,11 @@ def test_targets_that_are_no_address_are_refused_at_load():
 
 
 def test_a_leading_plus_is_no_detail():
-    # Found by fuzzing: `+alice` lost its whole local part (Address("", ...)).
-    aliases = Aliases(CONFIG, {"team": ["+alice"]})
-    assert aliases.expand("team", "site.test") == [Address("+alice", "site.test")]
+    # Found by fuzzing: `+alice` lost its whole local part (Address("", ...)),
+    # and `r.+x` became the invalid `r.`.
+    aliases = Aliases(CONFIG, {"team": ["+alice", "r.+x"]})
+    assert aliases.expand("team", "site.test") == [Address("+alice", "site.test"),
+                                                   Address("r.+x", "site.test")]
     assert not aliases.exists("+alice")
 
 

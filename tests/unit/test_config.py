@@ -111,6 +111,8 @@ def test_non_finite_numbers_and_deep_nesting_are_errors():
                      "site.toml:4: queue.lifetime: inf is not a finite number",
                      "site.toml:5: queue.min_backoff: inf is not a finite number"]
     assert problems("x = " + "[" * 5000) == ["site.toml: TOML nested too deeply"]
+    assert problems(f"[queue]\nlifetime = {'9' * 400}\n") == [
+        "site.toml:2: queue.lifetime: inf is not a finite number"]  # too large for a float
 
 
 def test_the_reserve_must_leave_connections_for_others():

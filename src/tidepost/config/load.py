@@ -350,6 +350,11 @@ class _Builder:
                 self.error(path, f"expected {getattr(hint, '__name__', hint)}, "
                            f"got {type(value).__name__}")
                 return _INVALID
+        if hint is float:
+            try:
+                value = float(value)  # an int too large for a float: OverflowError
+            except OverflowError:
+                value = math.inf
         if isinstance(value, float) and not math.isfinite(value):
             self.error(path, f"{value} is not a finite number")
             return _INVALID
@@ -364,7 +369,7 @@ class _Builder:
         if choices and value not in choices:
             self.error(path, f"{value!r} is not one of {', '.join(choices)}")
             return _INVALID
-        return float(value) if hint is float else value
+        return value
 
 
 _INVALID = types.SimpleNamespace()

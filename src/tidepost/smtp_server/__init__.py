@@ -2,8 +2,12 @@
 
 Start a server with `SmtpServer(config, submission, tls_context).start()`;
 run one conversation on any streams with `Conversation(config, submission,
-stream, writer, ...).run()`.  Module manuals: listeners.py, session.py,
-reader.py, access.py, parsing.py, data.py, tls.py, replies.py.
+stream, writer, ...).run()`.  Module manuals: listeners.py (accepting),
+admission.py (connection slots, the reserve), session.py (one
+conversation), outbox.py (its replies), reader.py and pace.py (lines, DATA,
+deadlines), parsing.py, access.py, data.py, tls.py, turn.py and auth.py
+(ETRN, ATRN, AUTH), ratelimit.py, rejections.py (the reject log),
+replies.py (every reply; docs/REPLIES.md).
 """
 
 from tidepost.smtp_server.access import AccessPolicy

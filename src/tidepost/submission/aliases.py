@@ -132,9 +132,10 @@ class Aliases:
     def _base(self, name: str) -> str:
         """`user+detail` -> `user` when `user` exists and `user+detail` does not."""
         base = name.split("+", 1)[0]
-        if base and base != name and name not in self._aliases and not self._is_user(name):
+        if (base != name and _valid_target(base) and name not in self._aliases
+                and not self._is_user(name)):
             return base
-        return name  # a leading + has no user before it: `+x` stays `+x`
+        return name  # `+x` or `r.+x` has no user before the +: it stays whole
 
     def _is_user(self, name: str) -> bool:
         """True for configured users and, if enabled, system accounts."""
