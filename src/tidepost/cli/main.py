@@ -13,8 +13,6 @@ import sys
 
 from tidepost import __version__
 from tidepost.errors import QueueError
-from tidepost.cli import (config_cmd, etrn, flush, install, link, odmr, passwd, queue,
-                          serve, status)
 
 EX_USAGE, EX_TEMPFAIL, EX_NOPERM = 64, 75, 77
 
@@ -34,7 +32,13 @@ Exit codes (sysexits): 0 ok, 1 a check failed, 64 usage, 65 bad data,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand but sendmail."""
+    """The argument parser for every subcommand but sendmail.
+
+    The command modules are imported here, not at the top: `sendmail`, the
+    command other programs run most, starts without loading them all.
+    """
+    from tidepost.cli import (config_cmd, etrn, flush, install, link, odmr, passwd, queue,
+                              serve, status)
     parser = argparse.ArgumentParser(prog="tidepost", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tidepost {__version__}")

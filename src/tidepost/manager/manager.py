@@ -426,8 +426,6 @@ class Manager:
             event(log, message.queue_id, "dsn", kind="delay" if dsn is not result.dsns[0]
                   or not result.failures else "failure", dsn_id=dsn.queue_id,
                   to=f"<{message.sender}>")
-        for queue_id in recorded.removed:
-            event(log, queue_id, "removed")
         if all(u.next_try is None for u in result.updates):
             self._warned.discard(message.message_id)  # ids are not reused, but keep it small
         for update in result.updates:
@@ -440,6 +438,8 @@ class Manager:
                 self.scheduler.insert(ScheduleEntry(rcpt.recipient_id, message.message_id,
                                                     rcpt.address.domain, update.next_try,
                                                     message.size))
+        for queue_id in recorded.removed:
+            event(log, queue_id, "removed")
         for entry in new_entries:
             if self._daemon:
                 self.scheduler.insert(entry)
