@@ -7,12 +7,22 @@ writes what is queued plus a final reply without waiting, `hang_up` closes,
 aborting instead when the client left replies unread (a close() would wait
 for it).  Replies are batched so that pipelined commands get their replies
 in one segment (RFC 2920); STARTTLS swaps in the TLS writer (`writer`).
+
+`linger(stream)` is for a final 421 to a client that may still be sending
+(a trickled line or DATA): closing a socket with input unread makes the
+kernel answer with a reset, which can destroy the 421 before the client
+reads it.  So the connection is half-closed after the 421 and the client's
+input swallowed until it closes too, for `LINGER_SECONDS` at most (TLS has
+no half-close: there the 421 goes as it can).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+import contextlib
+from typing import Any, Protocol
+
+LINGER_SECONDS = 2.0  # a slow client's input swallowed after its final 421, at most
 
 
 class Writer(Protocol):
@@ -62,6 +72,17 @@ class Outbox:
         except (OSError, RuntimeError):
             pass
         self._pending.clear()
+
+    async def linger(self, stream: Any) -> None:
+        """Half-close after the last words; read and drop input until EOF or LINGER_SECONDS."""
+        transport = getattr(self.writer, "transport", None)
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            return
+        with contextlib.suppress(OSError, TimeoutError):
+            transport.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                while await stream.read(65536):
+                    pass
 
     def hang_up(self) -> None:
         """Close the writer; abort it if the client left replies unread."""

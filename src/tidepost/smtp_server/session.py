@@ -124,10 +124,10 @@ class Conversation:
                 await self._serve_command()
             await self.flush()
         except ClientTooSlow as slow:
-            self._timed_out(S.S421_COMMAND_TIMEOUT if isinstance(slow, CommandTimeout)
-                            else S.S421_DATA_TOO_SLOW)
+            await self._timed_out(S.S421_COMMAND_TIMEOUT if isinstance(slow, CommandTimeout)
+                                  else S.S421_DATA_TOO_SLOW)
         except TimeoutError:  # before OSError, of which it is a subclass
-            self._timed_out(S.S421_IDLE_TIMEOUT)
+            await self._timed_out(S.S421_IDLE_TIMEOUT)
         except (ClientDisconnected, OSError):  # OSError: resets, broken pipes, TLS errors
             pass
         except asyncio.CancelledError:
@@ -136,11 +136,12 @@ class Conversation:
         finally:
             self._outbox.hang_up()
 
-    def _timed_out(self, reply: Reply) -> None:
-        """Say a final 421 for a client too slow, without waiting for it to read."""
+    async def _timed_out(self, reply: Reply) -> None:
+        """Say a final 421 to a client too slow, without waiting for it to read it."""
         self.counters.timeouts += 1
         self._log_reject(reply)
         self._outbox.last_words(bytes(reply))
+        await self._outbox.linger(self._reader.stream)
 
     def reply(self, reply: Reply) -> None:
         """Queue a reply; count 5xx errors and hang up when there are too many."""
