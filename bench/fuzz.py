@@ -44,7 +44,8 @@ TOKENS: dict[str, list[bytes]] = {
     "command": [b"FROM:", b"TO:", b"<", b">", b"@", b"<>", b" SIZE=", b" BODY=8BITMIME",
                 b" SMTPUTF8", b"\"", b"\\", b"[IPv6:::1]", b"[192.0.2.1]", b"@a,@b:", b"%",
                 b"postmaster", b".", b"\xc3\xa9", b"\x00", b"=", b" ", b"9" * 25],
-    "session": [b"\r\n", b"EHLO x\r\n", b"MAIL FROM:<a@b.test>\r\n", b"RCPT TO:<alice@relay.test>\r\n",
+    "session": [b"\r\n", b"EHLO x\r\n", b"MAIL FROM:<a@b.test>\r\n",
+                b"RCPT TO:<alice@relay.test>\r\n",
                 b"DATA\r\n", b"\r\n.\r\n", b"ETRN ", b"ATRN ", b"AUTH CRAM-MD5\r\n",
                 b"AUTH PLAIN ", b"AUTH LOGIN\r\n", b"*\r\n", b"=\r\n", b"STARTTLS\r\n",
                 b"RSET\r\n", b"NOOP\r\n", b"QUIT\r\n", b"@fleet.test", b"#q", b"\n", b"\r",
@@ -69,7 +70,8 @@ SEEDS: dict[str, list[bytes]] = {
     "session": [b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@relay.test>\r\n"
                 b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
                 b"EHLO c.test\r\nETRN @fleet.test\r\nETRN #q\r\nATRN\r\n",
-                b"EHLO c.test\r\nAUTH CRAM-MD5\r\nc2hpcCAwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==\r\n"],
+                b"EHLO c.test\r\nAUTH CRAM-MD5\r\n"
+                b"c2hpcCAwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==\r\n"],
     "address": [b"<a@b.example>", b"<@x,@y:a.b@c.example>", b"<\"q\\\"x\"@[192.0.2.1]>", b"<>"],
     "data": [b"\x07Subject: x\r\n\r\nbody\r\n..dot\r\n.\r\nNOOP\r\n", b"\x87hello\r\n.line\r\n",
              b"\x41" + b"x" * 300 + b"\r\n.\r\n"],
@@ -136,6 +138,12 @@ class Mutator:
             out[where:where] = rng.choice(self.tokens)
 
 
+def crash_key(crash: Exception) -> str:
+    """What tells crashes apart: the exception type and its message's first line."""
+    first = str(crash).splitlines()[0][:100] if str(crash) else ""
+    return f"{type(crash).__name__}: {first}"
+
+
 def fuzz(name: str, executions: int, seed: int) -> Row:
     """Run `executions` inputs against one target."""
     target = fuzz_targets.TARGETS[name]
@@ -154,8 +162,7 @@ def fuzz(name: str, executions: int, seed: int) -> Row:
             signature = target(data)
         except Exception as crash:  # noqa: BLE001 - every escape is a finding
             signature = None
-            key = f"{type(crash).__name__}: {str(crash).splitlines()[0][:100] if str(crash) else ''}"
-            row.crashes.setdefault(key, data)
+            row.crashes.setdefault(crash_key(crash), data)
         finally:
             signal.alarm(0)
         row.slowest = max(row.slowest, time.perf_counter() - begin)

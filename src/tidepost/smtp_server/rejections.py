@@ -6,11 +6,12 @@
     from=<a@b.example>, to=<c@d.example>, reply="550 5.7.1 Relaying denied"
 
 through `tidepost.eventlog` on the `tidepost.smtp_server.reject` logger
-(component `smtpd`, docs/LOGGING.md; cli/logsetup.py names components).  Refused mail is never queued, so the queue id
-is always NOQUEUE.  `client` is the HELO name (or `unknown`) and the
-address in brackets, as in the Received header: no DNS is asked.
-Values the client chose are written as the log quotes them (eventlog.quote),
-so a hostile HELO or address cannot forge a line or a key.
+(component `smtpd`, docs/LOGGING.md; cli/logsetup.py names components).
+Refused mail is never queued, so the queue id is always NOQUEUE.  `client`
+is the HELO name (or `unknown`) and the address in brackets, as in the
+Received header: no DNS is asked.  Values the client chose are written as
+the log quotes them (eventlog.quote), so a hostile HELO or address cannot
+forge a line or a key.
 """
 
 from __future__ import annotations
