@@ -191,7 +191,12 @@ def control_handlers(parts: Parts) -> dict[str, Any]:
     async def status(request: dict) -> dict:
         return {"scheduler": manager.scheduler.statistics()}
 
-    return {"wake": wake, "hold": hold, "release": release, "status": status}
+    async def changed(request: dict) -> dict:
+        # `tidepost queue release/requeue`: take in what they made due now.
+        return {"scheduled": await manager.catch_up()}
+
+    return {"wake": wake, "hold": hold, "release": release, "status": status,
+            "changed": changed}
 
 
 def _known_route(parts: Parts, name: Any) -> str:
