@@ -8,21 +8,26 @@ default).  Exit codes follow sysexits.h: 0 ok, 64 usage, 65 bad data,
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from tidepost import __version__
-from tidepost.cli import config_cmd, etrn, flush, link, odmr, passwd, queue, serve, status
 
 EX_USAGE = 64
+# Command name -> module, in the order `--help` lists them.
+COMMANDS = {"serve": "serve", "queue": "queue", "flush": "flush", "link": "link",
+            "etrn": "etrn", "odmr": "odmr", "status": "status", "passwd": "passwd",
+            "config": "config_cmd"}
+MODULES = tuple(COMMANDS.values())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand but sendmail."""
+def build_parser(modules: tuple[str, ...] = MODULES) -> argparse.ArgumentParser:
+    """The argument parser for every subcommand but sendmail (or those of `modules`)."""
     parser = argparse.ArgumentParser(prog="tidepost", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tidepost {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, queue, flush, link, etrn, odmr, status, passwd, config_cmd):
-        module.add_parser(commands)
+    for name in modules:
+        importlib.import_module(f"tidepost.cli.{name}").add_parser(commands)
     commands.add_parser("sendmail", help="submit a message from standard input "
                         "(sendmail-compatible flags)", add_help=False)
     return parser
@@ -34,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "sendmail":
         from tidepost.cli import sendmail
         return sendmail.run(argv[1:])
-    parser = build_parser()
+    # A command imports its own module only: `tidepost queue` must print its
+    # first line at once, not after every other command's imports.
+    parser = build_parser((COMMANDS[argv[0]],) if argv and argv[0] in COMMANDS else MODULES)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
