@@ -348,11 +348,18 @@ class Manager:
             self._wake.set()
 
     async def _poll_changes(self) -> int:
-        """Reschedule recipients released or requeued by an admin since the last look."""
+        """Reschedule recipients released or requeued by an admin since the last look.
+
+        Their destinations' backoff is forgotten too: the admin asked for a
+        try now, as `postqueue -f` unthrottles Postfix's dead destinations.
+        """
         self._last_change, entries = await self._queue.changes_since(self._last_change)
         fresh = [e for e in entries if e.recipient_id not in self._in_flight]
         for entry in fresh:
             self.scheduler.insert(entry)  # replaces the entry, with its new next try
+            destination = self._router.destination(entry.domain, entry.size)
+            if destination is not None and self._dispatcher is not None:
+                self._dispatcher.revive(destination)
         if fresh:
             self._wake.set()
         return len(fresh)
