@@ -51,10 +51,15 @@ def measure(spool: Path) -> tuple[int, float]:
     config = spool.parent / f"{spool.name}.toml"
     config.write_text(f'hostname = "site.test"\nspool = "{spool}"\n'
                       f'[smtp]\nlisten = ["127.0.0.1:{free_port()}"]\n')
+    return daemon_rss(config)
+
+
+def daemon_rss(config: Path, env: dict[str, str] | None = None) -> tuple[int, float]:
+    """Start serve with `config`; RSS in KiB once its queue is loaded, and seconds to load."""
     tidepost = shutil.which("tidepost") or str(Path(sys.executable).parent / "tidepost")
     started = time.perf_counter()
     proc = subprocess.Popen([tidepost, "serve", "-c", str(config)], stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     try:
         for line in proc.stderr:
             if "queue loaded" in line:
@@ -66,7 +71,7 @@ def measure(spool: Path) -> tuple[int, float]:
         return rss, loaded
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from queue_memory import daemon_rss  # bench/: the daemon measured the same way
 from tidepost.queue.sqlite import SqliteQueue
 
 TIME = "/usr/bin/time"  # GNU time (Debian package `time`)
@@ -189,25 +190,6 @@ def run_command(argv: list[str], header_lines: int,
     if proc.returncode != 0:
         raise RuntimeError(f"tidepost {' '.join(argv)} exited {proc.returncode}: {err[-500:]}")
     return first if first is not None else total, total, int(err.split()[-1]), lines
-
-
-def daemon_rss(config: Path, env: dict[str, str]) -> tuple[int, float]:
-    """RSS in KiB of `tidepost serve` once the queue is loaded, and the load time."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([tidepost(), "serve", "-c", str(config)], stderr=subprocess.PIPE,
-                            text=True, env=env)
-    try:
-        for line in proc.stderr:
-            if "queue loaded" in line:
-                break
-        loaded = time.perf_counter() - started
-        time.sleep(1.0)
-        with open(f"/proc/{proc.pid}/status") as status:
-            rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
-        return rss, loaded
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
 
 
 def hold_everything(path: Path, now: float) -> None:

@@ -433,17 +433,22 @@ def test_an_outcome_that_was_not_attempted_leaves_the_attempt_count(queue):
     assert (row.state, row.attempts) == ("queued", 0)
 
 
-def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_mail(tmp_path: Path):
-    path = tmp_path / "queue.sqlite"
+def old_spool(path: Path, schema: str, queue_id: str) -> None:
+    """A spool made by an older tidepost (`schema`), holding one queued message."""
     old = sqlite3.connect(path)
-    old.executescript(SCHEMA)  # the landed schema: no user_version, no transfers table
+    old.executescript(schema)
     old.execute("INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
-                "VALUES ('OLD000000001', 'a@b.example', 1.0, 3, '7BIT', 0)")
+                "VALUES (?, 'a@b.example', 1.0, 3, '7BIT', 0)", (queue_id,))
     old.execute("INSERT INTO bodies VALUES (1, x'616263')")
     old.execute("INSERT INTO recipients(message_id, local, domain, state, next_try) "
                 "VALUES (1, 'bob', 'example.net', 'queued', 1.0)")
     old.commit()
     old.close()
+
+
+def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_mail(tmp_path: Path):
+    path = tmp_path / "queue.sqlite"
+    old_spool(path, SCHEMA, "OLD000000001")  # the landed schema: no user_version, no transfers
     queue = SqliteQueue(path)
     try:
         assert [row.queue_id for row in run(queue.rows())] == ["OLD000000001"]
@@ -457,15 +462,7 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_mail(tmp_path: Path
 
 def test_a_version_2_spool_gets_the_change_log_and_keeps_its_mail(tmp_path: Path):
     path = tmp_path / "queue.sqlite"
-    old = sqlite3.connect(path)
-    old.executescript(SCHEMA + MIGRATIONS[0] + "PRAGMA user_version=2;")
-    old.execute("INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
-                "VALUES ('OLD000000002', 'a@b.example', 1.0, 3, '7BIT', 0)")
-    old.execute("INSERT INTO bodies VALUES (1, x'616263')")
-    old.execute("INSERT INTO recipients(message_id, local, domain, state, next_try) "
-                "VALUES (1, 'bob', 'example.net', 'queued', 1.0)")
-    old.commit()
-    old.close()
+    old_spool(path, SCHEMA + MIGRATIONS[0] + "PRAGMA user_version=2;", "OLD000000002")
     queue = SqliteQueue(path)
     try:
         run(queue.hold_recipients(Selection(), T0))
