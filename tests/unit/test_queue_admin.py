@@ -1,7 +1,7 @@
 """Queue administration: show, hold, release, requeue, delete, and their log lines.
 
 Against a real SQLite spool with no daemon (the control-socket notice then
-finds nobody; tests/integration/test_queue_admin.py runs them beside one).
+finds nobody; tests/integration/test_queue_admin_daemon.py runs them beside one).
 """
 
 from __future__ import annotations
@@ -127,3 +127,11 @@ def _config_file(spool):
     path = spool.path / "tidepost.toml"
     path.write_text(CONFIG.format(spool=spool.path))
     return path
+
+
+def test_sendmail_bp_prints_the_listing(queue_spool, capsys):
+    from tidepost.cli import sendmail
+    spool = queue_spool.fill()
+    assert sendmail.run(["-bp", "-C", str(_config_file(spool))]) == 0
+    out = capsys.readouterr().out
+    assert "held (message)" in out and out.endswith("-- 8 messages, 8 recipients\n")

@@ -1,7 +1,7 @@
 """Queue administration beside a running daemon: show, hold, release, requeue, delete.
 
 A real `tidepost serve` delivers to a smtp-sink MX host found through
-unbound.  Retries wait an hour and the daemon looks at the queue only
+unbound, and a `tidepost flush` runs beside it.  Retries wait an hour and the daemon looks at the queue only
 every 30 s on its own, so a recipient delivered within seconds of a
 `release` or `requeue` was scheduled because the command told the daemon
 (its control socket), and one not delivered while its MX host accepts was
@@ -60,6 +60,9 @@ def test_hold_release_requeue_delete_and_show_beside_the_daemon(tidepost_node, u
     assert "held (message)" in node.queue()
     assert "deleted 1 recipient of 1 message" in admin(node, "delete", ids["deleted@example.test"])
     assert "deleted@example.test" not in node.queue()
+
+    # A flush beside the daemon tries what is queued, and not the held one.
+    assert b"flushed 1 recipients" in node.flush().stdout
 
     sink.start()
     started = time.monotonic()
