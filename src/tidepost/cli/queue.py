@@ -41,19 +41,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     # Options given after an action belong to it; SUPPRESS keeps an action's
     # unset options from hiding the same options given before it.
     quiet = {"argument_default": argparse.SUPPRESS}
-    listing = actions.add_parser("list", help="list queued recipients (the default)", **quiet)
+    listing = actions.add_parser(
+        "list", help="list queued recipients (the default)", **quiet,
+        description="One line per recipient, printed as it is read; its last error below.")
     add_config_option(listing)
     _add_list_options(listing)
     summary = actions.add_parser(
-        "summary", help="counts per destination in age buckets (like qshape)", **quiet)
+        "summary", help="counts per destination in age buckets (like qshape)", **quiet,
+        description="Recipients per destination (or route, or sender), largest first, in "
+                    "age buckets: under 5m, 5-10m, 10-20m, ... 640m-1d, 1d and more.")
     add_config_option(summary)
     add_filter_options(summary)
     summary.add_argument("--by", choices=("domain", "route", "sender"), default="domain",
                          help="what a line counts (default: recipient domain)")
     summary.add_argument("--top", type=int, default=20, metavar="N",
                          help="lines to show, largest first (0: all; default 20)")
-    show = actions.add_parser("show", help="one message: envelope, recipients, headers",
-                              **quiet)
+    show = actions.add_parser(
+        "show", help="one message: envelope, recipients, headers", **quiet,
+        description="The envelope, each recipient with its route, state, attempts and last "
+                    "error, and the headers (like postcat -q).")
     add_config_option(show)
     show.add_argument("ids", nargs="+", metavar="ID", help="queue ids")
     show.add_argument("--body", action="store_true", default=False,
@@ -62,7 +68,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       ("release", "release held messages: due at once"),
                       ("requeue", "make messages due at once (retry now)"),
                       ("delete", "delete messages from the queue")):
-        change = actions.add_parser(verb, help=doc, **quiet)
+        change = actions.add_parser(
+            verb, help=doc, **quiet,
+            description=f"{doc[0].upper()}{doc[1:]}: the messages named by queue id, or with "
+                        "--all every recipient the filters select. One transaction; logged.")
         add_config_option(change)
         change.add_argument("ids", nargs="*", metavar="ID", help="queue ids")
         change.add_argument("--all", action="store_true", default=False,
