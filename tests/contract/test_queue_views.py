@@ -17,7 +17,7 @@ from tidepost.address import NULL_SENDER, Address
 from tidepost.errors import QueueError
 from tidepost.model import RecipientState
 from tidepost.outcomes import delivered
-from tidepost.queue.selection import (CLAIMED, EVERY_STATE, HELD, QUEUED, Changed, Condition,
+from tidepost.queue.selection import (CLAIMED, EVERY_STATE, QUEUED, Changed, Condition,
                                       Place, Selection, Tally)
 
 CAROL = Address("carol", "mail.example.org")   # a subdomain of ALICE's

@@ -27,7 +27,8 @@ from tidepost.cli.queue_view import span
 from tidepost.cli.routes_view import (Snapshot, Waiting, ledger_table, read_snapshot,
                                       route_states, routes_table)
 from tidepost.config.schema import Config
-from tidepost.resolver.cache import CACHE_FILE, read_statistics
+from tidepost.resolver.cache_file import CACHE_FILE, read_statistics
+from tidepost.routing.releases import read_releases
 from tidepost.routing.ledger import last_activations
 
 
@@ -66,7 +67,6 @@ def status_document(config: Config, snap: Snapshot, cache: dict[str, int]) -> di
 
 def customer_states(config: Config, snap: Snapshot) -> list[dict]:
     """Per customer pattern: recipients held, the oldest arrival, the last release."""
-    from tidepost.node_relay import read_releases  # the relay's wiring: only relays pay for it
     releases = read_releases(config)
     held = snap.by_customer()
     states = []
