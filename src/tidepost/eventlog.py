@@ -36,8 +36,12 @@ def quote(value: Any) -> str:
 
 
 def line(queue_id: str, event: str, **fields: Any) -> str:
-    """`QUEUEID: event key=value, ...`; keys with the value None are left out."""
-    pairs = ", ".join(f"{key.replace('_', '-')}={quote(value)}"
+    """`QUEUEID: event key=value, ...`; keys with the value None are left out.
+
+    Keyword names become keys with `_` as `-` (`message_id` is `message-id`);
+    a trailing `_` avoids a Python keyword (`from_` is `from`).
+    """
+    pairs = ", ".join(f"{key.strip('_').replace('_', '-')}={quote(value)}"
                       for key, value in fields.items() if value is not None)
     return f"{queue_id or NOQUEUE}: {event}" + (f" {pairs}" if pairs else "")
 

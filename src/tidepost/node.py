@@ -20,12 +20,13 @@ from typing import Any, Callable
 
 from tidepost.clock import Clock, SystemClock
 from tidepost.config.schema import Config
+from tidepost.control import spool
 from tidepost.control.client import socket_path
 from tidepost.control.flagfiles import control_dir, wanted_holds
-from tidepost.control.pidfile import lock_spool
+from tidepost.control.pickup import Maildrop, SubmitSocket
 from tidepost.control.server import ControlServer
 from tidepost.delivery.agent import DeliveryAgent
-from tidepost.delivery.maildir import MaildirAgent
+from tidepost.delivery.maildir import MaildirAgent, OwnerWriter
 from tidepost.delivery.smtp import SmtpAgent
 from tidepost.manager.manager import Manager
 from tidepost.node_relay import RelayRole
@@ -37,7 +38,9 @@ from tidepost.routing.ledger import LEDGER_FILE, Ledger
 from tidepost.routing.routes import LOCAL_ROUTE, Router
 from tidepost.smtp_server.listeners import SmtpServer
 from tidepost.smtp_server.tls import context_from_config
+from tidepost.startup import Startup, close_startup, prepare_daemon
 from tidepost.submission.aliases import Aliases, load_aliases_file
+from tidepost.submission.local import LocalSubmitter
 from tidepost.submission.submit import Submission
 
 log = logging.getLogger("tidepost.node")
@@ -57,8 +60,12 @@ class Parts:
     submission: Submission
 
 
-def build(config: Config, clock: Clock | None = None) -> Parts:
-    """Wire the queue, routing, agents, manager and submission for `config`."""
+def build(config: Config, clock: Clock | None = None,
+          owner_writer: OwnerWriter | None = None) -> Parts:
+    """Wire the queue, routing, agents, manager and submission for `config`.
+
+    `owner_writer` (the root helper) writes Maildirs as their owners.
+    """
     clock = clock or SystemClock()
     config.spool_path.mkdir(parents=True, exist_ok=True)
     queue = open_queue(config.queue.backend, config.spool_path)
@@ -66,14 +73,15 @@ def build(config: Config, clock: Clock | None = None) -> Parts:
     aliases = Aliases(config)
     # The SMTP agent's hold guard asks the manager, which exists only after
     # the agents: the lambda looks `manager` up when it is called.
-    agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route))
+    agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route),
+                          owner_writer=owner_writer)
     manager = Manager(config, queue, router, agents, clock, this_runner())
     submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
     return Parts(config, queue, router, aliases, manager, submission)
 
 
-def build_agents(config: Config, clock: Clock,
-                 is_held: Callable[[str], bool] | None = None) -> dict[str, DeliveryAgent]:
+def build_agents(config: Config, clock: Clock, is_held: Callable[[str], bool] | None = None,
+                 owner_writer: OwnerWriter | None = None) -> dict[str, DeliveryAgent]:
     """The delivery agents by kind: `local` (Maildir) and `smtp`.
 
     The SMTP agent resolves through the persistent DNS cache in the spool,
@@ -84,17 +92,26 @@ def build_agents(config: Config, clock: Clock,
     resolver = CachedResolver(cache, Resolver(config.dns))
     ledger = Ledger(config.spool_path / LEDGER_FILE, clock)
     return {
-        LOCAL_ROUTE: MaildirAgent(config.local.maildir, config.spool_path, config.hostname),
+        LOCAL_ROUTE: MaildirAgent(config.local.maildir, config.spool_path, config.hostname,
+                                  owner_writer, config.local.system_users),
         "smtp": SmtpAgent(config.delivery, resolver, config.hostname, clock,
                           is_held=is_held, ledger=ledger),
     }
 
 
-async def serve(config: Config) -> None:
-    """Run the daemon until SIGTERM or SIGINT."""
-    config.spool_path.mkdir(parents=True, exist_ok=True)
-    lock_spool(config.spool_path)  # held until the process ends
-    parts = build(config)
+def run_daemon(config: Config) -> None:
+    """`tidepost serve`: prepare the process (startup.py), then serve until stopped."""
+    startup = prepare_daemon(config)
+    try:
+        asyncio.run(serve(config, startup))
+    finally:
+        close_startup(startup)
+
+
+async def serve(config: Config, startup: Startup | None = None) -> None:
+    """Run the daemon until SIGTERM or SIGINT (on sockets `startup` bound, if given)."""
+    startup = startup or prepare_daemon(config)
+    parts = build(config, owner_writer=startup.helper)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -108,19 +125,29 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     tls_context = context_from_config(config)
     server = SmtpServer(config, parts.submission, tls_context, relay.conversation())
-    control = ControlServer(socket_path(config.spool_path), control_handlers(parts))
-    await server.start()
-    await relay.start(tls_context)
+    control = ControlServer(socket_path(config.spool_path),
+                            control_handlers(parts, reload=on_hangup))
+    local = LocalSubmitter(config, parts.submission)
+    size = config.smtp.max_message_size
+    submit = SubmitSocket(spool.submit_socket(config.spool_path), local, size)
+    maildrop = Maildrop(spool.maildrop(config.spool_path), local, size)
+    await server.start(startup.bound)
+    await relay.start(tls_context, startup.bound)
     await control.start()
+    await submit.start()
     control_dir(config).mkdir(exist_ok=True)
     await _apply_flag_files(parts, at_start=True)
-    log.info("tidepost started: %s, spool %s, config %s",
+    pickup = asyncio.create_task(maildrop.run(config.queue.poll_interval))
+    log.info("tidepost started as %s: %s, spool %s, config %s", startup.account.name,
              ", ".join(config.smtp.listen), config.spool, config.source)
     try:
         await _run_manager(parts, stopping)
     finally:
         server.close()
         await server.wait_closed()
+        pickup.cancel()
+        await asyncio.gather(pickup, return_exceptions=True)
+        await submit.close()
         await relay.close()
         await control.close()
         await parts.queue.close()
@@ -170,12 +197,17 @@ async def _apply_flag_files(parts: Parts, at_start: bool) -> None:
             await parts.manager.release(route, "control file removed (SIGHUP)")
 
 
-def control_handlers(parts: Parts) -> dict[str, Any]:
-    """Control socket commands of a running node."""
+def control_handlers(parts: Parts, reload: Callable[[], None] = lambda: None
+                     ) -> dict[str, Any]:
+    """Control socket commands of a running node (`reload` is what SIGHUP does)."""
     manager = parts.manager
 
+    async def reread(request: dict) -> dict:
+        reload()
+        return {}
+
     async def wake(request: dict) -> dict:
-        manager.wake()
+        await manager.catch_up()
         return {}
 
     async def hold(request: dict) -> dict:
@@ -191,12 +223,8 @@ def control_handlers(parts: Parts) -> dict[str, Any]:
     async def status(request: dict) -> dict:
         return {"scheduler": manager.scheduler.statistics()}
 
-    async def changed(request: dict) -> dict:
-        # `tidepost queue release/requeue`: take in what they made due now.
-        return {"scheduled": await manager.catch_up()}
-
     return {"wake": wake, "hold": hold, "release": release, "status": status,
-            "changed": changed}
+            "reload": reread}
 
 
 def _known_route(parts: Parts, name: Any) -> str:

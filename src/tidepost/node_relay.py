@@ -122,7 +122,7 @@ class RelayRole:
 
     # -- life cycle ------------------------------------------------------------
 
-    async def start(self, tls_context: Any) -> None:
+    async def start(self, tls_context: Any, bound: dict[str, Any] | None = None) -> None:
         """Hold customer mail, open ODMR listeners, watch the customer domains file."""
         self.manager.on_release = self.after_release
         if self.config.has_customers and CUSTOMERS_ROUTE not in await self.manager.held_routes():
@@ -133,7 +133,7 @@ class RelayRole:
             smtp = dataclasses.replace(self.config.smtp, listen=self.config.relay.odmr_listen)
             server = SmtpServer(dataclasses.replace(self.config, smtp=smtp), self.submission,
                                 tls_context, conversation=self.conversation(odmr_only=True))
-            await server.start()
+            await server.start(bound)
             self._servers.append(server)
 
     def reload(self) -> None:

@@ -168,13 +168,15 @@ def test_claim_skips_unknown_and_finished_recipients(queue):
 # -- record --------------------------------------------------------------------
 
 def test_message_is_dropped_once_every_recipient_is_final(queue):
-    entries = run(queue.submit(message(ALICE, BOB, body=b"the body")))
+    entries = run(queue.submit(message(ALICE, BOB, body=b"the body", queue_id="AAAA000000B0")))
     message_id = entries[0].message_id
     run(queue.claim(ids(entries), RUNNER, LEASE, T0))
-    run(queue.record(RUNNER, [final(delivered(ids(entries)[0], "250 ok"))]))
+    first = run(queue.record(RUNNER, [final(delivered(ids(entries)[0], "250 ok"))]))
+    assert first.removed == []
     assert [r.recipient for r in run(queue.rows())] == ["bob@example.net"]
     assert run(queue.load_body(message_id)) == b"the body"
-    run(queue.record(RUNNER, [final(bounced(ids(entries)[1], "5.1.1", "no such user"))]))
+    last = run(queue.record(RUNNER, [final(bounced(ids(entries)[1], "5.1.1", "no such user"))]))
+    assert last.removed == ["AAAA000000B0"]
     assert run(queue.rows()) == []
     assert run(queue.walk()) == []
     with pytest.raises(QueueError):
@@ -219,11 +221,13 @@ def test_record_by_a_runner_that_does_not_hold_the_lease_changes_nothing(queue):
 
 
 def test_record_queues_dsns_in_the_same_call(queue):
-    entries = run(queue.submit(message(ALICE)))
+    entries = run(queue.submit(message(ALICE, queue_id="AAAA0000000F")))
     run(queue.claim(ids(entries), RUNNER, LEASE, T0))
     dsn = message(SENDER, sender=NULL_SENDER, arrival=T0 + 1, body=b"DSN")
-    new = run(queue.record(RUNNER, [final(bounced(ids(entries)[0], "5.1.1", "unknown"))],
-                           new_messages=[dsn]))
+    recorded = run(queue.record(RUNNER, [final(bounced(ids(entries)[0], "5.1.1", "unknown"))],
+                                new_messages=[dsn]))
+    new = recorded.entries
+    assert recorded.removed == ["AAAA0000000F"]  # its only recipient is final
     assert run(queue.walk()) == new
     assert [(e.domain, e.next_try) for e in new] == [("sender.example", T0 + 1)]
     result = run(queue.claim(ids(new), RUNNER, LEASE, T0 + 1))

@@ -393,6 +393,10 @@ class TidepostNode:
             "delivery": {"smtp_port": smtp_port, "connect_timeout": "3s",
                          "command_timeout": "10s"},
             "route": [INTERNET_ROUTE],
+            # The tests run as root in CI; the daemon keeps root's identity
+            # for spools in pytest's private folders (test_local_users.py
+            # tests the switch to a real account).
+            "system": {"user": "root"},
         }, overrides or {})
         self.config_path.write_text(to_toml(self.config))
 
@@ -540,3 +544,84 @@ def tidepost_node(tmp_path_factory, processes):
         for node in nodes:
             print(f"==== {node.config_path}\n{node.config_path.read_text()}")
             print(f"==== {node.log_path}\n{node.log_tail(200)}")
+
+
+# -- real Unix users ------------------------------------------------------------------
+#
+# Tests of what ordinary users do run as real users the test creates
+# (useradd), with a tidepost environment everyone can read: the one under
+# .venv may live in /root, which other users cannot enter.
+
+
+def _skip_unless_users_possible() -> None:
+    """Skip unless root with useradd/setpriv and Debian's python3 with venv."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create users")
+    for program in ("useradd", "userdel", "setpriv"):
+        if not shutil.which(program):
+            pytest.skip(f"{program} is not installed")
+    if subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("/usr/bin/python3 has no venv (./run-tests installs python3-venv)")
+
+
+@pytest.fixture(scope="session")
+def shared_tidepost():
+    """A tidepost environment in /var/tmp that every user can run; its `tidepost` command."""
+    _skip_unless_users_possible()
+    from tidepost.cli.install import make_environment
+    folder = Path(f"/var/tmp/tidepost-test-{os.getpid()}")
+    checkout = Path(__file__).resolve().parents[2]
+    try:
+        make_environment(folder / "env", checkout)
+        folder.chmod(0o755)
+        yield folder / "env" / "bin" / "tidepost"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class UnixUser:
+    """A user a test created: name, ids and home."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    def run(self, *argv: str, stdin: bytes | str | None = None, timeout: float = 60.0,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `argv` as this user (setpriv: uid, gid and groups), output captured."""
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        environment = {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name,
+                       "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **(env or {})}
+        return subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}",
+                               "--init-groups", "--", *argv], input=data,
+                              capture_output=True, timeout=timeout, env=environment,
+                              cwd="/")
+
+
+@pytest.fixture
+def unix_users():
+    """Factory: unix_users(name, system=False) -> a new UnixUser; all removed afterwards."""
+    _skip_unless_users_possible()
+    made: list[str] = []
+
+    def make(name: str, system: bool = False) -> UnixUser:
+        login = f"tp{os.getpid() % 100000}{name}"[:31]
+        argv = ["useradd", "--user-group", "--shell", "/bin/sh"]
+        argv += ["--system", "--no-create-home", "--home-dir", "/nonexistent"] if system \
+            else ["--create-home"]
+        subprocess.run([*argv, login], check=True, capture_output=True)
+        made.append(login)
+        import pwd
+        entry = pwd.getpwnam(login)
+        return UnixUser(login, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+    try:
+        yield make
+    finally:
+        for login in reversed(made):
+            subprocess.run(["pkill", "-KILL", "-u", login], capture_output=True)
+            subprocess.run(["userdel", "--remove", login], capture_output=True)
+            subprocess.run(["groupdel", login], capture_output=True)

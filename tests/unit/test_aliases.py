@@ -18,7 +18,7 @@ def test_aliases_file_syntax_and_errors():
         parse_aliases("ok: alice\nbroken\nrun: |/bin/sh\n", "aliases")
     assert caught.value.problems == [
         "aliases:2: expected 'name: target, ...'",
-        "aliases:3: program and file targets are not supported"]
+        "aliases:3: run: program and file targets are not supported"]
 
 
 def test_expansion_keeps_the_addressed_domain_and_stops_loops():
@@ -37,3 +37,9 @@ def test_who_exists():
     assert not aliases.exists("mallory") and not aliases.exists("mallory+x")
     assert aliases.expand("alice+lists", "site.test") == [Address("alice", "site.test")]
     assert aliases.expand("postmaster", "") == [Address("postmaster", "site.test")]
+
+
+def test_an_alias_defined_twice_names_both_lines():
+    with pytest.raises(ConfigError) as caught:
+        parse_aliases("root: alice\n# c\nRoot: bob\n", "aliases")
+    assert caught.value.problems == ["aliases:3: root: defined again (first on line 1)"]

@@ -39,16 +39,16 @@ def test_every_problem_is_reported_with_line_and_key():
 
 
 def test_route_errors_point_at_the_route():
-    found = problems('[[route]]\nname = "lan"\n[[route]]\nname = "up"\n'
+    found = problems('[[route]]\nname = "lan"\ndomains = [".lan"]\n[[route]]\nname = "up"\n'
                      'transport = "smarthost"\n')
-    assert found == ["site.toml:3: route[1].smarthost: transport smarthost needs a smarthost"]
+    assert found == ["site.toml:4: route[1].smarthost: transport smarthost needs a smarthost"]
     found = problems('[[route]]\nname = "a"\ntransport = "pigeon"\n')
     assert found == ["site.toml:3: route[0].transport: 'pigeon' is not one of mx, smarthost"]
 
 
 def test_toml_syntax_errors_name_the_file():
-    [problem] = problems("[smtp\n")
-    assert problem.startswith("site.toml: TOML syntax error")
+    [problem] = problems('hostname = "h"\n[smtp\n')
+    assert problem.startswith("site.toml:2: TOML syntax error: Expected ']'")
 
 
 def test_bad_relay_network():
@@ -65,3 +65,38 @@ def test_domains_are_normalised_and_star_is_no_relay_domain():
         "site.toml:2: relay.domains: '*' would make an open relay; use smtp.relay_networks"]
     assert problems('[local]\ndomains = ["bad domain"]\n')[0].startswith(
         "site.toml:2: local.domains[0]:")
+
+
+def test_value_and_semantic_problems_come_in_one_pass():
+    found = problems('[smtp]\nmax_recipients = 0\nlisten = ["127.0.0.1"]\n'
+                     '[[route]]\nname = "all"\n'
+                     '[[route]]\nname = "all"\ndomains = [".example.org"]\n'
+                     '[[route]]\nname = "relay"\ntransport = "smarthost"\n'
+                     'smarthost = "mail.isp.example:99999x"\n')
+    assert found == [
+        "site.toml:2: smtp.max_recipients: 0 is below the minimum 1",
+        "site.toml:3: smtp.listen[0]: '127.0.0.1' is not HOST:PORT ([v6 address]:PORT, "
+        "*:PORT for all addresses)",
+        "site.toml:5: route[0].name: route name 'all' is taken",
+        "site.toml:7: route[1].name: route name 'all' is taken",
+        "site.toml:8: route[1].domains: route 'all' can never be used: route 'all' "
+        "before it already takes .example.org",
+        "site.toml:9: route[2].domains: route 'relay' can never be used: route 'all' "
+        "before it already takes *",
+        "site.toml:12: route[2].smarthost: 'mail.isp.example:99999x' is not HOST[:PORT] "
+        "or [HOST]:PORT"]
+
+
+def test_a_size_limited_route_does_not_hide_the_next_one():
+    config = parse_config('[[route]]\nname = "sat"\nmax_message_size = "1M"\n'
+                          '[[route]]\nname = "harbour"\n', "t")
+    assert [r.name for r in config.route] == ["sat", "harbour"]
+    assert problems('[[route]]\nname = "lan"\ndomains = [".office.example"]\n'
+                    '[[route]]\nname = "branch"\ndomains = ["a.office.example"]\n') == [
+        "site.toml:6: route[1].domains: route 'branch' can never be used: route 'lan' "
+        "before it already takes a.office.example"]
+
+
+def test_a_bad_value_is_reported_once_not_again_by_the_semantic_checks():
+    assert problems('[[route]]\nname = "up"\ntransport = "smarthost"\nsmarthost = 5\n') == [
+        "site.toml:4: route[0].smarthost: expected str, got int"]

@@ -10,7 +10,7 @@ PACKAGE = Path(tidepost.__file__).parent
 
 # Lower index = lower layer. Modules may import their own layer or below.
 LAYERS = [
-    {"address", "errors", "clock", "eventlog"},
+    {"address", "errors", "clock", "eventlog", "accounts"},
     {"model", "outcomes", "testing"},
     {"config"},
     {"queue", "scheduler"},
@@ -19,7 +19,7 @@ LAYERS = [
     {"smtp_client"},
     {"delivery"},
     {"manager", "smtp_server", "control"},
-    {"node_relay"},
+    {"node_relay", "startup"},
     {"node"},
     {"cli"},
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import time
 
 import pytest
@@ -32,19 +31,26 @@ def run_change(spool, action: str, *queue_ids: str, **filters) -> int:
     return asyncio.run(change(spool.config, action, targets))
 
 
-def test_hold_then_release_a_message_on_a_route_that_is_up(queue_spool, caplog, capsys):
-    caplog.set_level(logging.INFO, logger="tidepost.admin")
+def test_the_log_names_who_ran_the_command_even_after_a_change_of_account(queue_spool, capsys):
+    spool = queue_spool.fill()
+    alice = spool.queue_ids["alice@a.lan.test"]
+    assert asyncio.run(change(spool.config, "hold", Filters(queue_ids=(alice,)), "carol")) == 0
+    assert f"{alice}: held by=carol, nrcpt=1" in capsys.readouterr().err
+
+
+def test_hold_then_release_a_message_on_a_route_that_is_up(queue_spool, capsys):
     spool = queue_spool.fill()
     alice = spool.queue_ids["alice@a.lan.test"]
     assert run_change(spool, "hold", alice) == 0
     assert rows(spool)["alice@a.lan.test"]["state_text"] == "held (message)"
-    assert f"{alice}: held by={admin_user()}, nrcpt=1" in caplog.text
+    out, log = capsys.readouterr()
+    assert "held 1 recipient of 1 message" in out
+    assert f" info admin: {alice}: held by={admin_user()}, nrcpt=1\n" in log  # the mail log
     before = time.time()
     assert run_change(spool, "release", alice) == 0
     alice_row = rows(spool)["alice@a.lan.test"]
     assert alice_row["state_text"] == "queued" and alice_row["next_try"] >= before
-    assert f"{alice}: released by={admin_user()}, nrcpt=1" in caplog.text
-    assert "held 1 recipient of 1 message" in capsys.readouterr().out
+    assert f"{alice}: released by={admin_user()}, nrcpt=1" in capsys.readouterr().err
 
 
 def test_release_of_mail_on_a_held_route_leaves_the_route_hold(queue_spool):
@@ -65,12 +71,11 @@ def test_requeue_makes_a_deferred_recipient_due_now_and_keeps_its_attempts(queue
     assert after["next_try"] < before["next_try"]
 
 
-def test_delete_all_on_a_domain_deletes_those_recipients_only(queue_spool, caplog):
-    caplog.set_level(logging.INFO, logger="tidepost.admin")
+def test_delete_all_on_a_domain_deletes_those_recipients_only(queue_spool, capsys):
     spool = queue_spool.fill()
     assert run_change(spool, "delete", domain="example.org") == 0
     assert set(rows(spool)) == set(spool.queue_ids) - {"dave@example.org", "eve@example.org"}
-    assert caplog.text.count(" deleted by=") == 2
+    assert capsys.readouterr().err.count(" deleted by=") == 2
 
 
 def test_delete_by_route_follows_the_router(queue_spool):

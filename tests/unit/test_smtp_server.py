@@ -20,7 +20,8 @@ from tidepost.address import domain_matches
 from tidepost.config.schema import Config, LocalConfig, RelayConfig, SmtpServerConfig
 from tidepost.model import BodyType
 from tidepost.smtp_server import replies as S
-from tidepost.smtp_server.listeners import SmtpServer, parse_listen
+from tidepost.smtp_server.binding import parse_listen
+from tidepost.smtp_server.listeners import SmtpServer
 from tidepost.smtp_server.replies import Reply
 from tidepost.submission.submit import SubmissionRejected
 

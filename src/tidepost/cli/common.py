@@ -1,23 +1,34 @@
-"""What every subcommand does first: find and load the configuration."""
+"""What every subcommand does first: find and load the configuration, and its parser.
+
+Exit codes follow sysexits.h; EX_NOPERM (77) is what a user gets who may not
+read the queue (it is the daemon's account's, and root's).
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from tidepost.config.load import find_config_path, load_config
+from tidepost.accounts import AccountError
+from tidepost.config.load import DEFAULT_CONFIG, find_config_path, load_config
 from tidepost.config.schema import Config
 from tidepost.errors import ConfigError
 
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """The -c/--config option shared by all subcommands."""
     parser.add_argument("-c", "--config", metavar="CONFIG",
-                        help="configuration file (default: $TIDEPOST_CONFIG, "
-                             "else the embedded default)")
+                        help=f"configuration file (default: {DEFAULT_CONFIG})")
+
+
+def subcommand(commands: argparse._SubParsersAction, name: str, summary: str,
+               description: str) -> argparse.ArgumentParser:
+    """A subcommand: `summary` in `tidepost --help`, `description` in its own --help."""
+    return commands.add_parser(name, help=summary, description=f"{summary}.\n\n{description}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def config_or_exit(path: str | None) -> Config:
@@ -30,7 +41,15 @@ def config_or_exit(path: str | None) -> Config:
         sys.exit(EX_CONFIG)
 
 
-def setup_logging(level: int = logging.WARNING) -> None:
-    """Log to standard error, one line per event."""
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s tidepost[%(process)d] %(name)s: %(message)s")
+def spool_owner_or_exit(config: Config, with_helper: bool = False):
+    """Started as root: become the spool's account first (startup.become_spool_owner).
+
+    Returns the local delivery helper when asked for one (root only).  A
+    user who may not use the spool is told so, with exit 77.
+    """
+    from tidepost.startup import become_spool_owner
+    try:
+        return become_spool_owner(config, with_helper)
+    except AccountError as exc:
+        print(f"tidepost: {exc}", file=sys.stderr)
+        sys.exit(EX_NOPERM)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from tidepost.cli.common import add_config_option, config_or_exit
+from tidepost.cli.common import add_config_option, config_or_exit, subcommand
 from tidepost.errors import TempFailure
 from tidepost.smtp_client.turn import ETRN_PORT, etrn, parse_upstream
 
@@ -20,8 +20,8 @@ EX_USAGE, EX_TEMPFAIL = 64, 75
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
-    parser = commands.add_parser("etrn", help="ask an upstream to flush the mail it holds "
-                                 "for our domains (ETRN)")
+    parser = subcommand(commands, "etrn", "ask an upstream to send the mail it holds for our domains (ETRN)",
+                        __doc__.split("\n\n", 1)[1].strip())
     parser.add_argument("upstream", metavar="HOST[:PORT]")
     parser.add_argument("domains", metavar="DOMAIN", nargs="+",
                         help="domain, or @domain for it and its subdomains")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 
 from rich.console import Console
 
-from tidepost.cli.common import add_config_option, config_or_exit
+from tidepost.cli.common import EX_NOPERM, add_config_option, config_or_exit, \
+    spool_owner_or_exit, subcommand
 from tidepost.config.schema import Config
 from tidepost.control.client import request
 from tidepost.queue.backend import open_queue
@@ -23,9 +25,16 @@ from tidepost.routing.routes import Router
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
-    parser = commands.add_parser("link", help="hold or release a route, or show them")
-    parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("route", nargs="?")
+    parser = subcommand(
+        commands, "link", "hold or release a route, or show the routes",
+        "`link up ROUTE` releases a route: everything held on it is scheduled at once\n"
+        "(an ip-up hook's job); `link down ROUTE` holds it: nothing new starts on it,\n"
+        "no DNS query, no connection, and deliveries in flight finish.  The state\n"
+        "persists across restarts.  `link status` shows each route's state, queue and\n"
+        "next run, and the last activations of on-demand routes with their causes.")
+    parser.add_argument("action", choices=["up", "down", "status"],
+                        help="up: release, down: hold, status: show the routes")
+    parser.add_argument("route", nargs="?", help="the route (see `tidepost link status`)")
     add_config_option(parser)
     parser.set_defaults(run=run)
 
@@ -34,14 +43,21 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch up/down/status."""
     config = config_or_exit(args.config)
     if args.action == "status":
+        spool_owner_or_exit(config)
         return asyncio.run(status(config))
     names = Router(config).route_names()
     if args.route not in names:
         print(f"tidepost link: no route named {args.route!r} (routes: {', '.join(names)})")
         return 64
     held = args.action == "down"
-    answer = request(config.spool_path, "hold" if held else "release", route=args.route,
-                     cause=f"tidepost link {args.action}")
+    spool_owner_or_exit(config)
+    try:
+        answer = request(config.spool_path, "hold" if held else "release", route=args.route,
+                         cause=f"tidepost link {args.action}")
+    except PermissionError:
+        print("tidepost link: permission denied: only root and the mail system's account "
+              "may hold or release routes", file=sys.stderr)
+        return EX_NOPERM
     if answer is None:
         asyncio.run(_set_offline(config, args.route, held))
         print(f"route {args.route} {'held' if held else 'released'} (no daemon running; "

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from tidepost.cli.common import add_config_option, config_or_exit
+from tidepost.cli.common import add_config_option, config_or_exit, spool_owner_or_exit, subcommand
 from tidepost.config.schema import Config
 from tidepost.errors import TempFailure
 from tidepost.smtp_client.turn import ODMR_PORT, odmr, parse_upstream
@@ -30,7 +30,8 @@ NO_MAIL = 453
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
-    parser = commands.add_parser("odmr", help="fetch held mail from a provider (ODMR, ATRN)")
+    parser = subcommand(commands, "odmr", "fetch held mail from a provider over our own connection (ODMR, ATRN)",
+                        __doc__.split("\n\n", 1)[1].strip())
     parser.add_argument("provider", metavar="HOST[:PORT]")
     parser.add_argument("user")
     parser.add_argument("domains", metavar="DOMAIN", nargs="*")
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print("tidepost odmr: set TIDEPOST_ODMR_PASSWORD or use --password-file",
               file=sys.stderr)
         return EX_USAGE
+    spool_owner_or_exit(config)
     try:
         peer = parse_upstream(args.provider, ODMR_PORT)
         reply = asyncio.run(fetch(config, peer, args.user, password, args.domains))

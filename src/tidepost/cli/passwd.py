@@ -13,6 +13,7 @@ import argparse
 import getpass
 import sys
 
+from tidepost.cli.common import subcommand
 from tidepost.smtp_server.credentials import format_line
 
 EX_USAGE = 64
@@ -20,7 +21,8 @@ EX_USAGE = 64
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
-    parser = commands.add_parser("passwd", help="make a credentials file line for SMTP AUTH")
+    parser = subcommand(commands, "passwd", "print a credentials-file line for SMTP AUTH (relay role)",
+                        __doc__.split("\n\n", 1)[1].strip())
     parser.add_argument("user")
     parser.add_argument("domains", metavar="DOMAIN", nargs="*",
                         help="customer domains this user may ETRN/ATRN")

@@ -21,7 +21,8 @@ import argparse
 import asyncio
 import sys
 
-from tidepost.cli.common import add_config_option, config_or_exit
+from tidepost.cli.common import (add_config_option, config_or_exit, spool_owner_or_exit,
+                                 subcommand)
 from tidepost.cli.queue_filters import Filters, UsageError, add_filter_options, filters_from
 from tidepost.config.schema import Config
 
@@ -31,10 +32,12 @@ CHANGES = ("hold", "release", "requeue", "delete")
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `queue` and its actions."""
-    parser = commands.add_parser(
-        "queue", help="list, summarise, show, hold, release, requeue or delete queued mail",
-        description="The queue, like mailq: one line per recipient (queue id, age, size, "
-                    "sender, recipient, route, state). Without an action: list.")
+    parser = subcommand(
+        commands, "queue", "list, summarise, show, hold, release, requeue or delete queued mail",
+        "Without an action: the queue, like mailq, one line per recipient (queue id,\n"
+        "age, size, sender, recipient, route, state), printed as it is read.  The\n"
+        "filters run in the queue's query.  `tidepost queue ACTION --help` describes\n"
+        "each action.")
     add_config_option(parser)
     _add_list_options(parser)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
@@ -89,9 +92,16 @@ def _add_list_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the action; usage errors exit 64."""
+    """Run the action; usage errors exit 64.
+
+    Started as root, the command first becomes the spool's account (as
+    every command does, so that nothing in the spool becomes root's); the
+    admin log still names who ran it.
+    """
     config = config_or_exit(args.config)
     action = args.action or "list"
+    by = _admin_user() if action in CHANGES else ""  # before the account may change
+    spool_owner_or_exit(config)
     try:
         if action == "list":
             return asyncio.run(_list(args, config))
@@ -101,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         from tidepost.cli import queue_admin
         if action == "show":
             return asyncio.run(queue_admin.show_messages(config, args.ids, args.body))
-        return asyncio.run(queue_admin.change(config, action, _targets(args, config)))
+        return asyncio.run(queue_admin.change(config, action, _targets(args, config), by))
     except UsageError as exc:
         print(f"tidepost queue {action}: {exc}", file=sys.stderr)
         return EX_USAGE
@@ -120,6 +130,12 @@ def _targets(args: argparse.Namespace, config: Config) -> Filters:
     if bool(ids) == bool(args.all):
         raise UsageError("name queue ids, or give --all (with filters to narrow it)")
     return filters_from(args, config, ids or None)
+
+
+def _admin_user() -> str:
+    """Who runs an admin change, for its log lines."""
+    from tidepost.cli.queue_admin import admin_user
+    return admin_user()
 
 
 def show(config: Config) -> int:

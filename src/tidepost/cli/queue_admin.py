@@ -31,7 +31,7 @@ import sys
 import time
 
 from tidepost import eventlog
-from tidepost.cli.common import setup_logging
+from tidepost.cli.logsetup import setup_logging
 from tidepost.cli.queue_filters import Filters, read_view, selection_for
 from tidepost.cli.queue_view import QueueView, span
 from tidepost.config.schema import Config
@@ -58,9 +58,13 @@ def admin_user() -> str:
         return str(os.getuid())
 
 
-async def change(config: Config, action: str, filters: Filters) -> int:
-    """Apply one admin change in one transaction, log it, tell the daemon; exit status."""
-    setup_logging(logging.INFO)
+async def change(config: Config, action: str, filters: Filters, by: str = "") -> int:
+    """Apply one admin change in one transaction, log it, tell the daemon; exit status.
+
+    `by` names the user in the log (admin_user() when empty): the caller
+    takes it before it may have become the spool's account.
+    """
+    setup_logging(config)
     queue = open_queue(config.queue.backend, config.spool_path)
     try:
         view = await read_view(queue, config)
@@ -70,11 +74,11 @@ async def change(config: Config, action: str, filters: Filters) -> int:
         unknown = [i for i in missing if await queue.message_info(i) is None]
     finally:
         await queue.close()
-    user = admin_user()
+    user = by or admin_user()
     for item in changed:
         eventlog.event(log, item.queue_id, EVENTS[action], by=user, nrcpt=item.recipients)
     if changed and action in ("release", "requeue"):
-        request(config.spool_path, "changed", timeout=5.0)  # None: no daemon; it loads at start
+        request(config.spool_path, "wake", timeout=5.0)  # None: no daemon; it loads at start
     _report(action, changed, [i for i in missing if i not in unknown], unknown)
     return EX_NOTFOUND if unknown else 0
 

@@ -1,8 +1,14 @@
-"""`tidepost sendmail` / `tidepost-sendmail`: the sendmail-compatible entry.
+"""`tidepost sendmail` / `tidepost-sendmail` (and the sendmail, mailq, newaliases links).
 
-Reads a message on standard input and writes it straight into the queue
-(fsync'd) with no DNS and no daemon needed; exit 0 means queued.  Then it
-wakes the daemon, if one runs, so that local mail is delivered at once.
+Reads a message on standard input and hands it to the mail system; exit 0
+means it is on stable storage (fsync'd).  No DNS, and no daemon needed:
+1. to the running daemon over its submission socket, which knows from the
+   kernel who is sending (control/pickup.py);
+2. else, when this user may write the queue (the spool's account, or root),
+   straight into the queue;
+3. else into the maildrop folder, which the daemon empties when it starts.
+The rules (true sender, -f only for trusted users, headers) are
+submission/local.py's in all three cases.
 
 Flags: -t (recipients from To/Cc/Bcc; Bcc removed), -i / -oi (a lone "."
 does not end input), -f/-r FROM, -F NAME, -C/-c CONFIG, -bm (default),
@@ -14,20 +20,15 @@ and ignored, so existing scripts keep working.
 
 from __future__ import annotations
 
-import asyncio
-import getpass
-import os
 import sys
 from dataclasses import dataclass, field
-from email.utils import getaddresses
 
-from tidepost.address import Address, AddressError, parse_path
-from tidepost.cli.common import config_or_exit
+from tidepost.cli.common import config_or_exit, spool_owner_or_exit
+from tidepost.cli.local_transport import hand_over
+from tidepost.config.load import DEFAULT_CONFIG
 from tidepost.config.schema import Config
-from tidepost.model import BodyType, Envelope
-from tidepost.submission.headers import header_section
-from tidepost.submission.local_message import complete_headers, from_local_input, remove_bcc
-from tidepost.submission.submit import ClientInfo, SubmissionRejected
+from tidepost.submission.local import LocalRequest
+from tidepost.submission.local_message import from_local_input
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL = 0, 64, 65, 67, 70, 75
 IGNORED_WITH_VALUE = ("-N", "-R", "-V", "-B", "-X", "-L", "-h")
@@ -107,8 +108,35 @@ def _parse_flag(arg: str, args, opts: Options) -> None:
         raise UsageError(f"unknown option {arg}")
 
 
+USAGE = f"""\
+usage: sendmail [flags] [RECIPIENT ...] < message
+       mailq [-C CONFIG]          (same as sendmail -bp)
+       newaliases [-C CONFIG]     (check the aliases file, have the daemon re-read it)
+
+Submits the message on standard input; exit 0 means it is on stable storage.
+The envelope sender is you (USER@hostname); -f is honoured for trusted users
+(system.trusted_users, root, the mail system's account) or for your own address.
+
+  -t            recipients from the To, Cc and Bcc headers too (Bcc is removed)
+  -i, -oi       a line with a single dot does not end the message
+  -f ADDR, -r ADDR   envelope sender (see above)
+  -F NAME       full name for the From header, when one is added
+  -C FILE       configuration file (default: {DEFAULT_CONFIG})
+  -bm           deliver mail (the default)
+  -bp           list the queue (mailq)
+  -bs           speak SMTP on standard input and output
+  -q[TIME]      run the queue once now;  -qR DOMAIN: only for DOMAIN
+  -o*, -O*, -v, -N, -R, -V, -B, -X, -L, -U, -G, -em, -ep, -eq, -h N: accepted, ignored
+
+Exit codes: 0 queued, 64 usage, 65 bad data, 67 unknown user or no route,
+75 try again later, 77 not permitted, 78 configuration error."""
+
+
 def run(argv: list[str]) -> int:
     """Run `tidepost sendmail ARGS`."""
+    if "--help" in argv:
+        print(USAGE)
+        return EX_OK
     try:
         opts = parse_args(argv)
     except UsageError as exc:
@@ -117,119 +145,44 @@ def run(argv: list[str]) -> int:
     config = config_or_exit(opts.config)
     if opts.mode == "list":
         from tidepost.cli import queue
+        spool_owner_or_exit(config)
         return queue.show(config)
     if opts.mode == "flush":
         from tidepost.cli import flush
-        return flush.flush_now(config, route=None, domain=opts.flush_domain)
+        return flush.flush_now(config, route=None, domain=opts.flush_domain,
+                               runner="sendmail -q")
     if opts.mode == "smtp":
         from tidepost.cli import stdio_smtp
         return stdio_smtp.run(config)
     return submit_from_stdin(config, opts, sys.stdin.buffer.read())
 
 
+def run_as(personality: str, argv: list[str]) -> int:
+    """The program called by another name: sendmail, mailq or newaliases."""
+    if personality == "mailq":
+        if "--help" in argv:
+            print(USAGE)
+            return EX_OK
+        return run(["-bp", *argv])
+    if personality == "newaliases":
+        from tidepost.cli import newaliases
+        return newaliases.run(argv)
+    return run(argv)
+
+
 def submit_from_stdin(config: Config, opts: Options, raw: bytes) -> int:
-    """Queue the message on standard input; the exit code says what happened."""
-    login = _login_name()
-    try:
-        body = from_local_input(raw, opts.dot_ends_input)
-        sender = _sender(opts, login, config)
-        recipients = [_recipient(r, config) for r in opts.recipients]
-        if opts.from_headers:
-            recipients += _header_recipients(body, config)
-            body = remove_bcc(body)
-    except AddressError as exc:
-        print(f"tidepost sendmail: bad address: {exc}", file=sys.stderr)
-        return EX_DATAERR
-    if not recipients:
+    """Hand the message on standard input to the mail system; the exit code says how."""
+    if not opts.recipients and not opts.from_headers:
         print("tidepost sendmail: no recipients given", file=sys.stderr)
         return EX_USAGE
-    if len(body) > config.smtp.max_message_size:
-        print("tidepost sendmail: message exceeds smtp.max_message_size", file=sys.stderr)
-        return EX_DATAERR
-    body = complete_headers(body, sender, opts.full_name, config.hostname)
-    return asyncio.run(_queue(config, sender, recipients, body, login))
-
-
-async def _queue(config: Config, sender: Address, recipients: list[Address], body: bytes,
-                 login: str) -> int:
-    """Validate recipients, commit the message, wake the daemon."""
-    from tidepost import node
-    from tidepost.control.client import request
-    parts = node.build(config)
-    try:
-        for rcpt in recipients:
-            submission = parts.submission
-            if submission.is_local_domain(rcpt.domain) and \
-                    not submission.local_user_exists(rcpt.local):
-                print(f"tidepost sendmail: {rcpt}: unknown local user", file=sys.stderr)
-                return EX_NOUSER
-            if not submission.has_route(rcpt.domain):
-                print(f"tidepost sendmail: {rcpt}: no route serves this domain",
-                      file=sys.stderr)
-                return EX_NOUSER
-        eight_bit = any(b >= 0x80 for b in body)
-        envelope = Envelope(sender, tuple(dict.fromkeys(recipients)),
-                            BodyType.EIGHT_BIT_MIME if eight_bit else BodyType.SEVEN_BIT,
-                            not all(a.is_ascii for a in (sender, *recipients)))
-        client = ClientInfo(protocol="local", local_user=login)
-        await parts.submission.submit(envelope, body, client)
-    except SubmissionRejected as exc:
-        print(f"tidepost sendmail: {exc.status} {exc.text}", file=sys.stderr)
-        return EX_DATAERR if exc.code >= 500 else EX_TEMPFAIL
-    except Exception as exc:  # noqa: BLE001 - exit code must say "not queued"
-        print(f"tidepost sendmail: message not queued: {exc}", file=sys.stderr)
-        return EX_TEMPFAIL
-    finally:
-        await parts.queue.close()
-    request(config.spool_path, "wake", timeout=2.0)
-    return EX_OK
-
-
-def _login_name() -> str:
-    """The submitting user's login name, without asking any network service."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-def _sender(opts: Options, login: str, config: Config) -> Address:
-    """Envelope sender: -f, else login@hostname."""
-    if opts.sender is not None:
-        if opts.sender in ("", "<>"):
-            return Address("", "")
-        return _recipient(opts.sender, config)
-    return Address(login, config.hostname.lower())
-
-
-def _recipient(text: str, config: Config) -> Address:
-    """Parse a command-line address; a bare name is a local user."""
-    text = text.strip()
-    if "@" not in text.strip("<>"):
-        name = text.strip("<>")
-        parse_path(f"<{name}@localhost>")  # validates the local part
-        domain = config.local.domains[0] if config.local.domains else config.hostname
-        return Address(name.lower() if name.lower() == "postmaster" else name, domain)
-    return parse_path(text if text.startswith("<") else f"<{text}>")
-
-
-def _header_recipients(body: bytes, config: Config) -> list[Address]:
-    """Recipients named in To, Cc and Bcc (for -t)."""
-    headers = header_section(body).decode("utf-8", "replace").replace("\r\n", "\n")
-    values: list[str] = []
-    current: str | None = None
-    for line in headers.split("\n"):
-        if line[:1] in (" ", "\t") and current is not None:
-            values[-1] += " " + line.strip()
-            continue
-        name, _, value = line.partition(":")
-        current = name.strip().lower() if name.strip().lower() in ("to", "cc", "bcc") else None
-        if current:
-            values.append(value)
-    return [_recipient(addr, config) for _, addr in getaddresses(values) if addr]
+    request = LocalRequest(tuple(opts.recipients), from_local_input(raw, opts.dot_ends_input),
+                           opts.from_headers, opts.sender, opts.full_name)
+    result = hand_over(config, request)
+    if result.code != EX_OK:
+        print(f"tidepost sendmail: {result.text}", file=sys.stderr)
+    return result.code
 
 
 def main() -> int:
     """Entry point of the `tidepost-sendmail` script."""
     sys.exit(run(sys.argv[1:]))
-

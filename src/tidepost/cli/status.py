@@ -22,7 +22,8 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from tidepost.cli.common import add_config_option, config_or_exit
+from tidepost.cli.common import add_config_option, config_or_exit, spool_owner_or_exit, \
+    subcommand
 from tidepost.cli.queue_view import span
 from tidepost.cli.routes_view import (Snapshot, Waiting, ledger_table, read_snapshot,
                                       route_states, routes_table)
@@ -34,11 +35,21 @@ from tidepost.routing.ledger import last_activations
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
-    parser = commands.add_parser("status", help="routes, queue depth, held customer domains")
+    parser = subcommand(commands, "status", "routes, queue depth, held customer domains",
+                        "One screen, read from the spool (the daemon need not run): each "
+                        "route's state,\nqueue and next run, the customer domains a relay "
+                        "holds mail for, the DNS\ncache, and the last activations of "
+                        "on-demand routes with their causes.")
     add_config_option(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(run=lambda args: asyncio.run(show(config_or_exit(args.config),
-                                                          args.json)))
+    parser.add_argument("--json", action="store_true", help="print the same as one JSON object")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the configuration, become the spool's account if root, show."""
+    config = config_or_exit(args.config)
+    spool_owner_or_exit(config)
+    return asyncio.run(show(config, args.json))
 
 
 async def show(config: Config, as_json: bool = False) -> int:

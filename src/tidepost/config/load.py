@@ -33,6 +33,8 @@ _SIZE = re.compile(r"\s*(\d+)\s*([kKmMgG]?)[bB]?\s*\Z")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _HEADER = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
 _KEY = re.compile(r"\s*([A-Za-z0-9_\-]+)\s*=")
+_LISTEN = re.compile(r"(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}")
+_SMARTHOST = re.compile(r"(\[[^\]\s]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?")
 
 DEFAULT_ROUTE = RouteConfig(name="uplink", domains=("*",), on_demand=True, start_held=True)
 # Customer domains' mail: held, delivered to each domain's MX when the customer asks.
@@ -41,10 +43,18 @@ CUSTOMERS = RouteConfig(name=CUSTOMERS_ROUTE, domains=(), transport="mx", on_dem
                         start_held=True)
 
 
+SYSTEM_CONFIG = Path("/etc/tidepost/tidepost.toml")
+DEFAULT_CONFIG = ("$TIDEPOST_CONFIG, else /etc/tidepost/tidepost.toml when it exists, "
+                  "else the embedded default")
+CONFIG_ORDER = f"-c/-C CONFIG, else {DEFAULT_CONFIG}"
+
+
 def find_config_path(explicit: str | None) -> Path | None:
-    """The config file to read: -c, else $TIDEPOST_CONFIG, else none (embedded)."""
+    """The config file every command reads (CONFIG_ORDER); None means embedded."""
     chosen = explicit or os.environ.get("TIDEPOST_CONFIG")
-    return Path(chosen) if chosen else None
+    if chosen:
+        return Path(chosen)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
 
 
 def load_config(path: Path | None) -> Config:
@@ -52,45 +62,68 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         text = resources.files("tidepost.config").joinpath("default.toml").read_text()
         return parse_config(text, "<embedded default>")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    return parse_config(text, str(path))
+    return parse_config(read_config_text(path), str(path))
 
 
 def parse_config(text: str, source: str) -> Config:
     """Parse TOML text into a Config or raise ConfigError listing every problem."""
+    config, problems = check_config(text, source)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def check_config(text: str, source: str) -> tuple[Config | None, list[str]]:
+    """Every problem of a config text, and the Config made of what was valid.
+
+    Cross-field checks run on what did parse, so that one pass reports every
+    problem (a bad value is left at its default and checked no further).
+    The Config is None only when the text is not TOML at all.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{source}: TOML syntax error: {exc}"]) from None
+        return None, [_syntax_problem(source, exc)]
     builder = _Builder(source, _key_lines(text))
     config = builder.build(Config, data, "")
-    if builder.problems:
-        raise ConfigError(builder.problems)
-    return _finish(config, source, builder)
+    config = _finish(config, source, builder)
+    return config, sorted(builder.problems, key=_line_number)
+
+
+def _line_number(problem: str) -> int:
+    """The LINE of `FILE:LINE: ...` (0 when the problem names no line)."""
+    found = re.match(r"[^:]*:(\d+):", problem)
+    return int(found.group(1)) if found else 0
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file; ConfigError when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+
+
+def _syntax_problem(source: str, error: tomllib.TOMLDecodeError) -> str:
+    """`FILE:LINE: TOML syntax error: reason` from tomllib's message."""
+    found = re.search(r"\(at line (\d+), column \d+\)", str(error))
+    reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(error))
+    where = f"{source}:{found.group(1)}" if found else source
+    return f"{where}: TOML syntax error: {reason}"
 
 
 def _finish(config: Config, source: str, builder: _Builder) -> Config:
     """Cross-field checks and defaults that depend on several keys."""
     routes = config.route or (DEFAULT_ROUTE,)
-    names = [r.name for r in routes]
-    for index, route in enumerate(routes):
-        where = f"route[{index}]"
-        if not route.name or not re.fullmatch(r"[A-Za-z0-9_\-]+", route.name):
-            builder.error(f"{where}.name", "a route needs a name of letters, digits, - or _")
-        elif names.count(route.name) > 1 or route.name in ("local", CUSTOMERS_ROUTE):
-            builder.error(f"{where}.name", f"route name {route.name!r} is taken")
-        if route.transport == "smarthost" and not route.smarthost:
-            builder.error(f"{where}.smarthost", "transport smarthost needs a smarthost")
-        for number, rule in enumerate(route.schedule):
-            try:
-                parse_rule(rule)
-            except ScheduleError as exc:
-                builder.error(f"{where}.schedule[{number}]", str(exc))
+    _check_routes(routes, builder)
+    for key, entries in (("smtp.listen", config.smtp.listen),
+                         ("relay.odmr_listen", config.relay.odmr_listen)):
+        for index, entry in enumerate(entries):
+            if not _LISTEN.fullmatch(entry) or int(entry.rpartition(":")[2]) > 65535:
+                builder.error(f"{key}[{index}]", f"{entry!r} is not HOST:PORT "
+                              "([v6 address]:PORT, *:PORT for all addresses)")
     local_domains = _normalised(config.local.domains, "local.domains", builder)
     relay_domains = _normalised(config.relay.domains, "relay.domains", builder)
     if "*" in config.relay.domains:
@@ -101,14 +134,65 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
         except ValueError:
             builder.error(f"smtp.relay_networks[{index}]", f"{network!r} is not a network")
     relay = _relay(config.relay, builder)
-    if builder.problems:
-        raise ConfigError(builder.problems)
     if relay.customer_domains or relay.customer_domains_file:
         routes = (*routes, CUSTOMERS)
     return dataclasses.replace(
         config, route=tuple(routes), source=source,
         local=dataclasses.replace(config.local, domains=local_domains),
         relay=dataclasses.replace(relay, domains=relay_domains))
+
+
+def _check_routes(routes: tuple[RouteConfig, ...], builder: _Builder) -> None:
+    """Names, smarthosts, schedules, and routes that an earlier one hides."""
+    names = [r.name for r in routes]
+    for index, route in enumerate(routes):
+        where = f"route[{index}]"
+        if not route.name or not re.fullmatch(r"[A-Za-z0-9_\-]+", route.name):
+            builder.error(f"{where}.name", "a route needs a name of letters, digits, - or _")
+        elif names.count(route.name) > 1 or route.name in ("local", CUSTOMERS_ROUTE):
+            builder.error(f"{where}.name", f"route name {route.name!r} is taken")
+        if route.transport == "smarthost" and not route.smarthost:
+            builder.error(f"{where}.smarthost", "transport smarthost needs a smarthost")
+        elif route.smarthost and not _SMARTHOST.fullmatch(route.smarthost):
+            builder.error(f"{where}.smarthost", f"{route.smarthost!r} is not HOST[:PORT] "
+                          "or [HOST]:PORT")
+        for number, rule in enumerate(route.schedule):
+            try:
+                parse_rule(rule)
+            except ScheduleError as exc:
+                builder.error(f"{where}.schedule[{number}]", str(exc))
+        _check_shadowed(routes, index, builder)
+
+
+def _check_shadowed(routes: tuple[RouteConfig, ...], index: int, builder: _Builder) -> None:
+    """An error when every domain of routes[index] is taken by an earlier route.
+
+    An earlier route with max_message_size lets large messages fall through,
+    so only earlier routes without a size limit can hide a later one.
+    """
+    route = routes[index]
+    earlier = [r for r in routes[:index] if not r.max_message_size]
+    hider = None
+    for pattern in route.domains:
+        hider = next((r for r in earlier if any(_covers(p, pattern) for p in r.domains)), None)
+        if hider is None:
+            return
+    if hider is not None:
+        builder.error(f"route[{index}].domains", f"route {route.name!r} can never be used: "
+                      f"route {hider.name!r} before it already takes "
+                      f"{', '.join(route.domains)}")
+
+
+def _covers(earlier: str, pattern: str) -> bool:
+    """True when every domain `pattern` matches is matched by `earlier` (first wins)."""
+    if earlier == "*":
+        return True
+    if pattern == "*":
+        return False
+    if earlier.startswith("."):
+        bare = pattern.lstrip(".")
+        return bare == earlier[1:] or bare.endswith(earlier)
+    return earlier == pattern
 
 
 def _relay(relay: RelayConfig, builder: _Builder) -> RelayConfig:
@@ -166,9 +250,13 @@ class _Builder:
         self.source = source
         self.lines = lines
         self.problems: list[str] = []
+        self._reported: set[str] = set()
 
     def error(self, path: str, reason: str) -> None:
-        """Record one problem with its file and line."""
+        """Record one problem with its file and line (one per key: the first found)."""
+        if path in self._reported:
+            return
+        self._reported.add(path)
         line = self._line_of(path)
         where = f"{self.source}:{line}" if line else self.source
         self.problems.append(f"{where}: {path}: {reason}")

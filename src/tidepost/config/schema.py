@@ -71,7 +71,8 @@ class LocalConfig:
     domains: tuple[str, ...] = field(default=("localhost",), metadata=meta(
         "domains whose mail is delivered here (the host name is always added)"))
     maildir: str = field(default="{spool}/mail/{user}", metadata=meta(
-        "Maildir of each user; {spool} and {user} are substituted"))
+        "Maildir of each user; {spool}, {user} and {home} (the account's home folder) "
+        "are substituted; \"{home}/Maildir\" on a system install"))
     aliases_file: str = field(default="", metadata=meta(
         "aliases file (name: target, target); postmaster always resolves"))
     users: tuple[str, ...] = field(default=(), metadata=meta(
@@ -201,6 +202,32 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class SystemConfig:
+    """[system]: how tidepost runs on this machine (privileges, trusted users)."""
+
+    user: str = field(default="tidepost", metadata=meta(
+        "account that `serve` (and every command started as root) switches to after "
+        "binding its ports; it owns the spool. \"root\" keeps root (not recommended)"))
+    trusted_users: tuple[str, ...] = field(default=("root",), metadata=meta(
+        "local users who may set the envelope sender (`sendmail -f`); the daemon's own "
+        "account always may. Others' -f is replaced by their own address"))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log]: where the mail log goes (docs/LOGGING.md)."""
+
+    level: str = field(default="info", metadata=meta(
+        "lowest level logged", choices=("debug", "info", "warning", "error")))
+    syslog: bool = field(default=False, metadata=meta(
+        "also log to syslog (facility mail) through log.syslog_socket"))
+    syslog_socket: str = field(default="/dev/log", metadata=meta(
+        "the syslog daemon's socket"))
+    file: str = field(default="", metadata=meta(
+        "also append the log to this file (empty: none)"))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one tidepost node."""
 
@@ -216,6 +243,9 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig, metadata=meta("DNS"))
     route: tuple[RouteConfig, ...] = field(default=(), metadata=meta(
         "outbound routes, in match order"))
+    system: SystemConfig = field(default_factory=SystemConfig, metadata=meta(
+        "privileges and trusted users"))
+    log: LogConfig = field(default_factory=LogConfig, metadata=meta("the mail log"))
     source: str = field(default="<embedded default>", compare=False, metadata=meta(
         "where this configuration was read from (not a key)"))
 

@@ -14,7 +14,11 @@ def socket_path(spool: Path) -> Path:
 
 
 def request(spool: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any] | None:
-    """Send one request; None when no daemon is listening."""
+    """Send one request; None when no daemon is listening.
+
+    Raises PermissionError when a daemon listens but this user may not
+    command it (the socket is the daemon's account's, mode 0600).
+    """
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -26,6 +30,8 @@ def request(spool: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[s
                 if not chunk:
                     break
                 data += chunk
+    except PermissionError:
+        raise
     except OSError:
         return None
     return json.loads(data) if data else None

@@ -8,8 +8,16 @@ EEXIST on a file already in new/; for recipients marked uncertain (their
 runner died mid-delivery) cur/ is searched too, in case the reader has
 already moved the message.
 
+Ownership: a recipient with an account in the password database gets a
+Maildir of their own (folders 0700, files 0600, their uid and gid), as
+Postfix's local(8) does.  A daemon started as root writes those through
+the local delivery helper (delivery/local_helper.py), which stays root and
+writes each message as its recipient; a daemon started as an ordinary user
+writes everything itself, as that user.  Names without an account
+(`local.users`, aliases) are written by the daemon, in the daemon's name.
+
 Prepends Return-Path and Delivered-To (RFC 5321 4.4; loop detection by
-convention).  Config key read: local.maildir.
+convention).  Config key read: local.maildir ({spool}, {user}, {home}).
 """
 
 from __future__ import annotations
@@ -18,19 +26,43 @@ import asyncio
 import errno
 import os
 from pathlib import Path
+from typing import Protocol
 
+from tidepost.accounts import Account, lookup
 from tidepost.config.schema import RouteConfig
 from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, deferred, delivered
 
 
+class OwnerWriter(Protocol):
+    """Writes a message into a Maildir as the account that owns it (the root helper)."""
+
+    def write_as(self, account: Account, name: str, data: bytes, uncertain: bool) -> str:
+        """Deliver as `account`; the note for the outcome; OSError on failure."""
+
+
+def maildir_path(template: str, spool: Path, user: str, home: str = "") -> Path:
+    """The Maildir folder of `user` from the local.maildir template."""
+    safe = user.replace("/", "_").replace("\0", "_")
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    return Path(template.format(spool=spool, user=safe, home=home or f"/nonexistent/{safe}"))
+
+
 class MaildirAgent:
     """DeliveryAgent for the `local` route."""
 
-    def __init__(self, maildir_template: str, spool: Path, hostname: str):
+    def __init__(self, maildir_template: str, spool: Path, hostname: str,
+                 owner_writer: OwnerWriter | None = None, system_users: bool = True):
         self._template = maildir_template
         self._spool = spool
         self._hostname = hostname.replace("/", "_").replace(":", "_")
+        self._owner_writer = owner_writer
+        self._system_users = system_users  # False: every local name is virtual
+
+    def _account(self, user: str) -> Account | None:
+        """The account that owns `user`'s Maildir; None: the daemon writes it."""
+        return lookup(user) if self._system_users else None
 
     def session(self, route: RouteConfig | None, nexthop: str) -> MaildirSession:
         """Local delivery has no connection: every session is the same."""
@@ -38,28 +70,43 @@ class MaildirAgent:
 
     def maildir_of(self, user: str) -> Path:
         """The Maildir folder of a local user."""
-        safe = user.replace("/", "_").replace("\0", "_")
-        if safe.startswith("."):
-            safe = "_" + safe[1:]
-        return Path(self._template.format(spool=self._spool, user=safe))
+        account = self._account(user)
+        return maildir_path(self._template, self._spool, user, account.home if account else "")
 
     def deliver_one(self, job: DeliveryJob, rcpt: QueuedRecipient) -> Outcome:
         """Write the message into one recipient's Maildir (blocking; run in a thread)."""
-        folder = self.maildir_of(rcpt.address.local)
         name = f"{int(job.message.arrival)}.{job.message.queue_id}R{rcpt.recipient_id}." \
                f"{self._hostname}"
+        prefix = (f"Return-Path: <{job.message.sender}>\r\n"
+                  f"Delivered-To: {rcpt.address}\r\n").encode()
+        account = self._account(rcpt.address.local)
         try:
-            for sub in ("tmp", "new", "cur"):
-                (folder / sub).mkdir(parents=True, exist_ok=True)
-            if rcpt.uncertain and _already_in_cur(folder, name):
-                return delivered(rcpt.recipient_id, f"already in {folder}/cur")
-            prefix = (f"Return-Path: <{job.message.sender}>\r\n"
-                      f"Delivered-To: {rcpt.address}\r\n").encode()
-            _write_new(folder, name, prefix + job.body)
+            if account is not None and self._owner_writer is not None:
+                note = self._owner_writer.write_as(account, name, prefix + job.body,
+                                                   rcpt.uncertain)
+            else:
+                folder = maildir_path(self._template, self._spool, rcpt.address.local,
+                                      account.home if account else "")
+                note = write_message(folder, name, prefix + job.body, rcpt.uncertain)
         except OSError as exc:
-            return deferred(rcpt.recipient_id, "4.2.0" if exc.errno != errno.ENOSPC else "4.3.1",
-                            f"maildir {folder}: {exc.strerror}")
-        return delivered(rcpt.recipient_id, f"delivered to maildir {folder}")
+            return deferred(rcpt.recipient_id, "4.3.1" if exc.errno in (
+                errno.ENOSPC, errno.EDQUOT) else "4.2.0",
+                f"maildir of {rcpt.address.local}: {exc.strerror or exc}")
+        return delivered(rcpt.recipient_id, note)
+
+
+def write_message(folder: Path, name: str, data: bytes, uncertain: bool) -> str:
+    """Deliver `data` into the Maildir `folder` once; the note for the outcome.
+
+    Idempotent by `name`: a file already in new/ (or, when `uncertain`, in
+    cur/) means an earlier attempt delivered it.  Raises OSError.
+    """
+    for sub in ("", "tmp", "new", "cur"):
+        os.makedirs(folder / sub, mode=0o700, exist_ok=True)
+    if uncertain and _already_in_cur(folder, name):
+        return f"already in {folder}/cur"
+    _write_new(folder, name, data)
+    return f"delivered to maildir {folder}"
 
 
 def _already_in_cur(folder: Path, name: str) -> bool:
@@ -70,7 +117,7 @@ def _already_in_cur(folder: Path, name: str) -> bool:
 def _write_new(folder: Path, name: str, data: bytes) -> None:
     """tmp/ -> fsync -> link into new/ -> fsync the folder; idempotent by name."""
     tmp = folder / "tmp" / f"{name}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         view = memoryview(data)
         while view:

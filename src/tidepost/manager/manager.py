@@ -31,6 +31,7 @@ from tidepost.address import domain_matches
 from tidepost.clock import Clock
 from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
+from tidepost.eventlog import event
 from tidepost.manager.dispatch import Dispatcher
 from tidepost.manager.gates import RouteGates
 from tidepost.manager.settle import add_dsns, settle
@@ -85,6 +86,7 @@ class Manager:
         self.gates = RouteGates(config.route, clock.now())
         self._operator_held: set[str] = set()
         self.on_result: Callable[[int, int], None] = lambda done, total: None
+        self.runner = "daemon"  # who makes the attempts, for the log: daemon, flush...
         # Called after a release and after each scheduled or batched run of a
         # route (node_relay.py: ETRN to the route's upstreams).
         self.on_release: Callable[[str, str], None] = lambda route, cause: None
@@ -138,11 +140,23 @@ class Manager:
         self._wake.set()
 
     async def catch_up(self) -> int:
-        """Take in, now, what other processes queued and what an admin made due; the count."""
-        before = len(self.scheduler)
-        await self._poll_new()
-        changed = await self._poll_changes()
-        return len(self.scheduler) - before + changed
+        """Take in what other processes committed and an admin made due, then wake.
+
+        Mail other processes committed (sendmail, another node), and
+        recipients `tidepost queue release/requeue` made due (the change
+        log).  Called before every release, scheduled run and ETRN/ATRN, so
+        that they cover every message committed before them, whoever queued
+        it, and when `tidepost sendmail` or an admin command says it has
+        changed the queue.  Returns how many recipients were taken in.
+        """
+        taken = 0
+        if self._daemon:
+            before = len(self.scheduler)
+            await self._poll_new()
+            changed = await self._poll_changes()
+            taken = len(self.scheduler) - before + changed
+        self._wake.set()
+        return taken
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Daemon loop until `stopping` is set; in-flight jobs finish first."""
@@ -202,6 +216,7 @@ class Manager:
         await self._queue.set_hold(route, False, self._clock.now(), cause)
         self._operator_held.discard(route)
         self._route_cause[route] = (self._clock.now(), f"released: {cause}")
+        await self.catch_up()
         if route in self.gates:
             count = await self._run_gated(route, f"released: {cause}")
         else:
@@ -220,6 +235,7 @@ class Manager:
         gone from the scheduler, so nothing is delivered twice.
         """
         pattern = "." + domain if subdomains else domain
+        await self.catch_up()
         entries = self._take_held(route, [pattern])
         if entries and self._dispatcher is not None:
             await self._claim_and_dispatch(entries, force=True, cause=f"flush of {pattern}")
@@ -234,6 +250,7 @@ class Manager:
         jobs run one after another on it instead of through the dispatcher.
         Claims make a concurrent ETRN or flush skip these recipients.
         """
+        await self.catch_up()
         result = await self._claim(self._take_held(route, patterns), force=True)
         count = 0
         for message, recipients in result.claimed:
@@ -304,6 +321,7 @@ class Manager:
 
     async def _run_gated(self, route: str, cause: str) -> int:
         """One run of a gated route: everything due on it, now."""
+        await self.catch_up()
         entries = self.scheduler.take_route(route, self._clock.now())
         if entries and self._dispatcher is not None:
             await self._claim_and_dispatch(entries, force=False, cause=cause)
@@ -432,9 +450,14 @@ class Manager:
             add_dsns(result, job, original, self._config.hostname, now)
         if result.warned:
             self._warned.add(message.message_id)
-        new_entries = await self._queue.record(
+        recorded = await self._queue.record(
             self._owner, result.updates, result.dsns,
             [message.message_id] if result.warned else [])
+        new_entries = recorded.entries
+        for dsn in result.dsns:
+            event(log, message.queue_id, "dsn", kind="delay" if dsn is not result.dsns[0]
+                  or not result.failures else "failure", dsn_id=dsn.queue_id,
+                  to=f"<{message.sender}>")
         if all(u.next_try is None for u in result.updates):
             self._warned.discard(message.message_id)  # ids are not reused, but keep it small
         for update in result.updates:
@@ -447,6 +470,8 @@ class Manager:
                 self.scheduler.insert(ScheduleEntry(rcpt.recipient_id, message.message_id,
                                                     rcpt.address.domain, update.next_try,
                                                     message.size))
+        for queue_id in recorded.removed:
+            event(log, queue_id, "removed")
         for entry in new_entries:
             if self._daemon:
                 self.scheduler.insert(entry)
@@ -464,11 +489,16 @@ class Manager:
         done = self._report.delivered + self._report.deferred + self._report.bounced
         self.on_result(done, self._report.attempted)
 
-    @staticmethod
-    def _log(job: DeliveryJob, outcome: Outcome, now: float) -> None:
-        """One Postfix-style log line per recipient attempt."""
+    def _log(self, job: DeliveryJob, outcome: Outcome, now: float) -> None:
+        """One log line per recipient attempt (docs/LOGGING.md)."""
         rcpt = next(r for r in job.recipients if r.recipient_id == outcome.recipient_id)
-        log.info("%s: to=<%s>, route=%s, relay=%s, delay=%.2f, status=%s (%s %s)",
-                 job.message.queue_id, rcpt.address, job.route or "none",
-                 outcome.remote_mta or job.nexthop or "local", now - job.message.arrival,
-                 outcome.verdict.value, outcome.status, outcome.reason)
+        runner = self.runner
+        if job.cause.startswith(("ETRN", "flush of")):
+            runner = "etrn"
+        elif job.cause.startswith("ATRN"):
+            runner = "atrn"
+        event(log, job.message.queue_id, outcome.verdict.value, to=f"<{rcpt.address}>",
+              route=job.route or "none", relay=outcome.remote_mta or job.nexthop or "local",
+              delay=f"{now - job.message.arrival:.2f}",
+              attempts=rcpt.attempts + int(outcome.attempted), runner=runner,
+              status=outcome.status, reply=outcome.reason)

@@ -66,6 +66,14 @@ class ClaimResult:
     not_due: list[ScheduleEntry] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Recorded:
+    """What one `record` call did: DSNs queued, and messages that left the queue."""
+
+    entries: list[ScheduleEntry] = field(default_factory=list)  # of the new DSNs
+    removed: list[str] = field(default_factory=list)  # queue ids of finished messages
+
+
 @dataclass(frozen=True, slots=True)
 class QueueRow:
     """One recipient as `tidepost queue` lists it."""
@@ -119,8 +127,12 @@ class QueueBackend(Protocol):
 
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
                      new_messages: Sequence[NewMessage] = (),
-                     warned: Sequence[int] = ()) -> list[ScheduleEntry]:
-        """Apply outcomes, queue DSNs and mark warnings, in one transaction."""
+                     warned: Sequence[int] = ()) -> Recorded:
+        """Apply outcomes, queue DSNs, mark warnings, drop finished messages: one transaction.
+
+        Returns the new DSNs' schedule entries and the queue ids of the
+        messages this call removed (every recipient final).
+        """
 
     async def walk(self) -> list[ScheduleEntry]:
         """Every QUEUED recipient, to rebuild a scheduler."""

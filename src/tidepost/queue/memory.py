@@ -21,7 +21,7 @@ from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
-                                    RecipientUpdate)
+                                    RecipientUpdate, Recorded)
 from tidepost.queue.selection import (EVERY_STATE, UNDELIVERED, Changed, Selection, Tally, TallyKey,
                                       age_class, size_class)
 from tidepost.queue.sqlite import new_queue_id
@@ -126,7 +126,7 @@ class MemoryQueue:
 
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
                      new_messages: Sequence[NewMessage] = (),
-                     warned: Sequence[int] = ()) -> list[ScheduleEntry]:
+                     warned: Sequence[int] = ()) -> Recorded:
         """Apply `owner`'s outcomes, queue DSNs, mark warnings, drop finished messages."""
         self._check_new(new_messages)
         for update in updates:
@@ -136,8 +136,9 @@ class MemoryQueue:
                 stored = self._messages[message_id]
                 stored.info = dataclasses.replace(stored.info, warned=True)
         entries = [e for m in new_messages for e in self._insert(m)]
-        self._drop_finished(u.outcome.recipient_id for u in updates if u.next_try is None)
-        return entries
+        removed = self._drop_finished(u.outcome.recipient_id for u in updates
+                                      if u.next_try is None)
+        return Recorded(entries, removed)
 
     async def walk(self) -> list[ScheduleEntry]:
         """Every QUEUED recipient."""
@@ -307,11 +308,12 @@ class MemoryQueue:
             row.unlease(QUEUED)
             row.next_try, row.uncertain = update.next_try, False
 
-    def _drop_finished(self, recipient_ids: Iterable[int]) -> None:
-        """Forget messages of these recipients once none is undelivered."""
-        for message_id in {self._recipients[i].message_id for i in recipient_ids
-                           if i in self._recipients}:
-            self._drop_if_done(message_id)
+    def _drop_finished(self, recipient_ids: Iterable[int]) -> list[str]:
+        """Forget messages of these recipients once none is undelivered; their queue ids."""
+        message_ids = {self._recipients[i].message_id for i in recipient_ids
+                       if i in self._recipients}
+        queue_ids = {m: self._messages[m].info.queue_id for m in message_ids}
+        return [queue_ids[m] for m in sorted(message_ids) if self._drop_if_done(m)]
 
     def _drop_if_done(self, message_id: int) -> bool:
         """Forget a message, and its rows, if none of its recipients is undelivered."""

@@ -31,7 +31,7 @@ from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientStat
 from tidepost.outcomes import Verdict
 from tidepost.queue import sqlite_views as views
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
-                                    RecipientUpdate)
+                                    RecipientUpdate, Recorded)
 from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 
 SCHEMA = """
@@ -256,8 +256,11 @@ class SqliteQueue:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        with contextlib.closing(connect(path)) as conn:
-            migrate(conn)
+        try:
+            with contextlib.closing(connect(path)) as conn:
+                migrate(conn)
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot open the queue {path}: {exc}") from None
         self._writer = _Writer(path)
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
         self._reader: sqlite3.Connection | None = None
@@ -304,14 +307,13 @@ class SqliteQueue:
 
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
                      new_messages: Sequence[NewMessage] = (),
-                     warned: Sequence[int] = ()) -> list[ScheduleEntry]:
+                     warned: Sequence[int] = ()) -> Recorded:
         """Apply outcomes, queue DSNs, mark warnings and drop finished messages."""
-        def op(conn: sqlite3.Connection) -> list[ScheduleEntry]:
+        def op(conn: sqlite3.Connection) -> Recorded:
             _apply_updates(conn, owner, updates)
             conn.executemany("UPDATE messages SET warned=1 WHERE id=?", [(m,) for m in warned])
             entries = [e for m in new_messages for e in _insert(conn, m)]
-            _drop_finished(conn, updates)
-            return entries
+            return Recorded(entries, _drop_finished(conn, updates))
         return await self._writer.run(op)
 
     async def walk(self) -> list[ScheduleEntry]:
@@ -561,14 +563,14 @@ def _apply_updates(conn: sqlite3.Connection, owner: str,
                           outcome.recipient_id, owner))
 
 
-def _drop_finished(conn: sqlite3.Connection, updates: Sequence[RecipientUpdate]) -> None:
-    """Delete messages none of whose recipients is QUEUED, CLAIMED or HELD any more."""
+def _drop_finished(conn: sqlite3.Connection, updates: Sequence[RecipientUpdate]) -> list[str]:
+    """Delete messages none of whose recipients is QUEUED, CLAIMED or HELD; their queue ids."""
     finished = {u.outcome.recipient_id for u in updates if u.next_try is None}
-    if not finished:
-        return
+    removed: list[str] = []
     for chunk in _chunks(sorted(finished)):
-        conn.execute(
+        removed += [row[0] for row in conn.execute(
             "DELETE FROM messages WHERE id IN (SELECT message_id FROM recipients "
             f"WHERE id IN ({_marks(chunk)})) AND NOT EXISTS (SELECT 1 FROM recipients r "
-            "WHERE r.message_id=messages.id AND r.state IN (?,?,?))",
-            (*chunk, QUEUED, CLAIMED, HELD))
+            "WHERE r.message_id=messages.id AND r.state IN (?,?,?)) RETURNING queue_id",
+            (*chunk, QUEUED, CLAIMED, HELD))]
+    return removed

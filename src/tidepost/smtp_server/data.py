@@ -40,4 +40,5 @@ def client_info(session: Session) -> ClientInfo:
     if session.trusted and not session.peer_ip:
         protocol = "local"
     return ClientInfo(address=session.peer_ip, helo=session.helo, protocol=protocol,
-                      authenticated=session.authenticated)
+                      authenticated=session.authenticated,
+                      tls=session.tls_version if session.tls else "")

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections import Counter as Tally
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 from tidepost.config.schema import Config
-from tidepost.errors import ConfigError
+from tidepost.smtp_server import binding
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server import tls
 from tidepost.smtp_server.access import AccessPolicy
@@ -57,16 +58,6 @@ class ServerStatistics:
     messages_rejected: int
 
 
-def parse_listen(entry: str) -> tuple[str | None, int]:
-    """"HOST:PORT" or "[v6]:PORT" -> (host, port); host None means all addresses."""
-    host, colon, port = entry.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not colon or not port.isdigit() or int(port) > 65535 or not host:
-        raise ConfigError([f"smtp.listen: {entry!r} is not HOST:PORT"])
-    return (None if host == "*" else host), int(port)
-
-
 class SmtpServer:
     """Listens on the configured addresses and serves SMTP on each connection."""
 
@@ -86,12 +77,13 @@ class SmtpServer:
         self._refused = 0
         self._closing = False
 
-    async def start(self) -> None:
-        """Bind every `smtp.listen` address and start accepting."""
+    async def start(self, bound: dict[str, list[socket.socket]] | None = None) -> None:
+        """Start accepting on every `smtp.listen` address (sockets from `bound` if given)."""
+        bound = bound or {}
         for entry in self._config.smtp.listen:
-            host, port = parse_listen(entry)
-            server = await asyncio.start_server(self._on_connection, host, port)
-            self._servers.append(server)
+            for sock in bound.get(entry) or binding.bind(entry):
+                server = await asyncio.start_server(self._on_connection, sock=sock)
+                self._servers.append(server)
 
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) pairs actually bound."""

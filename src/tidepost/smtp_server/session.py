@@ -314,6 +314,8 @@ class Conversation:
         # A new reader: plaintext pipelined after STARTTLS is never read (RFC 3207 4.2).
         self._reader = SmtpReader(stream, self.limits.idle_timeout)
         self.session.tls = True
+        ssl_object = getattr(self._writer, "get_extra_info", lambda name: None)("ssl_object")
+        self.session.tls_version = ssl_object.version() if ssl_object is not None else "TLS"
         self.session.helo, self.session.esmtp = "", False
         self.transaction = None
 

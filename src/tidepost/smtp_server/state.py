@@ -24,6 +24,7 @@ class Session:
     helo: str = ""
     esmtp: bool = False
     tls: bool = False
+    tls_version: str = ""     # e.g. TLSv1.3, once STARTTLS succeeded
     authenticated: str = ""
     may_relay: bool = False
     errors: int = 0

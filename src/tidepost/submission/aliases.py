@@ -37,15 +37,22 @@ def parse_aliases(text: str, source: str) -> dict[str, list[str]]:
             logical[-1] = (logical[-1][0], logical[-1][1] + " " + line.strip())
         else:
             logical.append((number, line.strip()))
+    first_line: dict[str, int] = {}
     for number, line in logical:
         name, colon, rest = line.partition(":")
+        name = name.strip().lower()
         targets = [t.strip() for t in rest.split(",") if t.strip()]
-        if not colon or not name.strip() or not targets:
+        if not colon or not name or not targets:
             problems.append(f"{source}:{number}: expected 'name: target, ...'")
         elif any(t[0] in "|/" for t in targets):
-            problems.append(f"{source}:{number}: program and file targets are not supported")
+            problems.append(f"{source}:{number}: {name}: program and file targets are "
+                            "not supported")
+        elif name in first_line:
+            problems.append(f"{source}:{number}: {name}: defined again (first on line "
+                            f"{first_line[name]})")
         else:
-            aliases[name.strip().lower()] = targets
+            first_line[name] = number
+            aliases[name] = targets
     if problems:
         raise ConfigError(problems)
     return aliases

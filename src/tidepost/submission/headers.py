@@ -39,7 +39,9 @@ def received_header(client: ClientInfo, hostname: str, queue_id: str,
     """The Received: line this hop prepends (RFC 5321 4.4)."""
     date = formatdate(now, localtime=True)
     if client.protocol == "local":
-        origin = f"by {hostname} (tidepost, from userid {client.local_user or 'unknown'})"
+        user = client.local_user or "unknown"
+        uid = f" uid {client.uid}" if client.uid is not None else ""
+        origin = f"by {hostname} (tidepost, from userid {_clean(user)}{uid})"
     else:
         helo = _clean(client.helo) or "unknown"
         origin = f"from {helo} ([{client.address}])\r\n\tby {hostname} (tidepost)"

@@ -15,21 +15,27 @@ Config keys read: hostname, local.*, relay.domains (through Router).
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Callable
 
 from tidepost.address import Address
 from tidepost.clock import Clock
+from tidepost.eventlog import event
 from tidepost.config.schema import Config
 from tidepost.model import Envelope, ScheduleEntry
 from tidepost.queue.backend import NewMessage, QueueBackend
 from tidepost.queue.sqlite import new_queue_id
 from tidepost.routing.routes import Router
 from tidepost.submission.aliases import Aliases
-from tidepost.submission.headers import count_received, received_header
+from tidepost.submission.headers import count_received, header_section, received_header
+
+log = logging.getLogger("tidepost.submission")
 
 MAX_RECEIVED = 50  # more Received headers than this is a mail loop (RFC 5321 6.3)
+_MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]{1,250}>)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,9 @@ class ClientInfo:
     protocol: str = "ESMTP"    # SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, or "local"
     authenticated: str = ""    # SMTP AUTH identity, if any
     local_user: str = ""       # login name for command-line submissions
+    uid: int | None = None     # their uid, from the kernel
+    way: str = ""              # local submissions: "local" or "maildrop"
+    tls: str = ""              # TLS version of the SMTP session, if any
 
 
 class SubmissionRejected(Exception):
@@ -82,8 +91,13 @@ class Submission:
         """True when some route serves `domain`."""
         return self.router.route_of(domain) is not None
 
-    async def submit(self, envelope: Envelope, body: bytes, client: ClientInfo) -> str:
-        """Queue `body` for the envelope durably; return the queue id after commit."""
+    async def submit(self, envelope: Envelope, body: bytes, client: ClientInfo,
+                     transfer_keys: tuple[str, ...] = ()) -> str:
+        """Queue `body` for the envelope durably; return the queue id after commit.
+
+        `transfer_keys` are stored in the same commit; when one was stored
+        before, the queue raises AlreadyQueued and nothing is stored.
+        """
         if count_received(body) > MAX_RECEIVED:
             raise SubmissionRejected(554, "5.4.6", "Too many Received headers: mail loop")
         recipients = self._expand(envelope.recipients)
@@ -97,8 +111,10 @@ class Submission:
         now = self._clock.now()
         stamped = received_header(client, self._hostname, queue_id, envelope, now) + body
         message = NewMessage(envelope.sender, recipients, stamped, now,
-                             envelope.body_type, envelope.smtputf8, queue_id)
+                             envelope.body_type, envelope.smtputf8, queue_id,
+                             transfer_keys=transfer_keys)
         entries = await self._queue.submit(message)
+        log_received(queue_id, envelope.sender, recipients, stamped, client)
         self._on_queued(entries)
         return queue_id
 
@@ -112,6 +128,20 @@ class Submission:
             else:
                 out[rcpt] = None
         return tuple(out)
+
+
+def log_received(queue_id: str, sender: Address, recipients: tuple[Address, ...],
+                 body: bytes, client: ClientInfo) -> None:
+    """The `received` line of the mail log (docs/LOGGING.md)."""
+    found = _MESSAGE_ID.search(header_section(body))
+    local = client.protocol == "local"
+    event(log, queue_id, "received", from_=f"<{sender}>", size=len(body),
+          nrcpt=len(recipients), message_id=found.group(1).decode("ascii", "replace")
+          if found else None,
+          client="local" if local else f"{client.helo or 'unknown'}[{client.address}]",
+          protocol=(client.way or "local") if local else client.protocol,
+          tls=client.tls or None, auth=client.authenticated or None,
+          uid=client.uid, user=client.local_user or None)
 
 
 def date_header(now: float) -> str:
