@@ -1,6 +1,6 @@
 """A spool with one recipient in each state `tidepost queue` shows, for the queue CLI tests.
 
-The `queue_spool` fixture (registered by conftest.py) gives a QueueSpool:
+The `queue_spool` fixture (import it into the test module) gives a QueueSpool:
 a configuration with a LAN route, a scheduled route, a held uplink with a
 size limit (larger mail falls through to `bulk`), a customer domain, and a
 real SQLite queue in a temporary spool, filled by `fill()` with eight

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from queue_spool import queue_spool  # noqa: F401 - the fixture
 from tidepost.cli.queue_admin import admin_user, change, show_messages
 from tidepost.cli.queue_filters import Filters
 from tidepost.cli.queue_list import list_queue

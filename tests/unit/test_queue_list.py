@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from queue_spool import CONFIG, EXPECTED, RETRY_IN
+from queue_spool import CONFIG, EXPECTED, RETRY_IN, queue_spool  # noqa: F401 - fixture
 from tidepost.cli.queue_filters import Filters, UsageError, filters_from
 from tidepost.cli.queue_list import compact_state, list_queue, shorten_address, size_text
 from tidepost.cli.queue_view import Shown

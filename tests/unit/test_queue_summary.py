@@ -6,6 +6,7 @@ import asyncio
 import io
 import time
 
+from queue_spool import queue_spool  # noqa: F401 - the fixture
 from tidepost.address import Address
 from tidepost.cli.queue_filters import Filters
 from tidepost.cli.queue_summary import AGE_BOUNDS, AGE_LABELS, ranked, render, summarise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from queue_spool import queue_spool  # noqa: F401 - the fixture
 from tidepost.cli.routes_view import read_snapshot, route_states
 from tidepost.cli.status import show
 
