@@ -55,7 +55,8 @@ def test_a_delete_killed_midway_deletes_nothing_and_can_run_again(tmp_path):
     queue = spool / "queue.sqlite"
     fill(queue, MESSAGES, time.time())
     config = tmp_path / "tidepost.toml"
-    config.write_text(f'hostname = "site.test"\nspool = "{spool}"\n')
+    config.write_text(f'hostname = "site.test"\nspool = "{spool}"\n'
+                      '[system]\nuser = "root"\n')  # the test's folders are root's alone
     whole = {"messages": MESSAGES, "bodies": MESSAGES, "recipients": MESSAGES, "orphans": 0}
     assert counts(queue) == whole
     wal = spool / "queue.sqlite-wal"

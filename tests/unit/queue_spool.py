@@ -27,6 +27,9 @@ from tidepost.queue.sqlite import SqliteQueue
 CONFIG = """hostname = "site.test"
 spool = "{spool}"
 
+[system]
+user = "root"   # commands run in this process must not give up root (become_spool_owner)
+
 [relay]
 customer_domains = ["cust.test"]
 
