@@ -45,6 +45,9 @@ CUSTOMERS = [f"c{n}.example" for n in range(2, DOMAINS, 10)]
 CONFIG = """hostname = "site.test"
 spool = "{spool}"
 
+[system]
+user = "root"  # started as root, stay root: the spool is in this run's private folder
+
 [smtp]
 listen = ["127.0.0.1:{port}"]
 
