@@ -40,6 +40,12 @@ async def fill(spool: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
+def own_tidepost() -> str:
+    """The tidepost script beside the Python running this (not another one on PATH)."""
+    script = Path(sys.executable).parent / "tidepost"
+    return str(script) if script.exists() else shutil.which("tidepost") or "tidepost"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,7 +63,7 @@ def measure(spool: Path) -> tuple[int, float]:
 
 def daemon_rss(config: Path, env: dict[str, str] | None = None) -> tuple[int, float]:
     """Start serve with `config`; RSS in KiB once its queue is loaded, and seconds to load."""
-    tidepost = shutil.which("tidepost") or str(Path(sys.executable).parent / "tidepost")
+    tidepost = own_tidepost()
     started = time.perf_counter()
     proc = subprocess.Popen([tidepost, "serve", "-c", str(config)], stderr=subprocess.PIPE,
                             text=True, env=env)
