@@ -241,14 +241,14 @@ def print_table(results: list[tuple], load: float) -> None:
     print(f"queue views: {os.cpu_count()} CPUs, load average {load:.1f} at the start, "
           f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
     print(f"{'messages':>9} {'command':<26}{'first s':>8}{'total s':>8}{'goal s':>8}"
-          f"{'CPU s':>7}{'RSS MiB':>8}{'x serve':>8}{'lines':>9}")
+          f"{'CPU s':>7}{'RSS MiB':>8}{'x serve':>8}{'lines':>10}")
     daemon = {r[0]: r[5] for r in results if r[1].startswith("serve")}
     for count, label, first, total, cpu, rss, lines in results:
         goal = GOALS.get(count, {}).get(label)
         goal_text = "-" if goal is None else "/".join("-" if g is None else f"{g:g}" for g in goal)
         cpu_text = "-" if cpu is None else f"{cpu:.2f}"
         print(f"{count:>9,} {label:<26}{first:>8.2f}{total:>8.2f}{goal_text:>8}{cpu_text:>7}"
-              f"{rss / 1024:>8.1f}{rss / daemon[count]:>8.2f}{lines:>9,}")
+              f"{rss / 1024:>8.1f}{rss / daemon[count]:>8.2f}{lines:>10,}")
     print("first s: from the start to the first line of data (after the header); goal s: "
           "first/total (issue 12);\nCPU s: user+system; x serve: peak RSS against the "
           "daemon's on the same spool; the faster of two runs")

@@ -127,6 +127,9 @@ def migrate(conn: sqlite3.Connection) -> int:
     A spool newer than this program is refused (QueueError) rather than
     written with assumptions that no longer hold.
     """
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found == SCHEMA_VERSION:
+        return found  # current: no write, so that a listing writes nothing at all
     conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it
     try:
         found = conn.execute("PRAGMA user_version").fetchone()[0]
