@@ -11,20 +11,27 @@ evaluated by the queue store in its query.  The listing streams
 change the queue one transaction each and tell a running daemon
 (queue_admin.py).  Everything reads and writes the spool directly, so it
 works with or without the daemon.  This module only parses the command
-line; it imports what the action needs when it runs, so that a listing
-starts at once.
+line; it imports the other actions' modules only when they run, so that
+a listing starts at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
+from types import ModuleType
 
 from tidepost.cli.common import (add_config_option, config_or_exit, spool_owner_or_exit,
                                  subcommand)
+from tidepost.cli import queue_list
 from tidepost.cli.queue_filters import Filters, UsageError, add_filter_options, filters_from
 from tidepost.config.schema import Config
+# The default store, loaded now: after a change of account (root -> the
+# spool's) the Python installation need not be readable any more (a
+# virtualenv under /root), and open_queue would import it late.
+from tidepost.queue import sqlite as _default_store  # noqa: F401
 
 EX_USAGE = 64
 CHANGES = ("hold", "release", "requeue", "delete")
@@ -100,28 +107,30 @@ def run(args: argparse.Namespace) -> int:
     """
     config = config_or_exit(args.config)
     action = args.action or "list"
-    by = _admin_user() if action in CHANGES else ""  # before the account may change
+    module = _module_for(action)
+    by = module.admin_user() if action in CHANGES else ""  # before the account may change
     spool_owner_or_exit(config)
     try:
         if action == "list":
-            return asyncio.run(_list(args, config))
+            return asyncio.run(module.list_queue(config, filters_from(args, config),
+                                                 as_json=args.json, count_only=args.count))
         if action == "summary":
-            from tidepost.cli.queue_summary import summarise
-            return asyncio.run(summarise(config, filters_from(args, config), args.by, args.top))
-        from tidepost.cli import queue_admin
+            return asyncio.run(module.summarise(config, filters_from(args, config), args.by,
+                                                args.top))
         if action == "show":
-            return asyncio.run(queue_admin.show_messages(config, args.ids, args.body))
-        return asyncio.run(queue_admin.change(config, action, _targets(args, config), by))
+            return asyncio.run(module.show_messages(config, args.ids, args.body))
+        return asyncio.run(module.change(config, action, _targets(args, config), by))
     except UsageError as exc:
         print(f"tidepost queue {action}: {exc}", file=sys.stderr)
         return EX_USAGE
 
 
-async def _list(args: argparse.Namespace, config: Config) -> int:
-    """The listing, with the filters and output options given."""
-    from tidepost.cli.queue_list import list_queue
-    return await list_queue(config, filters_from(args, config), as_json=args.json,
-                            count_only=args.count)
+def _module_for(action: str) -> ModuleType:
+    """The module that runs `action`, imported before any change of account (above)."""
+    if action == "list":
+        return queue_list
+    name = "queue_summary" if action == "summary" else "queue_admin"
+    return importlib.import_module(f"tidepost.cli.{name}")
 
 
 def _targets(args: argparse.Namespace, config: Config) -> Filters:
@@ -132,13 +141,6 @@ def _targets(args: argparse.Namespace, config: Config) -> Filters:
     return filters_from(args, config, ids or None)
 
 
-def _admin_user() -> str:
-    """Who runs an admin change, for its log lines."""
-    from tidepost.cli.queue_admin import admin_user
-    return admin_user()
-
-
 def show(config: Config) -> int:
     """The whole listing (`sendmail -bp`, `mailq`); exit 0."""
-    from tidepost.cli.queue_list import list_queue
-    return asyncio.run(list_queue(config, Filters()))
+    return asyncio.run(queue_list.list_queue(config, Filters()))

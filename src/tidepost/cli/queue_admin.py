@@ -33,6 +33,7 @@ import time
 from tidepost import eventlog
 from tidepost.cli.logsetup import setup_logging
 from tidepost.cli.queue_filters import Filters, read_view, selection_for
+from tidepost.cli.queue_list import many
 from tidepost.cli.queue_view import QueueView, span
 from tidepost.config.schema import Config
 from tidepost.control.client import request
@@ -93,20 +94,15 @@ async def _apply(queue: QueueBackend, action: str, selection: Selection) -> list
 def _report(action: str, changed: list[Changed], idle: list[str], unknown: list[str]) -> None:
     """What was done, and which named messages were not changed, and why."""
     recipients = sum(c.recipients for c in changed)
-    print(f"{EVENTS[action]} {_many(recipients, 'recipient')} of "
-          f"{_many(len(changed), 'message')}")
+    print(f"{EVENTS[action]} {many(recipients, 'recipient')} of "
+          f"{many(len(changed), 'message')}")
     removed = sum(1 for c in changed if c.removed)
     if action == "delete" and removed:
-        print(f"{_many(removed, 'message')} left the queue")
+        print(f"{many(removed, 'message')} left the queue")
     for queue_id in idle:
         print(f"{queue_id}: {NOTHING_TO_DO[action]}")
     for queue_id in unknown:
         print(f"tidepost queue {action}: {queue_id}: no such message", file=sys.stderr)
-
-
-def _many(count: int, noun: str) -> str:
-    """`1 message`, `2 messages`."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 async def show_messages(config: Config, queue_ids: list[str], body: bool) -> int:

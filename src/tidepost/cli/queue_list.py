@@ -64,6 +64,11 @@ def shorten_address(address: str, width: int) -> str:
     return ELLIPSIS + address[-(width - 1):]
 
 
+def many(count: int, noun: str) -> str:
+    """`1 message`, `2 messages`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def compact_state(text: str, width: int) -> str:
     """A state in `width` characters: `held (route)`, `sched Mon 22:00`, `no route`."""
     if len(text) <= width:
@@ -190,7 +195,7 @@ class TableWriter(Writer):
     def finish(self, everything: bool) -> None:
         """The closing line: totals, or that nothing is queued."""
         if self.recipients:
-            self.add(f"-- {self.messages} messages, {self.recipients} recipients")
+            self.add(f"-- {many(self.messages, 'message')}, {many(self.recipients, 'recipient')}")
         else:
             self.add("Mail queue is empty" if everything else "No queued recipient matches")
         self.flush()

@@ -28,6 +28,9 @@ from tidepost.cli.queue_view import span
 from tidepost.cli.routes_view import (Snapshot, Waiting, ledger_table, read_snapshot,
                                       route_states, routes_table)
 from tidepost.config.schema import Config
+# The default store, loaded now: after a change of account (root -> the
+# spool's) the Python installation need not be readable any more.
+from tidepost.queue import sqlite as _default_store  # noqa: F401
 from tidepost.resolver.cache_file import CACHE_FILE, read_statistics
 from tidepost.routing.releases import read_releases
 from tidepost.routing.ledger import last_activations
