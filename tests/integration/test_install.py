@@ -50,14 +50,18 @@ def tidepost(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def test_install_then_mail_between_users_then_uninstall(unix_users, processes, tmp_path):
-    if ETC.exists() or PREFIX.exists() or _has_user("tidepost"):
+    if ETC.exists() or PREFIX.exists():
         pytest.skip("tidepost is installed on this machine already")
+    # An account of its own rather than `tidepost`: other tidepost processes
+    # started as root on this machine would switch to a `tidepost` account.
+    account = f"tp{os.getpid() % 100000}mta"
+    assert not _has_user(account)
     if not shutil.which("dpkg-divert"):
         pytest.skip("not a Debian system")
     before = {link: fingerprint(link) for link in LINKS}
     try:
-        tidepost("install")
-        _check_installed()
+        tidepost("install", "--user", account)
+        _check_installed(account)
         alice, bob = unix_users("alice"), unix_users("bob")
         port = free_port()
         config = ETC / "tidepost.toml"
@@ -94,7 +98,7 @@ def test_install_then_mail_between_users_then_uninstall(unix_users, processes, t
     assert {link: fingerprint(link) for link in LINKS} == before
     assert not ETC.exists() and not PREFIX.exists()
     assert not Path("/var/spool/tidepost").exists()
-    assert not _has_user("tidepost")
+    assert not _has_user(account)
 
 
 def _has_user(name: str) -> bool:
@@ -105,11 +109,12 @@ def _has_user(name: str) -> bool:
     return True
 
 
-def _check_installed() -> None:
+def _check_installed(name: str) -> None:
     """The links, the account, the configuration and the spool are in place."""
     for link in LINKS:
         assert os.readlink(link) == str(PREFIX / "bin" / "tidepost"), link
-    account = pwd.getpwnam("tidepost")
+    account = pwd.getpwnam(name)
+    assert f'user = "{name}"' in (ETC / "tidepost.toml").read_text()
     spool = Path("/var/spool/tidepost").stat()
     assert (spool.st_uid, oct(spool.st_mode & 0o7777)) == (account.pw_uid, "0o755")
     maildrop = Path("/var/spool/tidepost/maildrop").stat()

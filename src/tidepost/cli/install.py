@@ -85,7 +85,7 @@ def run_install(args: argparse.Namespace) -> int:
     try:
         make_environment(prefix, source)
         _make_account(args.user, manifest)
-        _write_config(manifest)
+        _write_config(manifest, args.user)
         _make_folders(args.user)
         for link in LINKS:
             _link(Path(link), prefix / "bin" / "tidepost", manifest)
@@ -170,13 +170,14 @@ def _make_account(user: str, manifest: dict) -> None:
     manifest["created_user"] = True
 
 
-def _write_config(manifest: dict) -> None:
+def _write_config(manifest: dict, user: str) -> None:
     """/etc/tidepost/{tidepost.toml,aliases} and /etc/default/tidepost, never overwritten."""
     ETC.mkdir(mode=0o755, exist_ok=True)
     config = ETC / "tidepost.toml"
     if not config.exists():
         text = resources.files("tidepost.config").joinpath("system.toml").read_text()
-        config.write_text(text.replace("@HOSTNAME@", socket.gethostname()))
+        config.write_text(text.replace("@HOSTNAME@", socket.gethostname())
+                          .replace("@USER@", user))
         manifest.setdefault("created", []).append(str(config))
     aliases = ETC / "aliases"
     if not aliases.exists():

@@ -78,12 +78,16 @@ class LocalHelper:
         return str(reply.get("note", "delivered"))
 
     def close(self) -> None:
-        """End the helper (it exits when its socket closes)."""
+        """End the helper: it exits when its socket closes (we may no longer signal it)."""
+        self._file.close()
         self._sock.close()
         try:
             self._process.wait(5)
         except subprocess.TimeoutExpired:
-            self._process.kill()
+            try:
+                self._process.kill()
+            except PermissionError:  # we gave up root; it ends with its socket anyway
+                return
             self._process.wait()
 
 
