@@ -76,7 +76,9 @@ def test_delete_all_on_a_domain_deletes_those_recipients_only(queue_spool, capsy
     spool = queue_spool.fill()
     assert run_change(spool, "delete", domain="example.org") == 0
     assert set(rows(spool)) == set(spool.queue_ids) - {"dave@example.org", "eve@example.org"}
-    assert capsys.readouterr().err.count(" deleted by=") == 2
+    log = capsys.readouterr().err
+    assert log.count(" deleted by=") == 2
+    assert f"admin: {spool.queue_ids['dave@example.org']}: removed\n" in log
 
 
 def test_delete_by_route_follows_the_router(queue_spool):

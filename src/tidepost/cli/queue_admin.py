@@ -78,6 +78,8 @@ async def change(config: Config, action: str, filters: Filters, by: str = "") ->
     user = by or admin_user()
     for item in changed:
         eventlog.event(log, item.queue_id, EVENTS[action], by=user, nrcpt=item.recipients)
+        if item.removed:  # the message's last line, as after its last delivery
+            eventlog.event(log, item.queue_id, "removed")
     if changed and action in ("release", "requeue"):
         request(config.spool_path, "wake", timeout=5.0)  # None: no daemon; it loads at start
     _report(action, changed, [i for i in missing if i not in unknown], unknown)
