@@ -40,6 +40,12 @@ async def fill(spool: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
+def own_tidepost() -> str:
+    """The tidepost script beside the Python running this (not another one on PATH)."""
+    script = Path(sys.executable).parent / "tidepost"
+    return str(script) if script.exists() else shutil.which("tidepost") or "tidepost"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,11 +56,17 @@ def measure(spool: Path) -> tuple[int, float]:
     """Start serve on `spool`; RSS in KiB once the queue is loaded, and seconds to load."""
     config = spool.parent / f"{spool.name}.toml"
     config.write_text(f'hostname = "site.test"\nspool = "{spool}"\n'
-                      f'[smtp]\nlisten = ["127.0.0.1:{free_port()}"]\n')
-    tidepost = shutil.which("tidepost") or str(Path(sys.executable).parent / "tidepost")
+                      f'[smtp]\nlisten = ["127.0.0.1:{free_port()}"]\n'
+                      '[system]\nuser = "root"\n')  # as root, keep root: a private spool
+    return daemon_rss(config)
+
+
+def daemon_rss(config: Path, env: dict[str, str] | None = None) -> tuple[int, float]:
+    """Start serve with `config`; RSS in KiB once its queue is loaded, and seconds to load."""
+    tidepost = own_tidepost()
     started = time.perf_counter()
     proc = subprocess.Popen([tidepost, "serve", "-c", str(config)], stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     try:
         for line in proc.stderr:
             if "queue loaded" in line:
@@ -66,7 +78,7 @@ def measure(spool: Path) -> tuple[int, float]:
         return rss, loaded
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
 
 
 def main() -> None:

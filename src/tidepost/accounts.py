@@ -85,6 +85,26 @@ def become(account: Account) -> None:
     os.environ["USER"] = os.environ["LOGNAME"] = account.name
 
 
+def can_reach(account: Account, path: str | Path) -> bool:
+    """True when `account` may enter every folder on the way to `path` and read it."""
+    target = Path(path).resolve()
+    groups = set(os.getgrouplist(account.name, account.gid))
+    for folder in (target, *target.parents):
+        try:
+            info = folder.stat()
+        except OSError:
+            return False
+        if info.st_uid == account.uid:
+            allowed = info.st_mode & 0o500 == 0o500
+        elif info.st_gid in groups:
+            allowed = info.st_mode & 0o050 == 0o050
+        else:
+            allowed = info.st_mode & 0o005 == 0o005
+        if not allowed:
+            return False
+    return True
+
+
 def group_name(gid: int) -> str:
     """The name of group `gid`, or the number."""
     try:

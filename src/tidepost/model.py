@@ -19,6 +19,7 @@ class RecipientState(enum.Enum):
 
     QUEUED = "queued"        # waiting; eligible once next_try has passed
     CLAIMED = "claimed"      # leased by one queue runner; in flight
+    HELD = "held"            # held by an admin (`tidepost queue hold`): never claimed
     DELIVERED = "delivered"  # final: accepted by the next hop or the mailbox
     BOUNCED = "bounced"      # final: permanently failed or expired; DSN queued
 

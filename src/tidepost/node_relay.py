@@ -25,7 +25,6 @@ import ipaddress
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from tidepost.address import domain_matches
@@ -34,6 +33,7 @@ from tidepost.config.schema import CUSTOMERS_ROUTE, Config
 from tidepost.delivery.turnaround import TurnedSession
 from tidepost.errors import ConfigError
 from tidepost.manager.manager import Manager
+from tidepost.routing.releases import read_releases, releases_path
 from tidepost.routing.routes import Router
 from tidepost.smtp_client.session import SmtpSession
 from tidepost.smtp_client.turn import UpstreamPlan, UpstreamRequests
@@ -47,20 +47,6 @@ from tidepost.submission.submit import Submission
 log = logging.getLogger("tidepost.relay")
 
 REFRESH_SECONDS = 1.0  # customer domains file: look at its mtime at most this often
-RELEASES_FILE = "customer-releases.json"
-
-
-def releases_path(config: Config) -> Path:
-    """Where the last release of each customer domain is remembered."""
-    return config.spool_path / RELEASES_FILE
-
-
-def read_releases(config: Config) -> dict[str, dict[str, Any]]:
-    """{pattern: {"time": unix seconds, "by": "ETRN from 192.0.2.1", "count": n}}."""
-    try:
-        return json.loads(releases_path(config).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 class RelayRole:

@@ -4,7 +4,9 @@
 `system.user` (default `tidepost`; "root" keeps root); when that account
 does not exist, root is kept with a warning (a first run on a fresh
 machine; `tidepost install` creates the account and `config check` says
-it is missing).  Started as anyone else: that user.
+it is missing), and so it is when the account could not load this very
+program (a Python living under /root): it would die at its next import.
+Started as anyone else: that user.
 
 `prepare_daemon(config)` does, in this order, what `tidepost serve` needs
 root for: make the spool and give it to the account, take the spool's
@@ -21,9 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 
-from tidepost.accounts import Account, AccountError, become, current, is_root, lookup
+from tidepost.accounts import (Account, AccountError, become, can_reach, current, is_root,
+                               lookup)
 from tidepost.config.schema import Config
 from tidepost.control import spool
 from tidepost.control.pidfile import lock_spool
@@ -61,7 +65,21 @@ def run_account(config: Config, warn: bool = False) -> Account:
             log.warning("user %r does not exist: running as root (`tidepost install` "
                         "creates the account)", config.system.user)
         return current()
+    unreachable = [p for p in _program_folders() if not can_reach(account, p)]
+    if unreachable:
+        if warn:
+            log.warning("user %r cannot read this Python installation (%s): running as "
+                        "root (`tidepost install` puts one everyone can read in "
+                        "/opt/tidepost)", account.name, unreachable[0])
+        return current()
     return account
+
+
+def _program_folders() -> list[str]:
+    """Where this program's code lives: the account must be able to load it."""
+    import tidepost
+    return list(dict.fromkeys([sys.base_prefix, sys.prefix,
+                               os.path.dirname(tidepost.__file__)]))
 
 
 def prepare_daemon(config: Config) -> Startup:

@@ -20,7 +20,8 @@ from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import bounced, deferred, delivered
 from tidepost.queue.backend import HoldState, NewMessage, QueueRow, RecipientUpdate, open_queue
-from tidepost.queue.sqlite import SCHEMA, SCHEMA_VERSION, SqliteQueue
+from tidepost.queue.selection import Selection
+from tidepost.queue.sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION, SqliteQueue
 
 T0 = 1_700_000_000.0  # arrival of the first message
 LEASE = 600.0
@@ -325,19 +326,19 @@ def test_reschedule_moves_queued_recipients_only(queue):
     assert [e.next_try for e in run(queue.walk())] == [T0 + 5, T0]
 
 
-def test_rows_list_undelivered_recipients_oldest_message_first(queue):
-    newer = run(queue.submit(message(BOB, arrival=T0 + 60, body=b"12345", queue_id="B2")))
-    older = run(queue.submit(message(ALICE, BOB, body=b"123", queue_id="A1")))
-    run(queue.claim(ids(older[:1]), RUNNER, LEASE, T0))
+def test_rows_list_undelivered_recipients_in_queue_order(queue):
+    first = run(queue.submit(message(BOB, arrival=T0 + 60, body=b"12345", queue_id="B2")))
+    second = run(queue.submit(message(ALICE, BOB, body=b"123", queue_id="A1")))
+    run(queue.claim(ids(second[:1]), RUNNER, LEASE, T0))
+    b2, a1 = first[0].message_id, second[0].message_id
     assert run(queue.rows()) == [
-        QueueRow("A1", T0, 3, "carol@sender.example", "alice@example.org", "example.org",
-                 "claimed", 0, T0, ""),
-        QueueRow("A1", T0, 3, "carol@sender.example", "bob@example.net", "example.net",
-                 "queued", 0, T0, ""),
         QueueRow("B2", T0 + 60, 5, "carol@sender.example", "bob@example.net", "example.net",
-                 "queued", 0, T0 + 60, ""),
+                 "queued", 0, T0 + 60, "", b2, ids(first)[0]),
+        QueueRow("A1", T0, 3, "carol@sender.example", "alice@example.org", "example.org",
+                 "claimed", 0, T0, "", a1, ids(second)[0]),
+        QueueRow("A1", T0, 3, "carol@sender.example", "bob@example.net", "example.net",
+                 "queued", 0, T0, "", a1, ids(second)[1]),
     ]
-    assert ids(newer) != ids(older)
 
 
 def test_rows_show_the_null_sender_as_empty(queue):
@@ -436,17 +437,22 @@ def test_an_outcome_that_was_not_attempted_leaves_the_attempt_count(queue):
     assert (row.state, row.attempts) == ("queued", 0)
 
 
-def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_mail(tmp_path: Path):
-    path = tmp_path / "queue.sqlite"
+def old_spool(path: Path, schema: str, queue_id: str) -> None:
+    """A spool made by an older tidepost (`schema`), holding one queued message."""
     old = sqlite3.connect(path)
-    old.executescript(SCHEMA)  # the landed schema: no user_version, no transfers table
+    old.executescript(schema)
     old.execute("INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
-                "VALUES ('OLD000000001', 'a@b.example', 1.0, 3, '7BIT', 0)")
+                "VALUES (?, 'a@b.example', 1.0, 3, '7BIT', 0)", (queue_id,))
     old.execute("INSERT INTO bodies VALUES (1, x'616263')")
     old.execute("INSERT INTO recipients(message_id, local, domain, state, next_try) "
                 "VALUES (1, 'bob', 'example.net', 'queued', 1.0)")
     old.commit()
     old.close()
+
+
+def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_mail(tmp_path: Path):
+    path = tmp_path / "queue.sqlite"
+    old_spool(path, SCHEMA, "OLD000000001")  # the landed schema: no user_version, no transfers
     queue = SqliteQueue(path)
     try:
         assert [row.queue_id for row in run(queue.rows())] == ["OLD000000001"]
@@ -456,6 +462,19 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_mail(tmp_path: Path
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     check.close()
+
+
+def test_a_version_2_spool_gets_the_change_log_and_keeps_its_mail(tmp_path: Path):
+    path = tmp_path / "queue.sqlite"
+    old_spool(path, SCHEMA + MIGRATIONS[0] + "PRAGMA user_version=2;", "OLD000000002")
+    queue = SqliteQueue(path)
+    try:
+        run(queue.hold_recipients(Selection(), T0))
+        run(queue.release_recipients(Selection(), T0))
+        change, entries = run(queue.changes_since(0))
+        assert [e.domain for e in entries] == ["example.net"] and change > 0
+    finally:
+        run(queue.close())
 
 
 def test_a_spool_from_a_newer_tidepost_is_refused(tmp_path: Path):

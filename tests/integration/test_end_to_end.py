@@ -175,7 +175,7 @@ def test_temporary_failure_stays_queued_and_is_retried(node, smtp_sink, sink_por
 
     def deferred_listing() -> str:
         listing = node.queue()
-        return listing if "later@soft.test" in listing and "deferred" in listing else ""
+        return listing if "later@soft.test" in listing and "retry " in listing else ""
 
     listing = node.wait_for(deferred_listing, what="the recipient deferred")
     assert "4.3.0" in listing or "450" in listing, listing

@@ -121,3 +121,14 @@ def test_customer_mail_is_accepted_from_anyone_but_relaying_stays_closed(tmp_pat
         S.S550_RELAY_DENIED
     assert policy.check_recipient(Address("a%b", "shop.test"), may_relay) == \
         S.S550_RELAY_DENIED
+
+
+def test_the_first_matching_pattern_is_found_by_lookup_as_by_scanning(tmp_path):
+    from tidepost.address import domain_matches
+    inline = '"a.example.org", ".example.org", ".b.example.org", "example.net", ".org"'
+    customers = Router(relay_config(tmp_path, inline=inline)).customers
+    for domain in ("a.example.org", "b.example.org", "x.b.example.org", "example.org",
+                   "example.net", "x.example.net", "org", "other.test", "sub.a.example.org"):
+        scanned = next((p for p in customers.patterns if domain_matches(domain, p)), None)
+        assert customers.pattern_for(domain) == scanned, domain
+        assert customers.matches(domain) == (scanned is not None)

@@ -12,78 +12,131 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
-from tidepost.config.schema import Config
+from tidepost.cli.queue_view import QueueView, size_bounds, span
+from tidepost.config.schema import CUSTOMERS_ROUTE, Config
 from tidepost.manager.gates import RouteGates
-from tidepost.queue.backend import HoldState, QueueRow, open_queue
+from tidepost.queue.backend import HoldState, open_queue
+from tidepost.queue.selection import Selection, Tally
 from tidepost.routing.ledger import last_activations
 from tidepost.routing.routes import Router
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """How many recipients wait somewhere, since when, and the earliest next try."""
+
+    recipients: int = 0
+    oldest: float | None = None     # earliest arrival
+    next_try: float | None = None   # earliest next try of a queued one
+
+    def __add__(self, tally: Tally) -> Waiting:
+        return Waiting(self.recipients + tally.recipients, _least(self.oldest, tally.oldest),
+                       _least(self.next_try, tally.next_try))
+
+
+def _least(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional times."""
+    return b if a is None else a if b is None else min(a, b)
+
+
 @dataclass
 class Snapshot:
-    """The queue rows and hold states of a spool, read once."""
+    """The hold states of a spool and its recipients counted by domain, read once.
+
+    Counts, not rows (QueueBackend.tally): one grouped query, whatever the
+    queue's size.
+    """
 
     config: Config
     router: Router
     holds: dict[str, HoldState]
-    rows: list[QueueRow]
+    tallies: list[Tally]
     now: float
+
+    def __post_init__(self) -> None:
+        self.view = QueueView(self.config, self.router, self.holds, self.now)
 
     def is_held(self, name: str) -> bool:
         """A route's state: persisted, else its start_held."""
-        state = self.holds.get(name)
-        route = self.router.by_name.get(name)
-        return state.held if state else bool(route and route.start_held)
+        return name in self.view.held_routes
 
-    def rows_by_route(self) -> dict[str, list[QueueRow]]:
-        """Undelivered recipients grouped by the route serving them."""
-        grouped: dict[str, list[QueueRow]] = {}
-        for row in self.rows:
-            grouped.setdefault(self.router.route_of(row.domain, row.size) or "-", []).append(row)
-        return grouped
+    def by_route(self) -> dict[str, Waiting]:
+        """Undelivered recipients per route serving them now."""
+        routes: dict[str, Waiting] = {}
+        for tally in self.tallies:
+            route = self.view.route_of(tally.key, self.view.size_in(tally.size_class))
+            routes[route] = routes.get(route, Waiting()) + tally
+        return routes
+
+    def by_customer(self) -> dict[str, Waiting]:
+        """Recipients held for each customer-domain pattern (relay role)."""
+        patterns: dict[str, Waiting] = {}
+        for tally in self.tallies:
+            if self.router.route_of(tally.key) == CUSTOMERS_ROUTE:
+                pattern = self.router.customers.pattern_for(tally.key) or tally.key
+                patterns[pattern] = patterns.get(pattern, Waiting()) + tally
+        return patterns
 
 
 async def read_snapshot(config: Config) -> Snapshot:
-    """Read holds and rows, closing the queue again."""
+    """Read holds and per-domain counts, closing the queue again."""
+    router = Router(config)
     queue = open_queue(config.queue.backend, config.spool_path)
     try:
-        holds, rows = await queue.holds(), await queue.rows()
+        holds = await queue.holds()
+        tallies = await queue.tally(Selection(), "domain", size_bounds(config))
     finally:
         await queue.close()
-    return Snapshot(config, Router(config), holds, rows, time.time())
+    return Snapshot(config, router, holds, tallies, time.time())
 
 
-def routes_table(snap: Snapshot) -> Table:
-    """ROUTE, KIND, STATE, QUEUED, NEXT RUN, CHANGED, CAUSE."""
+def route_states(snap: Snapshot) -> list[dict]:
+    """Per route: name, kind, held, queued, next run, last change and its cause."""
     gates = RouteGates(snap.config.route, snap.now)
-    by_route = snap.rows_by_route()
-    table = Table(title="routes", box=None, header_style="bold", title_justify="left")
-    for column in ("ROUTE", "KIND", "STATE", "QUEUED", "NEXT RUN", "CHANGED", "CAUSE"):
-        table.add_column(column)
+    waiting = snap.by_route()
+    states = []
     for name in snap.router.route_names():
         route = snap.router.by_name.get(name)
         state = snap.holds.get(name)
         held = snap.is_held(name)
-        kind = "local" if route is None else ("on-demand" if route.on_demand else "always-up")
-        table.add_row(name, kind, "held" if held else "up", str(len(by_route.get(name, []))),
-                      _next_run(snap, name, held, gates, by_route.get(name, [])),
-                      _clock(state.changed) if state else "-",
-                      state.cause if state else ("start_held" if held else "-"))
+        here = waiting.get(name, Waiting())
+        next_run, next_run_text = _next_run(snap, name, held, gates, here)
+        states.append({
+            "route": name,
+            "kind": "local" if route is None else ("on-demand" if route.on_demand
+                                                   else "always-up"),
+            "held": held, "queued": here.recipients,
+            "next_run": next_run, "next_run_text": next_run_text,
+            "changed": state.changed if state else None,
+            "cause": state.cause if state else ("start_held" if held else None)})
+    return states
+
+
+def routes_table(snap: Snapshot) -> Table:
+    """ROUTE, KIND, STATE, QUEUED, NEXT RUN, CHANGED, CAUSE."""
+    table = Table(title="routes", box=None, header_style="bold", title_justify="left")
+    for column in ("ROUTE", "KIND", "STATE", "QUEUED", "NEXT RUN", "CHANGED", "CAUSE"):
+        table.add_column(column)
+    for route in route_states(snap):
+        table.add_row(route["route"], route["kind"], "held" if route["held"] else "up",
+                      str(route["queued"]), route["next_run_text"],
+                      _clock(route["changed"]) if route["changed"] else "-",
+                      route["cause"] or "-")
     return table
 
 
 def _next_run(snap: Snapshot, name: str, held: bool, gates: RouteGates,
-              rows: list[QueueRow]) -> str:
-    """When the route's mail is next tried: schedule, retry time, or never (held)."""
+              waiting: Waiting) -> tuple[float | None, str]:
+    """When the route's mail is next tried (Unix time or None), and how to say it."""
     if held:
-        return "when released"
+        return None, "when released"
     if name in gates:
         scheduled = gates.next_run(name)
-        return _clock(scheduled) if scheduled else "batch rule"
-    due = min((r.next_try for r in rows if r.state == "queued"), default=None)
+        return scheduled, _clock(scheduled) if scheduled else "batch rule"
+    due = waiting.next_try
     if due is None:
-        return "-"
-    return "now" if due <= snap.now else "in " + span(due - snap.now)
+        return None, "-"
+    return due, "now" if due <= snap.now else "in " + span(due - snap.now)
 
 
 def ledger_table(config: Config, per_route: int = 5) -> Table:
@@ -102,11 +155,3 @@ def ledger_table(config: Config, per_route: int = 5) -> Table:
 def _clock(moment: float) -> str:
     """Local date and time."""
     return time.strftime("%m-%d %H:%M:%S", time.localtime(moment))
-
-
-def span(seconds: float) -> str:
-    """A short duration: 45s, 12m, 3h, 2d."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(max(seconds, 0))}s"

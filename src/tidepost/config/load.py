@@ -373,3 +373,11 @@ class _Builder:
 
 
 _INVALID = types.SimpleNamespace()
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `15m`, `4h`, `5d`, `1w` or plain seconds as seconds; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (90s, 15m, 4h, 5d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]

@@ -1,7 +1,8 @@
 """The operator channel to a running daemon: a Unix socket in the spool.
 
 One JSON object per line in each direction.  Requests: `{"cmd": "wake"}`
-(mail was queued by another process), `{"cmd": "hold", "route": R}`,
+(mail was queued by another process, or `tidepost queue release/requeue`
+made recipients due), `{"cmd": "hold", "route": R}`,
 `{"cmd": "release", "route": R}`, `{"cmd": "status"}`.  The socket is
 created mode 0600: whoever may write the spool may command the daemon.
 """

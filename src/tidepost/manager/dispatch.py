@@ -93,6 +93,10 @@ class Dispatcher:
         """Wait until no job is queued or running."""
         await self._idle.wait()
 
+    def revive(self, destination: Destination) -> None:
+        """Forget a destination's backoff: an admin asked for its mail to be tried now."""
+        self._dead.pop(destination, None)
+
     def dead_destinations(self) -> dict[Destination, float]:
         """Destinations in backoff and when they may be tried again."""
         now = self._clock.now()

@@ -70,6 +70,16 @@ class RouteGates:
         gate = self._gates.get(route)
         return gate.next_run if gate else None
 
+    def next_run_after(self, route: str, moment: float) -> float | None:
+        """The first scheduled run of `route` after `moment` (a retry time), or None."""
+        gate = self._gates.get(route)
+        return gate.schedule.next_run(moment) if gate and gate.schedule else None
+
+    def is_scheduled(self, route: str) -> bool:
+        """True when `route` runs on a schedule (not only on a batching rule)."""
+        gate = self._gates.get(route)
+        return bool(gate and gate.schedule)
+
     def next_wake(self) -> float | None:
         """The earliest scheduled run of any gated route."""
         times = [g.next_run for g in self._gates.values() if g.next_run is not None]

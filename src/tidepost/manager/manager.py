@@ -7,7 +7,10 @@ in the queue (the claim, not the scheduler, decides who delivers), group
 them into jobs by message and destination, hand the jobs to the dispatcher,
 and record each job's outcomes.  When nothing is due, wait for a wake-up
 (a new submission, a release, a control command) or a timer; the timer also
-picks up mail queued by other processes, since a wake-up is only a hint.
+picks up mail queued by other processes, and recipients that `tidepost
+queue release/requeue` made due (the queue's change log), since a wake-up
+is only a hint.  Recipients an admin holds are HELD in the queue: the
+scheduler may still propose them, and the claim refuses them.
 
 Flush mode (`flush`): one pass over every queued recipient, ignoring retry
 times but not holds, as `sendmail -q` does; used by `tidepost flush`, which
@@ -75,6 +78,7 @@ class Manager:
         self._in_flight: set[int] = set()
         self._warned: set[int] = set()
         self._last_seen_id = 0
+        self._last_change = 0  # the queue's change log, read up to here
         self._daemon = False
         self._report = FlushReport()
         self._dispatcher: Dispatcher | None = None
@@ -135,16 +139,24 @@ class Manager:
         """Look at the queue now rather than at the next timer."""
         self._wake.set()
 
-    async def catch_up(self) -> None:
-        """Take in mail other processes committed (sendmail, another node), then wake.
+    async def catch_up(self) -> int:
+        """Take in what other processes committed and an admin made due, then wake.
 
-        Called before every release, scheduled run and ETRN/ATRN, so that
-        they cover every message committed before them, whoever queued it,
-        and when `tidepost sendmail` says it has queued something.
+        Mail other processes committed (sendmail, another node), and
+        recipients `tidepost queue release/requeue` made due (the change
+        log).  Called before every release, scheduled run and ETRN/ATRN, so
+        that they cover every message committed before them, whoever queued
+        it, and when `tidepost sendmail` or an admin command says it has
+        changed the queue.  Returns how many recipients were taken in.
         """
+        taken = 0
         if self._daemon:
+            before = len(self.scheduler)
             await self._poll_new()
+            changed = await self._poll_changes()
+            taken = len(self.scheduler) - before + changed
         self._wake.set()
+        return taken
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Daemon loop until `stopping` is set; in-flight jobs finish first."""
@@ -269,6 +281,8 @@ class Manager:
         self._operator_held = await self.held_routes()
         for route in self._operator_held | set(self.gates.routes()):
             self.scheduler.hold(route)
+        # Before the walk: a change made meanwhile is then read twice, never missed.
+        self._last_change, _ = await self._queue.changes_since(0)
         entries = await self._queue.walk()
         for entry in entries:
             self.scheduler.insert(entry)
@@ -327,6 +341,7 @@ class Manager:
             await asyncio.sleep(self._config.queue.poll_interval)
             try:
                 await self._poll_new()
+                await self._poll_changes()
                 await self._recover_orphans()
             except Exception:  # noqa: BLE001 - polling must go on
                 log.exception("polling the queue failed")
@@ -349,6 +364,23 @@ class Manager:
             self._last_seen_id = max(self._last_seen_id, entries[-1].recipient_id)
         if fresh:
             self._wake.set()
+
+    async def _poll_changes(self) -> int:
+        """Reschedule recipients released or requeued by an admin since the last look.
+
+        Their destinations' backoff is forgotten too: the admin asked for a
+        try now, as `postqueue -f` unthrottles Postfix's dead destinations.
+        """
+        self._last_change, entries = await self._queue.changes_since(self._last_change)
+        fresh = [e for e in entries if e.recipient_id not in self._in_flight]
+        for entry in fresh:
+            self.scheduler.insert(entry)  # replaces the entry, with its new next try
+            destination = self._router.destination(entry.domain, entry.size)
+            if destination is not None and self._dispatcher is not None:
+                self._dispatcher.revive(destination)
+        if fresh:
+            self._wake.set()
+        return len(fresh)
 
     # -- claiming and recording ---------------------------------------------
 

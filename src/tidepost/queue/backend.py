@@ -8,20 +8,28 @@ recipients, and a recipient is delivered only by the runner whose claim
 succeeded, so the daemon and any number of `tidepost flush` processes never
 deliver a recipient twice.
 
+Views and administration (`tidepost queue`, `status`, `queue hold` ...)
+name the recipients they mean with a `Selection` (queue/selection.py),
+which the store evaluates in its own query; listings are streamed, and
+each admin change is one transaction.  A recipient an admin holds is
+HELD: no claim hands it out until it is released.
+
 Implementations: `sqlite` (default, `queue/sqlite.py`) and `memory`
-(`queue/memory.py`, for tests and benchmarks).
+(`queue/memory.py`, for tests and benchmarks).  The contract they share is
+tests/contract/test_queue_backend.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import AsyncIterator, Callable, Protocol, Sequence
 
 from tidepost.address import Address
 from tidepost.errors import ConfigError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import Outcome
+from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +81,15 @@ class QueueRow:
     queue_id: str
     arrival: float
     size: int
-    sender: str
+    sender: str      # as stored: "" is the null sender
     recipient: str
     domain: str
-    state: str
+    state: str       # a RecipientState value
     attempts: int
     next_try: float
     last_error: str
+    message_id: int
+    recipient_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +147,87 @@ class QueueBackend(Protocol):
         """Return every recipient leased by `owner` to QUEUED (clean shutdown)."""
 
     async def rows(self) -> list[QueueRow]:
-        """Every undelivered recipient, oldest message first."""
+        """Every undelivered recipient, in queue order, as one list.
+
+        The same rows as `select(Selection())`; for tests and small queues
+        (views stream with `select`).
+        """
+
+    def select(self, selection: Selection) -> AsyncIterator[QueueRow]:
+        """The selected recipients, streamed, in the order they were queued.
+
+        Order: recipient id, which keeps a message's recipients together
+        and messages in the order they were committed.  Rows
+        are produced as they are read: the store holds a bounded number at
+        a time, however many match, and the first arrives before the last
+        is read.  Close the iterator (`contextlib.aclosing`) when stopping
+        early.  A row shows the recipient as it was when its batch was read.
+        """
+
+    async def count(self, selection: Selection) -> int:
+        """How many recipients `selection` picks (no rows are returned)."""
+
+    async def tally(self, selection: Selection, by: TallyKey, size_bounds: Sequence[int] = (),
+                    age_bounds: Sequence[float] = (), now: float = 0.0) -> list[Tally]:
+        """Counts of the selected recipients, grouped.
+
+        One Tally per (key, size class, age class) holding at least one
+        recipient, in no particular order.  The key is the recipient domain
+        (`by="domain"`) or the stored sender (`by="sender"`).  Size class:
+        how many of the ascending `size_bounds` lie below the message size
+        (`size <= size_bounds[0]` is class 0).  Age class: how many of the
+        ascending `age_bounds` (seconds) the age `now - arrival` has reached
+        (`age < age_bounds[0]` is class 0).  With no bounds, every class is 0.
+        """
+
+    async def message_info(self, queue_id: str) -> MessageInfo | None:
+        """The stored facts of the message with this queue id, or None."""
+
+    async def hold_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Hold the selected QUEUED recipients: they become HELD, in one transaction.
+
+        HELD recipients are never claimed, never expire and do not count
+        attempts, whatever their route's state, until released.  Recipients
+        in other states (in flight, already held) are left as they are.
+        Returns one Changed per message with at least one recipient held.
+        """
+
+    async def release_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Release the selected HELD recipients: QUEUED, due at `now`, in one transaction.
+
+        Each released recipient is noted in the change log (`changes_since`)
+        in the same transaction.  Returns one Changed per message with at
+        least one recipient released.
+        """
+
+    async def requeue_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Make the selected QUEUED recipients due at `now`, in one transaction.
+
+        Attempts and last errors are kept; each requeued recipient is noted
+        in the change log.  Others (in flight, held) are left as they are.
+        Returns one Changed per message with at least one recipient requeued.
+        """
+
+    async def delete_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Delete the selected undelivered recipients, in one transaction.
+
+        QUEUED, HELD and CLAIMED (in flight) recipients alike: a runner that
+        holds one finds it gone when it records its outcome, which then
+        changes nothing.  A message left with no undelivered recipient is
+        deleted with its body (Changed.removed); its transfer keys stay.
+        Returns one Changed per message with at least one recipient deleted.
+        """
+
+    async def changes_since(self, change: int) -> tuple[int, list[ScheduleEntry]]:
+        """Recipients released or requeued after change number `change`.
+
+        Returns the latest change number and the schedule entries of those
+        recipients that are QUEUED now, each once.  Change numbers grow with
+        each recipient released or requeued and are never reused; the log
+        keeps at least the last day.  A daemon passes back what it got last
+        time, so it sees every change committed since (its scheduler is a
+        cache; see docs/QUEUE.md).
+        """
 
     async def holds(self) -> dict[str, HoldState]:
         """Persisted hold states by route name."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import AsyncIterator, Callable, Iterable, Sequence
 
 from tidepost.address import Address
 from tidepost.errors import AlreadyQueued, QueueError
@@ -22,10 +22,14 @@ from tidepost.model import MessageInfo, QueuedRecipient, RecipientState, Schedul
 from tidepost.outcomes import Verdict
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
                                     RecipientUpdate, Recorded)
+from tidepost.queue.selection import (EVERY_STATE, UNDELIVERED, Changed, Selection, Tally, TallyKey,
+                                      age_class, size_class)
 from tidepost.queue.sqlite import new_queue_id
 
 QUEUED = RecipientState.QUEUED
 CLAIMED = RecipientState.CLAIMED
+HELD = RecipientState.HELD
+CHANGE_MEMORY = 86400.0  # seconds the change log is kept, as in sqlite_views.py
 ERROR_LIMIT = 500  # characters of last_error kept, as in sqlite.py
 
 
@@ -75,6 +79,8 @@ class MemoryQueue:
         self._transfers: dict[str, tuple[str, float]] = {}  # key -> (queue id, received)
         self._message_ids = itertools.count(1)
         self._recipient_ids = itertools.count(1)
+        self._changes: list[tuple[int, int, float]] = []  # (change, recipient id, when)
+        self._change_numbers = itertools.count(1)
 
     async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
         """Queue one message; a duplicate queue id is a QueueError."""
@@ -168,11 +174,79 @@ class MemoryQueue:
         return len(mine)
 
     async def rows(self) -> list[QueueRow]:
-        """Undelivered recipients, oldest message first."""
-        rows = sorted((r for r in self._recipients.values() if r.state in (QUEUED, CLAIMED)),
-                      key=lambda r: (self._messages[r.message_id].info.arrival,
-                                     r.message_id, r.recipient_id))
-        return [self._row(r) for r in rows]
+        """Undelivered recipients, in queue order."""
+        return [row async for row in self.select(Selection())]
+
+    async def select(self, selection: Selection) -> AsyncIterator[QueueRow]:
+        """Selected recipients, in queue order (recipient id)."""
+        for row in list(self._selected(selection, EVERY_STATE)):  # ids ascend: queue order
+            yield self._row(row)
+
+    async def count(self, selection: Selection) -> int:
+        """How many recipients `selection` picks."""
+        return sum(1 for _ in self._selected(selection, EVERY_STATE))
+
+    async def tally(self, selection: Selection, by: TallyKey, size_bounds: Sequence[int] = (),
+                    age_bounds: Sequence[float] = (), now: float = 0.0) -> list[Tally]:
+        """Grouped counts of the selected recipients (see QueueBackend.tally)."""
+        groups: dict[tuple[str, int, int], list[_Recipient]] = {}
+        for row in self._selected(selection, EVERY_STATE):
+            info = self._messages[row.message_id].info
+            key = row.address.domain if by == "domain" else str(info.sender)
+            group = (key, size_class(info.size, sorted(size_bounds)),
+                     age_class(now - info.arrival, sorted(age_bounds)))
+            groups.setdefault(group, []).append(row)
+        return [Tally(*group, len(rows), min(self._messages[r.message_id].info.arrival
+                                             for r in rows),
+                      min((r.next_try for r in rows if r.state is QUEUED), default=None))
+                for group, rows in groups.items()]
+
+    async def message_info(self, queue_id: str) -> MessageInfo | None:
+        """The stored facts of one message."""
+        return next((m.info for m in self._messages.values() if m.info.queue_id == queue_id),
+                    None)
+
+    async def hold_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Selected QUEUED recipients become HELD."""
+        picked = list(self._selected(selection, frozenset({QUEUED})))
+        for row in picked:
+            row.state = HELD
+        return self._changed(picked)
+
+    async def release_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Selected HELD recipients become QUEUED, due now."""
+        picked = list(self._selected(selection, frozenset({HELD})))
+        for row in picked:
+            row.state, row.next_try = QUEUED, now
+        self._log_changes(picked, now)
+        return self._changed(picked)
+
+    async def requeue_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Selected QUEUED recipients become due now."""
+        picked = list(self._selected(selection, frozenset({QUEUED})))
+        for row in picked:
+            row.next_try = now
+        self._log_changes(picked, now)
+        return self._changed(picked)
+
+    async def delete_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Selected undelivered recipients, and messages left with none, are deleted."""
+        picked = list(self._selected(selection, UNDELIVERED))
+        changed = self._changed(picked)
+        for row in picked:
+            del self._recipients[row.recipient_id]
+            self._messages[row.message_id].recipient_ids.remove(row.recipient_id)
+        queue_ids = {r.message_id: self._messages[r.message_id].info.queue_id for r in picked}
+        removed = {queue_ids[m] for m in queue_ids if self._drop_if_done(m)}
+        return [dataclasses.replace(c, removed=c.queue_id in removed) for c in changed]
+
+    async def changes_since(self, change: int) -> tuple[int, list[ScheduleEntry]]:
+        """Recipients released or requeued after change number `change`."""
+        wanted = {rid for number, rid, _ in self._changes if number > change}
+        latest = max((number for number, _, _ in self._changes), default=change)
+        entries = [self._recipients[rid].entry() for rid in sorted(wanted)
+                   if rid in self._recipients and self._recipients[rid].state is QUEUED]
+        return max(latest, change), entries
 
     async def holds(self) -> dict[str, HoldState]:
         """Hold states by route name."""
@@ -235,23 +309,49 @@ class MemoryQueue:
             row.next_try, row.uncertain = update.next_try, False
 
     def _drop_finished(self, recipient_ids: Iterable[int]) -> list[str]:
-        """Forget messages of these recipients once none is QUEUED or CLAIMED; their ids."""
-        removed: list[str] = []
+        """Forget messages of these recipients once none is undelivered; their queue ids."""
         message_ids = {self._recipients[i].message_id for i in recipient_ids
                        if i in self._recipients}
-        for message_id in message_ids:
-            rows = [self._recipients[i] for i in self._messages[message_id].recipient_ids]
-            if all(r.state not in (QUEUED, CLAIMED) for r in rows):
-                for row in rows:
-                    del self._recipients[row.recipient_id]
-                queue_id = self._messages.pop(message_id).info.queue_id
-                self._queue_ids.discard(queue_id)
-                removed.append(queue_id)
-        return removed
+        queue_ids = {m: self._messages[m].info.queue_id for m in message_ids}
+        return [queue_ids[m] for m in sorted(message_ids) if self._drop_if_done(m)]
+
+    def _drop_if_done(self, message_id: int) -> bool:
+        """Forget a message, and its rows, if none of its recipients is undelivered."""
+        rows = [self._recipients[i] for i in self._messages[message_id].recipient_ids]
+        if any(r.state in UNDELIVERED for r in rows):
+            return False
+        for row in rows:
+            del self._recipients[row.recipient_id]
+        self._queue_ids.discard(self._messages.pop(message_id).info.queue_id)
+        return True
+
+    def _selected(self, selection: Selection,
+                  states: frozenset[RecipientState]) -> Iterable[_Recipient]:
+        """Recipients in `states` that `selection` picks."""
+        for row in list(self._recipients.values()):
+            info = self._messages[row.message_id].info
+            if row.state in states and selection.matches(
+                    info.queue_id, str(info.sender), info.arrival, row.address.domain,
+                    info.size, row.state, row.next_try):
+                yield row
+
+    def _log_changes(self, rows: list[_Recipient], now: float) -> None:
+        """Note recipients in the change log; forget entries older than a day."""
+        self._changes = [c for c in self._changes if c[2] >= now - CHANGE_MEMORY]
+        self._changes += [(next(self._change_numbers), r.recipient_id, now) for r in rows]
+
+    def _changed(self, rows: list[_Recipient]) -> list[Changed]:
+        """One Changed per message among `rows`, in first-seen order."""
+        counts: dict[str, int] = {}
+        for row in rows:
+            queue_id = self._messages[row.message_id].info.queue_id
+            counts[queue_id] = counts.get(queue_id, 0) + 1
+        return [Changed(queue_id, n) for queue_id, n in counts.items()]
 
     def _row(self, row: _Recipient) -> QueueRow:
         """One recipient as `tidepost queue` lists it."""
         info = self._messages[row.message_id].info
         return QueueRow(info.queue_id, info.arrival, info.size, str(info.sender),
                         str(row.address), row.address.domain, row.state.value,
-                        row.attempts, row.next_try, row.last_error)
+                        row.attempts, row.next_try, row.last_error, row.message_id,
+                        row.recipient_id)

@@ -23,14 +23,16 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from tidepost.address import Address
 from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
+from tidepost.queue import sqlite_views as views
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
                                     RecipientUpdate, Recorded)
+from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -85,13 +87,28 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX transfers_by_age ON transfers(received);
     """,
+    # 3: queue administration.  The change log tells a running daemon which
+    # recipients `tidepost queue release/requeue` made due
+    # (QueueBackend.changes_since); recipients HELD by an admin need no new
+    # column: the state says it.  The views need no new index: they scan
+    # recipients in rowid order (sqlite_views.py says why).
+    """
+    CREATE TABLE changes (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        recipient_id INTEGER NOT NULL,
+        changed      REAL NOT NULL
+    );
+    CREATE INDEX changes_by_age ON changes(changed);
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 QUEUED = RecipientState.QUEUED.value
 CLAIMED = RecipientState.CLAIMED.value
+HELD = RecipientState.HELD.value
 BATCH_LIMIT = 512      # operations per group commit
 CHUNK = 500            # ids per IN (...) list
+FETCH = 2000           # rows per batch handed from the reader thread to a listing
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -110,6 +127,9 @@ def migrate(conn: sqlite3.Connection) -> int:
     A spool newer than this program is refused (QueueError) rather than
     written with assumptions that no longer hold.
     """
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found == SCHEMA_VERSION:
+        return found  # current: no write, so that a listing writes nothing at all
     conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it
     try:
         found = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -338,16 +358,70 @@ class SqliteQueue:
             "WHERE state=? AND lease_owner=?", (QUEUED, CLAIMED, owner)).rowcount)
 
     async def rows(self) -> list[QueueRow]:
-        """Undelivered recipients for `tidepost queue`."""
-        def op(conn: sqlite3.Connection) -> list[QueueRow]:
-            rows = conn.execute(
-                "SELECT m.queue_id, m.arrival, m.size, m.sender, "
-                "r.local || CASE WHEN r.domain='' THEN '' ELSE '@' || r.domain END, "
-                "r.domain, r.state, r.attempts, r.next_try, r.last_error "
-                "FROM recipients r JOIN messages m ON m.id=r.message_id "
-                "WHERE r.state IN (?,?) ORDER BY m.arrival, m.id, r.id", (QUEUED, CLAIMED))
-            return [QueueRow(*row) for row in rows]
+        """Every undelivered recipient, oldest message first."""
+        return [row async for row in self.select(Selection())]
+
+    async def select(self, selection: Selection) -> AsyncIterator[QueueRow]:
+        """Selected recipients, read FETCH at a time on the reader thread.
+
+        The next batch is read while the caller works through this one:
+        sqlite3 lets go of the GIL while it steps, so reading and printing
+        overlap.
+        """
+        cursor = await self._read(lambda conn: views.select_rows(conn, selection))
+        fetch = asyncio.ensure_future(self._read(lambda conn: cursor.fetchmany(FETCH)))
+        try:
+            while batch := await fetch:
+                fetch = asyncio.ensure_future(self._read(lambda conn: cursor.fetchmany(FETCH)))
+                for row in batch:
+                    yield QueueRow(*row)
+        finally:
+            if not fetch.done():
+                await asyncio.wait({fetch})
+            await self._read(lambda conn: cursor.close())
+
+    async def count(self, selection: Selection) -> int:
+        """How many recipients `selection` picks."""
+        return await self._read(lambda conn: views.count_rows(conn, selection))
+
+    async def tally(self, selection: Selection, by: TallyKey, size_bounds: Sequence[int] = (),
+                    age_bounds: Sequence[float] = (), now: float = 0.0) -> list[Tally]:
+        """Grouped counts of the selected recipients (see QueueBackend.tally)."""
+        return await self._read(lambda conn: views.tally_rows(
+            conn, selection, by, size_bounds, age_bounds, now))
+
+    async def message_info(self, queue_id: str) -> MessageInfo | None:
+        """The stored facts of one message."""
+        def op(conn: sqlite3.Connection) -> MessageInfo | None:
+            row = conn.execute("SELECT id, queue_id, sender, arrival, size, body_type, "
+                               "smtputf8, warned FROM messages WHERE queue_id=?",
+                               (queue_id,)).fetchone()
+            if row is None:
+                return None
+            mid, qid, sender, arrival, size, body_type, smtputf8, warned = row
+            return MessageInfo(mid, qid, _sender(sender), arrival, size, BodyType(body_type),
+                               bool(smtputf8), bool(warned))
         return await self._read(op)
+
+    async def hold_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Selected QUEUED recipients become HELD."""
+        return await self._writer.run(lambda conn: views.hold(conn, selection, now))
+
+    async def release_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Selected HELD recipients become QUEUED, due now."""
+        return await self._writer.run(lambda conn: views.release(conn, selection, now))
+
+    async def requeue_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Selected QUEUED recipients become due now."""
+        return await self._writer.run(lambda conn: views.requeue(conn, selection, now))
+
+    async def delete_recipients(self, selection: Selection, now: float) -> list[Changed]:
+        """Selected undelivered recipients, and messages left with none, are deleted."""
+        return await self._writer.run(lambda conn: views.delete(conn, selection, now))
+
+    async def changes_since(self, change: int) -> tuple[int, list[ScheduleEntry]]:
+        """Recipients released or requeued after change number `change`."""
+        return await self._read(lambda conn: views.changes_since(conn, change))
 
     async def holds(self) -> dict[str, HoldState]:
         """Persisted hold states."""
@@ -493,13 +567,13 @@ def _apply_updates(conn: sqlite3.Connection, owner: str,
 
 
 def _drop_finished(conn: sqlite3.Connection, updates: Sequence[RecipientUpdate]) -> list[str]:
-    """Delete messages none of whose recipients is QUEUED or CLAIMED; their queue ids."""
+    """Delete messages none of whose recipients is QUEUED, CLAIMED or HELD; their queue ids."""
     finished = {u.outcome.recipient_id for u in updates if u.next_try is None}
     removed: list[str] = []
     for chunk in _chunks(sorted(finished)):
         removed += [row[0] for row in conn.execute(
             "DELETE FROM messages WHERE id IN (SELECT message_id FROM recipients "
             f"WHERE id IN ({_marks(chunk)})) AND NOT EXISTS (SELECT 1 FROM recipients r "
-            "WHERE r.message_id=messages.id AND r.state IN (?,?)) RETURNING queue_id",
-            (*chunk, QUEUED, CLAIMED))]
+            "WHERE r.message_id=messages.id AND r.state IN (?,?,?)) RETURNING queue_id",
+            (*chunk, QUEUED, CLAIMED, HELD))]
     return removed

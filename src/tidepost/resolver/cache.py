@@ -23,7 +23,8 @@ WAL and synchronous=NORMAL: a power cut can lose the last answers, which
 costs a lookup, never mail.  Several processes (the daemon, `tidepost flush`)
 share the file.  If the file cannot be used, lookups go to the network and
 the error is logged once.  `statistics()`: hits, misses, entries;
-`read_statistics(path, now)` gives `tidepost status` the same from the file.
+`read_statistics(path, now)` (resolver/cache_file.py, without dnspython) gives
+`tidepost status` the same from the file.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from typing import Any, Callable
 
 from tidepost.clock import Clock
 from tidepost.errors import RouteHeld
+from tidepost.resolver.cache_file import CACHE_FILE, read_statistics  # noqa: F401 - re-exported
 from tidepost.resolver.resolver import Answer, Guard, Lookups
 
 log = logging.getLogger("tidepost.resolver.cache")
 
-CACHE_FILE = "dns-cache.sqlite"
 MAX_TTL = 86400                # seconds a positive answer is kept at most
 DEFAULT_NEGATIVE_TTL = 300     # seconds, when a negative answer carries no SOA minimum
 MAX_NEGATIVE_TTL = 3 * 3600    # seconds a negative answer is kept at most
@@ -216,26 +217,3 @@ class CachedResolver(Lookups):
     def statistics(self) -> dict[str, int]:
         """The cache's counters."""
         return self.cache.statistics()
-
-
-def read_statistics(path: Path, now: float) -> dict[str, int]:
-    """Entries in a cache file, valid ones, negative ones, and its size in bytes.
-
-    For `tidepost status`, which may run without the daemon; a missing file
-    gives zeros.  Opens the file read-only and sends nothing anywhere.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {"entries": 0, "valid": 0, "negative": 0, "bytes": 0}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    try:
-        entries, valid, negative = db.execute(
-            "SELECT count(*), count(*) FILTER (WHERE expires > ?), "
-            "count(*) FILTER (WHERE expires > ? AND (exists_ = 0 OR records = '[]')) "
-            "FROM answers", (now, now)).fetchone()
-    except sqlite3.OperationalError:  # no table yet
-        entries = valid = negative = 0
-    finally:
-        db.close()
-    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    return {"entries": entries, "valid": valid, "negative": negative, "bytes": size}

@@ -63,6 +63,7 @@ class CustomerDomains:
         self._from_file: tuple[str, ...] = ()
         self._stamp: tuple[int, int] | None = None
         self.problem = ""
+        self._reindex()
         self.refresh()
 
     @property
@@ -75,11 +76,24 @@ class CustomerDomains:
 
     def matches(self, domain: str) -> bool:
         """True when `domain` (normalised) is a customer domain."""
-        return any(domain_matches(domain, pattern) for pattern in self.patterns)
+        return self.pattern_for(domain) is not None
 
     def pattern_for(self, domain: str) -> str | None:
-        """The first pattern matching `domain`, or None."""
-        return next((p for p in self.patterns if domain_matches(domain, p)), None)
+        """The first pattern matching `domain` (as domain_matches says), or None.
+
+        Looked up by the domain and each of its parents, not pattern by
+        pattern: a relay with thousands of customers routes as fast as one
+        with ten.
+        """
+        keys = [domain, "." + domain] + [domain[i:] for i, c in enumerate(domain) if c == "."]
+        found = [self._index[key] for key in keys if key in self._index]
+        return min(found)[1] if found else None
+
+    def _reindex(self) -> None:
+        """Each pattern by itself, keeping the first of equal ones (list order wins)."""
+        self._index: dict[str, tuple[int, str]] = {}
+        for position, pattern in enumerate(self.patterns):
+            self._index.setdefault(pattern, (position, pattern))
 
     def refresh(self, force: bool = False) -> bool:
         """Re-read the file if it changed (or `force`); True when the list changed."""
@@ -100,6 +114,7 @@ class CustomerDomains:
             log.warning("customer domains: ignoring bad lines: %s", self.problem)
         changed = patterns != self._from_file
         self._from_file = patterns
+        self._reindex()
         if changed:
             log.info("customer domains file %s: %d domains", self._path, len(patterns))
         return changed
