@@ -55,3 +55,7 @@ def test_missing_headers_are_added_once():
 def test_bcc_is_removed_with_its_continuation():
     body = b"To: a@x.test\r\nBcc: b@x.test,\r\n c@x.test\r\nSubject: s\r\n\r\nBcc: body\r\n"
     assert remove_bcc(body) == b"To: a@x.test\r\nSubject: s\r\n\r\nBcc: body\r\n"
+
+
+def test_bare_cr_and_nul_in_local_input_cannot_reach_the_queue():
+    assert from_local_input(b"a\rb\r\nc\0d\n", dot_ends_input=True) == b"a\r\nb\r\ncd\r\n"

@@ -19,7 +19,12 @@ _FIELD = re.compile(rb"[!-9;-~]+:")
 
 
 def from_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
-    """CRLF-normalise standard input; a lone '.' line ends it unless -i."""
+    """CRLF-normalise standard input; a lone '.' line ends it unless -i.
+
+    A bare CR inside a line becomes a line break and NUL octets are dropped,
+    as no SMTP server (tidepost's own included) accepts them in a message.
+    """
+    raw = raw.replace(b"\0", b"")
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -28,7 +33,7 @@ def from_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
         line = line[:-1] if line.endswith(b"\r") else line
         if dot_ends_input and line == b".":
             break
-        out.append(line)
+        out.extend(line.split(b"\r"))
     return b"".join(line + b"\r\n" for line in out)
 
 
