@@ -142,6 +142,11 @@ class DeliveryConfig:
         "parallel connections to one destination", low=1, high=1000))
     recipients_per_transaction: int = field(default=50, metadata=meta(
         "recipients sent in one SMTP transaction", low=1, high=1000))
+    pipeline_depth: int = field(default=1, metadata=meta(
+        "with PIPELINING: messages on one connection whose content may be out before "
+        "the one before them is recorded; 1 sends the next message's commands with this "
+        "one's content (one round trip a message) and repeats at most one after a crash; "
+        "more lets CHUNKING stream; 0: one message after another", low=0, high=16))
     starttls: str = field(default="opportunistic", metadata=meta(
         "STARTTLS when offered", choices=("opportunistic", "never")))
     max_mx_hosts: int = field(default=5, metadata=meta(

@@ -34,12 +34,14 @@ went idle since the last one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
 
 from tidepost.clock import Clock
 from tidepost.config.schema import DeliveryConfig, RouteConfig
+from tidepost.delivery.agent import Overlap
 from tidepost.errors import ConnectFailed, DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, bounced, deferred, not_attempted
@@ -48,7 +50,7 @@ from tidepost.routing.ledger import Ledger
 from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, next_hops,
                                      parse_smarthost)
 from tidepost.smtp_client.session import Peer, SmtpSession, open_session
-from tidepost.smtp_client.transaction import Transaction, send_transaction
+from tidepost.smtp_client.transaction import Transaction, run_transaction
 
 log = logging.getLogger("tidepost.delivery.smtp")
 
@@ -96,15 +98,24 @@ class SmtpAgentSession:
         self._smtp: SmtpSession | None = None
         self._connections = 0
         self._transactions = 0
+        self._dialling = asyncio.Lock()
 
     def statistics(self) -> dict[str, int]:
         """Connections opened and transactions completed by this session."""
         return {"connections": self._connections, "transactions": self._transactions}
 
-    async def deliver(self, job: DeliveryJob) -> list[Outcome]:
+    @property
+    def depth(self) -> int:
+        """Jobs that may overlap on the connection: pipeline_depth with PIPELINING, else 0."""
+        smtp = self._smtp
+        if smtp is None or not _usable(smtp) or not smtp.supports("PIPELINING"):
+            return 0
+        return self.agent.config.pipeline_depth
+
+    async def deliver(self, job: DeliveryJob, overlap: Overlap | None = None) -> list[Outcome]:
         """Deliver one job; one outcome per recipient; never raises."""
         try:
-            return await self._deliver(job)
+            return await self._deliver(job, overlap or Overlap())
         except Exception as error:  # habit 7: an agent returns outcomes, always
             log.exception("SMTP delivery to %s failed unexpectedly", self.target.host)
             if self._smtp is not None:
@@ -120,7 +131,7 @@ class SmtpAgentSession:
             except Exception:
                 smtp.close()
 
-    async def _deliver(self, job: DeliveryJob) -> list[Outcome]:
+    async def _deliver(self, job: DeliveryJob, overlap: Overlap) -> list[Outcome]:
         """Connect if needed, then send the job in transactions of bounded size."""
         if self.destination_failed is not None:
             return _defer_all(job.recipients, *self.destination_failed)
@@ -137,10 +148,15 @@ class SmtpAgentSession:
         except TempFailure as failure:
             self.destination_failed = (failure.status, failure.reason)
             return _defer_all(job.recipients, failure.status, failure.reason)
-        return await self._send_job(smtp, job)
+        return await self._send_job(smtp, job, overlap)
 
-    async def _send_job(self, smtp: SmtpSession, job: DeliveryJob) -> list[Outcome]:
-        """Run one transaction per slice of recipients on the open connection."""
+    async def _send_job(self, smtp: SmtpSession, job: DeliveryJob,
+                        overlap: Overlap) -> list[Outcome]:
+        """Run one transaction per slice of recipients on the open connection.
+
+        Only the job's first transaction waits for the gate, and the job is
+        ready for a follower once its last transaction has its turn.
+        """
         outcomes: list[Outcome] = []
         size = self.agent.config.recipients_per_transaction
         for start in range(0, len(job.recipients), size):
@@ -151,45 +167,54 @@ class SmtpAgentSession:
                 continue
             transaction = Transaction(job.message.sender, chunk, job.body,
                                       job.message.body_type, job.message.smtputf8)
-            chunk_outcomes, smtp = await self._transact(smtp, transaction,
-                                                           first_of_job=start == 0)
+            last = start + size >= len(job.recipients)
+            chunk_outcomes, smtp = await self._transact(
+                smtp, transaction, first_of_job=start == 0,
+                gate=overlap.gate if start == 0 else None,
+                on_turn=overlap.mark_ready if last else None)
             outcomes += chunk_outcomes
         return outcomes
 
-    async def _transact(self, smtp: SmtpSession, transaction: Transaction,
-                        *, first_of_job: bool) -> tuple[list[Outcome], SmtpSession]:
-        """One transaction; redone once on a new connection if a kept one had gone stale.
+    async def _transact(self, smtp: SmtpSession, transaction: Transaction, *,
+                        first_of_job: bool, gate: asyncio.Event | None = None,
+                        on_turn: Callable[[], None] | None = None
+                        ) -> tuple[list[Outcome], SmtpSession]:
+        """One transaction; redone once on a new connection if a used one had gone bad.
 
         A server may drop a connection we kept between jobs (idle timeout,
-        often with a 421).  If the first transaction of a job on a kept
-        connection got no reply but 421 or EOF, nothing was delivered, so it
-        is safe to dial again and repeat it.
+        often with a 421), or drop it while an earlier transaction pipelined
+        ahead of this one was under way.  If the first transaction of a job
+        on a connection that had carried others got no reply at all, the
+        server never took its message, so it is safe to dial again and repeat it.
         """
-        stale = first_of_job and smtp.transactions > 0
-        before = (smtp.replies, smtp.transactions)
-        outcomes = await send_transaction(smtp, transaction)
-        self._transactions += smtp.transactions - before[1]
-        if not (stale and smtp.broken and smtp.replies == before[0]):
-            return outcomes, smtp
+        stale = first_of_job and (smtp.transactions > 0 or smtp.pipeline.turns > 0)
+        result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn)
+        self._transactions += result.completed
+        if not (stale and smtp.broken and not result.replied):
+            return result.outcomes, smtp
         try:
             smtp = await self._connection()
         except DeliveryError:
-            return outcomes, smtp
-        outcomes = await send_transaction(smtp, transaction)
-        self._transactions += smtp.transactions
-        return outcomes, smtp
+            return result.outcomes, smtp
+        result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn)
+        self._transactions += result.completed
+        return result.outcomes, smtp
 
     async def _connection(self) -> SmtpSession:
-        """The open connection, or a new one to the first host that answers."""
-        if self._smtp is not None and _usable(self._smtp):
+        """The open connection, or a new one to the first host that answers.
+
+        Overlapping jobs ask at once; the lock makes them share one dial.
+        """
+        async with self._dialling:
+            if self._smtp is not None and _usable(self._smtp):
+                return self._smtp
+            if self._smtp is not None:
+                self._smtp.close()
+                self._smtp = None
+            hops = await self._next_hops()
+            self._smtp = await self._dial(hops)
+            self._connections += 1
             return self._smtp
-        if self._smtp is not None:
-            self._smtp.close()
-            self._smtp = None
-        hops = await self._next_hops()
-        self._smtp = await self._dial(hops)
-        self._connections += 1
-        return self._smtp
 
     async def _next_hops(self) -> list[NextHop]:
         """Resolve the destination once per session; a permanent answer sticks."""

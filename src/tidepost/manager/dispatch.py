@@ -3,7 +3,9 @@
 Jobs are queued per Destination (route + next hop).  Up to the destination's
 concurrency, a worker task takes jobs off that queue one after another over
 one agent session, so consecutive messages to one MX host or smarthost reuse
-one SMTP connection; a worker ends when its queue is empty.  A global
+one SMTP connection; a worker ends when its queue is empty.  On a session
+that pipelines (delivery/agent.py, Overlap) the next job starts while the one
+before waits for its reply, so a message costs one round trip, not two.  A global
 semaphore bounds all workers (delivery.max_concurrency), and one per route
 bounds the connections on that route (route.max_connections): on a slow
 uplink, 50 connections opened at a release only fill the link's queue and
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from tidepost.clock import Clock
-from tidepost.delivery.agent import AgentSession
+from tidepost.delivery.agent import AgentSession, Overlap
 from tidepost.model import DeliveryJob
 from tidepost.outcomes import Outcome, deferred
 from tidepost.routing.routes import Destination
@@ -106,8 +108,7 @@ class Dispatcher:
             async with self._route_slot(destination.route), self._slots:
                 session = self._open_session(destination)
                 try:
-                    while queue.jobs:
-                        await self._run_job(destination, session, queue.jobs.popleft())
+                    await self._serve(destination, session, queue)
                 finally:
                     await session.close()
         finally:
@@ -116,6 +117,37 @@ class Dispatcher:
                 self._queues.pop(destination, None)
             if not self._queues:
                 self._idle.set()
+
+    async def _serve(self, destination: Destination, session: AgentSession,
+                     queue: _DestinationQueue) -> None:
+        """Deliver the destination's jobs over `session`, overlapping as far as it allows.
+
+        A job starts when every job in flight has its place on the
+        connection (`ready`) and fewer than depth + 2 are in flight: one
+        waiting for its final reply, one for its 354, and one whose commands
+        wait to go out with the content before them.  Its content waits
+        until the job `depth` places before it is recorded (its gate).
+        """
+        wake = asyncio.Event()
+        running: list[tuple[asyncio.Task[None], Overlap]] = []
+        recorded: deque[asyncio.Event] = deque(maxlen=32)  # of the jobs started, newest last
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                running = [(task, o) for task, o in running if not task.done()]
+                depth = session.depth
+                if queue.jobs and _may_start(running, depth):
+                    gate = recorded[-depth] if 0 < depth <= len(recorded) else None
+                    overlap = Overlap(gate, wake)
+                    task = tasks.create_task(self._run_job(destination, session,
+                                                           queue.jobs.popleft(), overlap))
+                    task.add_done_callback(lambda _: wake.set())
+                    running.append((task, overlap))
+                    recorded.append(overlap.recorded)
+                    continue
+                if not running:
+                    return
+                wake.clear()
+                await wake.wait()
 
     def _route_slot(self, route: str) -> asyncio.Semaphore | contextlib.nullcontext:
         """The semaphore bounding connections on `route` (none when unlimited)."""
@@ -127,18 +159,18 @@ class Dispatcher:
         return self._route_slots[route]
 
     async def _run_job(self, destination: Destination, session: AgentSession,
-                       job: DeliveryJob) -> None:
+                       job: DeliveryJob, overlap: Overlap) -> None:
         """Deliver one job (or defer it if the destination is dead) and report."""
-        outcomes = self._defer_if_dead(destination, job)
-        if outcomes is None:
-            try:
-                job.body = await self._load_body(job.message.message_id)
-                outcomes = await session.deliver(job)
-            except Exception as exc:  # noqa: BLE001 - never lose the job's outcome
-                outcomes = [deferred(r.recipient_id, "4.3.0", f"delivery failed: {exc}")
-                            for r in job.recipients]
-            self._note_health(destination, session)
         try:
+            outcomes = self._defer_if_dead(destination, job)
+            if outcomes is None:
+                try:
+                    job.body = await self._load_body(job.message.message_id)
+                    outcomes = await session.deliver(job, overlap)
+                except Exception as exc:  # noqa: BLE001 - never lose the job's outcome
+                    outcomes = [deferred(r.recipient_id, "4.3.0", f"delivery failed: {exc}")
+                                for r in job.recipients]
+                self._note_health(destination, session)
             await self._on_done(job, outcomes)
         except Exception:  # noqa: BLE001 - the lease keeps the recipients safe
             log.exception("%s: recording outcomes failed; the recipients stay leased "
@@ -147,6 +179,8 @@ class Dispatcher:
         finally:
             job.body = b""
             self.delivered_jobs += 1
+            overlap.recorded.set()
+            overlap.mark_ready()
 
     def _defer_if_dead(self, destination: Destination, job: DeliveryJob) -> list[Outcome] | None:
         """Deferred outcomes when the destination is in backoff, else None."""
@@ -166,3 +200,10 @@ class Dispatcher:
         failures = self._dead[destination].failures + 1 if destination in self._dead else 1
         until = self._clock.now() + self._backoff.interval(failures)
         self._dead[destination] = _DeadDestination(until, failures, status, reason)
+
+
+def _may_start(running: list[tuple[asyncio.Task[None], Overlap]], depth: int) -> bool:
+    """True when another job may join those in flight on a session of `depth`."""
+    if not running:
+        return True
+    return 0 < depth and len(running) < depth + 2 and all(o.ready for _, o in running)
