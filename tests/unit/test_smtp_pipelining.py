@@ -204,19 +204,42 @@ def test_hang_up_mid_pipeline_defers_what_got_no_answer_and_sends_no_body_twice(
 # -- CHUNKING ----------------------------------------------------------------------------
 
 
-def test_chunking_sends_the_first_message_with_its_commands_unstuffed():
+def test_chunking_sends_the_message_unstuffed_after_the_rcpt_replies():
     async def main():
         async with ScriptedServer(extensions=CHUNKING) as server:
             run = await dispatch(server, [job(1)])
         return server.connections[0], run
     conn, run = asyncio.run(main())
     assert verdicts(run.outcomes[1]) == ["delivered 2.0.0"]
-    group = (b"MAIL FROM:<from@origin.test> SIZE=%d\r\nRCPT TO:<r1@dest.test>\r\n"
-             b"BDAT %d LAST\r\n" % (len(BODY), len(BODY)) + BODY)
-    assert any(group in chunk for chunk in conn.chunks)  # one write, no 354 to wait for
-    assert conn.messages == [BODY]                       # as stored: no dot-stuffing
+    commands = b"MAIL FROM:<from@origin.test> SIZE=%d\r\nRCPT TO:<r1@dest.test>\r\n" % len(BODY)
+    assert commands in conn.chunks                        # then wait for the replies
+    assert b"BDAT %d LAST\r\n" % len(BODY) + BODY in conn.chunks
+    assert conn.messages == [BODY]                        # as stored: no dot-stuffing
     assert "DATA" not in verbs(conn)
     assert "(in reply to BDAT)" in run.outcomes[1][0].reason
+
+
+def test_chunking_streams_the_first_message_with_its_commands_at_depth_2():
+    async def main():
+        async with ScriptedServer(extensions=CHUNKING) as server:
+            run = await dispatch(server, [job(1)], pipeline_depth=2)
+        return server.connections[0], run
+    conn, run = asyncio.run(main())
+    assert verdicts(run.outcomes[1]) == ["delivered 2.0.0"]
+    group = (b"MAIL FROM:<from@origin.test> SIZE=%d\r\nRCPT TO:<r1@dest.test>\r\n"
+             b"BDAT %d LAST\r\n" % (len(BODY), len(BODY)) + BODY)
+    assert any(group in chunk for chunk in conn.chunks)  # one write, no reply waited for
+
+
+def test_chunking_refused_first_recipient_costs_no_body_at_depth_1():
+    async def main():
+        async with ScriptedServer(extensions=CHUNKING,
+                                  rcpt={"no@dest.test": "450 4.7.1 greylisted"}) as server:
+            run = await dispatch(server, [job(1, "no@dest.test")])
+        return server.connections[0], run
+    conn, run = asyncio.run(main())
+    assert verdicts(run.outcomes[1]) == ["deferred 4.7.1"]
+    assert conn.messages == [] and "BDAT" not in verbs(conn)
 
 
 def test_chunking_later_messages_wait_for_the_replies_and_the_record_before():

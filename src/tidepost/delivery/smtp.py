@@ -188,7 +188,9 @@ class SmtpAgentSession:
         server never took its message, so it is safe to dial again and repeat it.
         """
         stale = first_of_job and (smtp.transactions > 0 or smtp.pipeline.turns > 0)
-        result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn)
+        stream = self.agent.config.pipeline_depth >= 2
+        result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn,
+                                       stream=stream)
         self._transactions += result.completed
         if not (stale and smtp.broken and not result.replied):
             return result.outcomes, smtp
@@ -196,7 +198,8 @@ class SmtpAgentSession:
             smtp = await self._connection()
         except DeliveryError:
             return result.outcomes, smtp
-        result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn)
+        result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn,
+                                       stream=stream)
         self._transactions += result.completed
         return result.outcomes, smtp
 

@@ -13,11 +13,12 @@ recipient, in order; `send_transaction` never raises for SMTP or I/O trouble.
   most one transaction).
 - With CHUNKING (RFC 3030) the content is one `BDAT n LAST` chunk, sent
   as it is stored (no dot-stuffing; BODY= stays 7BIT or 8BITMIME, binary
-  bodies would need BINARYMIME, which we never send).  No 354: when the
-  gate is open the chunk goes in the same write as MAIL and RCPT (the
-  first message of a connection saves a round trip; a refused MAIL or
-  every RCPT refused then costs the body's bytes); otherwise after the
-  MAIL and RCPT replies, and only if a recipient was accepted.
+  bodies would need BINARYMIME, which we never send).  No 354: the chunk
+  goes after the MAIL and RCPT replies, and only if a recipient was
+  accepted, so a refused message costs no body bytes.  `stream` (the
+  agent's pipeline_depth of 2 or more) sends it with MAIL and RCPT when
+  the gate is open: no waiting for their replies, at the price of a wasted
+  body when the server refuses them (greylisting does, on every retry).
 - MAIL FROM carries SIZE= when offered, BODY=8BITMIME for 8bit mail when
   offered (8bit mail to a server without 8BITMIME is sent as is, as Postfix
   does), and SMTPUTF8 when the envelope or headers need it.  When they need
@@ -59,15 +60,18 @@ class Transaction:
 
 async def send_transaction(session: SmtpSession, tx: Transaction, *,
                            gate: asyncio.Event | None = None,
-                           on_turn: Callable[[], None] | None = None) -> list[Outcome]:
+                           on_turn: Callable[[], None] | None = None,
+                           stream: bool = False) -> list[Outcome]:
     """Run one transaction; one outcome per recipient of `tx`, in order.
 
     `gate`: the message content is not sent before it is set (the job
     before this one on the connection has been recorded).  `on_turn` is
     called once the transaction has its place in the connection's pipeline,
-    so that the next one may line up behind it.
+    so that the next one may line up behind it.  `stream`: with CHUNKING,
+    send the chunk without waiting for the MAIL and RCPT replies.
     """
-    return (await run_transaction(session, tx, gate=gate, on_turn=on_turn)).outcomes
+    return (await run_transaction(session, tx, gate=gate, on_turn=on_turn,
+                                  stream=stream)).outcomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +85,10 @@ class TransactionResult:
 
 async def run_transaction(session: SmtpSession, tx: Transaction, *,
                           gate: asyncio.Event | None = None,
-                          on_turn: Callable[[], None] | None = None) -> TransactionResult:
+                          on_turn: Callable[[], None] | None = None,
+                          stream: bool = False) -> TransactionResult:
     """send_transaction, telling also whether the server answered anything."""
-    exchange = _Exchange(session, tx, gate, on_turn)
+    exchange = _Exchange(session, tx, gate, on_turn, stream)
     exchange.precheck()
     try:
         await exchange.run()
@@ -113,11 +118,13 @@ class _Exchange:
     """Transaction state: which recipients are settled, which were accepted."""
 
     def __init__(self, session: SmtpSession, tx: Transaction,
-                 gate: asyncio.Event | None = None, on_turn: Callable[[], None] | None = None):
+                 gate: asyncio.Event | None = None, on_turn: Callable[[], None] | None = None,
+                 stream: bool = False):
         self.session = session
         self.tx = tx
         self.gate = gate
         self.on_turn = on_turn
+        self.stream = stream
         self.settled: dict[int, Outcome] = {}
         self.pending: list[QueuedRecipient] = list(tx.recipients)
         self.accepted: list[QueuedRecipient] = []
@@ -167,9 +174,10 @@ class _Exchange:
         RFC 2920 3.1: the commands go out right after the previous
         message's content (`offer`), the content only after DATA's 354; the
         replies are read in order.  With CHUNKING (RFC 3030) the content is
-        BDAT LAST and needs no 354: when nothing holds it back (`gate`), it
-        goes in the same write as the commands, otherwise once the replies
-        to MAIL and RCPT are in, and only if a recipient was accepted.
+        BDAT LAST and needs no 354: it goes once the replies to MAIL and
+        RCPT are in, and only if a recipient was accepted; when streaming
+        and nothing holds it back (`gate`), in the same write as the
+        commands, without waiting for those replies.
         """
         chunking = self.session.supports("CHUNKING")
         turn.offer(self.commands)
@@ -180,7 +188,7 @@ class _Exchange:
             turn.rset_sent = self.session.needs_rset if turn.first \
                 else turn.previous_clean() is not True
             data = self.commands(turn.rset_sent)
-        streaming = chunking and (self.gate is None or self.gate.is_set())
+        streaming = chunking and self.stream and (self.gate is None or self.gate.is_set())
         if streaming:
             data += self.bdat(turn)
         if data:
