@@ -42,6 +42,7 @@ from tidepost.startup import Startup, close_startup, prepare_daemon
 from tidepost.submission.aliases import Aliases, load_aliases_file
 from tidepost.submission.local import LocalSubmitter
 from tidepost.submission.submit import Submission
+from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.node")
 
@@ -58,6 +59,12 @@ class Parts:
     aliases: Aliases
     manager: Manager
     submission: Submission
+    meter: LinkMeter
+
+    async def close(self) -> None:
+        """Write the last link counts and close the queue."""
+        await self.meter.close()
+        await self.queue.close()
 
 
 def build(config: Config, clock: Clock | None = None,
@@ -71,22 +78,25 @@ def build(config: Config, clock: Clock | None = None,
     queue = open_queue(config.queue.backend, config.spool_path)
     router = Router(config)
     aliases = Aliases(config)
+    meter = LinkMeter.for_spool(config.spool_path, clock)
     # The SMTP agent's hold guard asks the manager, which exists only after
     # the agents: the lambda looks `manager` up when it is called.
     agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route),
-                          owner_writer=owner_writer)
-    manager = Manager(config, queue, router, agents, clock, this_runner())
+                          owner_writer=owner_writer, meter=meter)
+    manager = Manager(config, queue, router, agents, clock, this_runner(), meter=meter)
     submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
-    return Parts(config, queue, router, aliases, manager, submission)
+    return Parts(config, queue, router, aliases, manager, submission, meter)
 
 
 def build_agents(config: Config, clock: Clock, is_held: Callable[[str], bool] | None = None,
-                 owner_writer: OwnerWriter | None = None) -> dict[str, DeliveryAgent]:
+                 owner_writer: OwnerWriter | None = None,
+                 meter: LinkMeter | None = None) -> dict[str, DeliveryAgent]:
     """The delivery agents by kind: `local` (Maildir) and `smtp`.
 
     The SMTP agent resolves through the persistent DNS cache in the spool,
-    refuses traffic on on-demand routes that `is_held`, and notes what it
-    sends through them in the link ledger.
+    refuses traffic on on-demand routes that `is_held`, notes what it
+    sends through them in the link ledger, and counts every route's bytes,
+    connections and round trips in the link meter.
     """
     cache = DnsCache(config.spool_path / CACHE_FILE, clock)
     resolver = CachedResolver(cache, Resolver(config.dns))
@@ -95,7 +105,7 @@ def build_agents(config: Config, clock: Clock, is_held: Callable[[str], bool] | 
         LOCAL_ROUTE: MaildirAgent(config.local.maildir, config.spool_path, config.hostname,
                                   owner_writer, config.local.system_users),
         "smtp": SmtpAgent(config.delivery, resolver, config.hostname, clock,
-                          is_held=is_held, ledger=ledger),
+                          is_held=is_held, ledger=ledger, meter=meter),
     }
 
 
@@ -138,6 +148,7 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     control_dir(config).mkdir(exist_ok=True)
     await _apply_flag_files(parts, at_start=True)
     pickup = asyncio.create_task(maildrop.run(config.queue.poll_interval))
+    metering = asyncio.create_task(parts.meter.run(stopping))
     log.info("tidepost started as %s: %s, spool %s, config %s", startup.account.name,
              ", ".join(config.smtp.listen), config.spool, config.source)
     try:
@@ -150,7 +161,9 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
         await submit.close()
         await relay.close()
         await control.close()
-        await parts.queue.close()
+        stopping.set()
+        await asyncio.gather(metering, return_exceptions=True)
+        await parts.close()
         log.info("tidepost stopped")
 
 

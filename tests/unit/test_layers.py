@@ -13,7 +13,7 @@ LAYERS = [
     {"address", "errors", "clock", "eventlog", "accounts"},
     {"model", "outcomes", "testing"},
     {"config"},
-    {"queue", "scheduler"},
+    {"queue", "scheduler", "usage"},
     {"routing"},
     {"resolver", "submission"},
     {"smtp_client"},

@@ -77,7 +77,7 @@ async def fetch(config: Config, peer, user: str, password: str, domains: list[st
         reply = await odmr(peer, config.hostname, user, password, domains, config.delivery,
                            serve)
     finally:
-        await parts.queue.close()
+        await parts.close()
     if reply.code == 250:
         request(config.spool_path, "wake", timeout=2.0)
     return reply

@@ -6,7 +6,8 @@ lost.  All problems are collected and raised together as one ConfigError, each
 line of the form `FILE:LINE: KEY: reason`.
 
 Durations accept seconds or a number with a unit (`90s`, `15m`, `4h`, `5d`);
-sizes accept bytes or `k`, `M`, `G` suffixes (powers of 1024).
+sizes accept bytes or `k`, `M`, `G` suffixes (powers of 1024); rates accept
+bits per second or `k`, `M`, `G` suffixes (powers of 1000, as links are sold).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*\Z")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE = re.compile(r"\s*(\d+)\s*([kKmMgG]?)[bB]?\s*\Z")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:bit/s|bps|b/s)?\s*\Z")
+_RATE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
 _HEADER = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
 _KEY = re.compile(r"\s*([A-Za-z0-9_\-]+)\s*=")
 _LISTEN = re.compile(r"(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}")
@@ -302,6 +305,8 @@ class _Builder:
             value = self._parse_unit(value, _DURATION, _DURATION_UNITS, path, "a duration")
         elif kind == "size":
             value = self._parse_unit(value, _SIZE, _SIZE_UNITS, path, "a size")
+        elif kind == "rate":
+            value = self._parse_unit(value, _RATE, _RATE_UNITS, path, "a rate")
         if value is _INVALID:
             return _INVALID
         return self._check_scalar(hint, metadata, value, path)

@@ -184,6 +184,11 @@ class RouteConfig:
     max_connections: int = field(default=20, metadata=meta(
         "connections open at once on this route, all destinations together: more "
         "only fill a slow link's queue and cause retransmissions", low=1, high=10000))
+    rate: float = field(default=0.0, metadata=meta(
+        "the link's speed in bits/s (\"56k\", \"1M\"): the route then opens only the "
+        "connections that keep it busy, from this, the measured round trip and the "
+        "message sizes, up to max_connections (0: unknown, max_connections)",
+        low=0, high=1e12, kind="rate"))
     dial_delay: float = field(default=0.0, metadata=meta(
         "on-demand routes: when a session's first connect fails, wait this long and "
         "dial once more, while the link comes up (0: off)", low=0, high=600,

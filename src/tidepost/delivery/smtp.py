@@ -30,6 +30,13 @@ unreachable, timed out) at every address, the session waits the route's
 come up (sendmail's DialDelay, but never on always-up routes).  Every
 session's first dial is treated so: the agent cannot tell whether the link
 went idle since the last one.
+
+Overlap: jobs of one session pipeline on its connection (smtp_client/
+pipeline.py) up to [delivery] pipeline_depth; `depth` tells the dispatcher.
+Accounting: each connection opened and closed, the bytes it carried after
+every transaction (the kernel's TCP counts where there are some), each
+message whose content went out and its sender, and the connection's lowest
+round trip go to the link meter (usage/meter.py) under the route's name.
 """
 
 from __future__ import annotations
@@ -40,17 +47,18 @@ import random
 from collections.abc import Callable, Sequence
 
 from tidepost.clock import Clock
-from tidepost.config.schema import DeliveryConfig, RouteConfig
+from tidepost.config.schema import CUSTOMERS_ROUTE, DeliveryConfig, RouteConfig
 from tidepost.delivery.agent import Overlap
 from tidepost.errors import ConnectFailed, DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.model import DeliveryJob, QueuedRecipient
-from tidepost.outcomes import Outcome, bounced, deferred, not_attempted
+from tidepost.outcomes import Outcome, Verdict, bounced, deferred, not_attempted
 from tidepost.resolver.resolver import Lookups
 from tidepost.routing.ledger import Ledger
 from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, next_hops,
                                      parse_smarthost)
 from tidepost.smtp_client.session import Peer, SmtpSession, open_session
-from tidepost.smtp_client.transaction import Transaction, run_transaction
+from tidepost.smtp_client.transaction import Transaction, TransactionResult, run_transaction
+from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.delivery.smtp")
 
@@ -61,7 +69,7 @@ class SmtpAgent:
     def __init__(self, delivery_config: DeliveryConfig, resolver: MxResolver,
                  helo_name: str, clock: Clock, *, rng: random.Random | None = None,
                  is_held: Callable[[str], bool] | None = None,
-                 ledger: Ledger | None = None):
+                 ledger: Ledger | None = None, meter: LinkMeter | None = None):
         self.config = delivery_config
         # With is_held or a ledger, the resolver must be a resolver.Lookups
         # (it is given a per-session guard); test fakes need only mx/addresses.
@@ -71,6 +79,7 @@ class SmtpAgent:
         self.rng = rng or random.Random()
         self.is_held = is_held
         self.ledger = ledger
+        self.meter = meter  # link accounting: bytes, connections, round trips per route
 
     def session(self, route: RouteConfig | None, nexthop: str) -> SmtpAgentSession:
         """A not yet connected session for `nexthop` on `route`."""
@@ -191,7 +200,7 @@ class SmtpAgentSession:
         stream = self.agent.config.pipeline_depth >= 2
         result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn,
                                        stream=stream)
-        self._transactions += result.completed
+        self._account(smtp, transaction, result)
         if not (stale and smtp.broken and not result.replied):
             return result.outcomes, smtp
         try:
@@ -200,7 +209,7 @@ class SmtpAgentSession:
             return result.outcomes, smtp
         result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn,
                                        stream=stream)
-        self._transactions += result.completed
+        self._account(smtp, transaction, result)
         return result.outcomes, smtp
 
     async def _connection(self) -> SmtpSession:
@@ -267,7 +276,8 @@ class SmtpAgentSession:
                 peer = Peer(hop.host, address, self.target.port)
                 try:
                     return await open_session(peer, self.agent.helo_name, self.agent.config,
-                                              on_connect=self._before_connect)
+                                              on_connect=self._before_connect,
+                                              on_open=self._opened, on_close=self._closed)
                 except RouteHeld:
                     raise
                 except TempFailure as failure:
@@ -285,6 +295,43 @@ class SmtpAgentSession:
         if route is None or not route.on_demand or self._connections:
             return 0.0
         return route.dial_delay
+
+    # -- link accounting (usage/meter.py) ------------------------------------
+
+    def _opened(self, smtp: SmtpSession) -> None:
+        """A connection is open: count it, and its round trip for the budget."""
+        meter, route = self.agent.meter, self.route
+        if meter is not None and route is not None:
+            meter.opened(route.name)
+            meter.round_trip_measured(route.name, smtp.wire().min_rtt)
+
+    def _closed(self, smtp: SmtpSession) -> None:
+        """A connection closes: its last bytes, and the end of its online time."""
+        meter, route = self.agent.meter, self.route
+        if meter is not None and route is not None:
+            self._report_traffic(smtp)
+            meter.closed(route.name)
+
+    def _account(self, smtp: SmtpSession, transaction: Transaction,
+                 result: TransactionResult) -> None:
+        """After a transaction: its bytes so far, and the message if its content went."""
+        self._transactions += result.completed
+        meter, route = self.agent.meter, self.route
+        if meter is None or route is None:
+            return
+        self._report_traffic(smtp)
+        if result.completed:
+            accepted = sum(o.verdict is Verdict.DELIVERED for o in result.outcomes)
+            sender = "" if route.name == CUSTOMERS_ROUTE else str(transaction.sender)
+            meter.delivered(route.name, sender, len(transaction.body), accepted)
+
+    def _report_traffic(self, smtp: SmtpSession) -> None:
+        """What the connection carried since its last report."""
+        assert self.agent.meter is not None and self.route is not None
+        counts = smtp.traffic()
+        ip_up, ip_down = counts.ip_bytes()
+        self.agent.meter.traffic(self.route.name, counts.sent, counts.received, ip_up, ip_down)
+        self.agent.meter.round_trip_measured(self.route.name, counts.min_rtt)
 
     # -- held routes and the link ledger -----------------------------------
 

@@ -9,7 +9,10 @@ before waits for its reply, so a message costs one round trip, not two.  A globa
 semaphore bounds all workers (delivery.max_concurrency), and one per route
 bounds the connections on that route (route.max_connections): on a slow
 uplink, 50 connections opened at a release only fill the link's queue and
-make TCP send data twice (measured in bench/drain.py).
+make TCP send data twice (measured in bench/drain.py).  The route's limit
+is asked again whenever a worker waits for it: with `route.rate` it is the
+link's connection budget (usage/budget.py), which grows once a round trip
+has been measured.
 
 When a session reports `destination_failed` (no MX host answered), the
 destination is marked dead for a backoff interval that doubles with each
@@ -75,7 +78,7 @@ class Dispatcher:
         self._on_done = on_done
         self._slots = asyncio.Semaphore(max_concurrency)
         self._route_limit = route_limit
-        self._route_slots: dict[str, asyncio.Semaphore] = {}
+        self._route_slots: dict[str, _RouteSlots] = {}
         self._queues: dict[Destination, _DestinationQueue] = {}
         self._dead: dict[Destination, _DeadDestination] = {}
         self._idle = asyncio.Event()
@@ -149,13 +152,12 @@ class Dispatcher:
                 wake.clear()
                 await wake.wait()
 
-    def _route_slot(self, route: str) -> asyncio.Semaphore | contextlib.nullcontext:
-        """The semaphore bounding connections on `route` (none when unlimited)."""
-        limit = self._route_limit(route)
-        if not limit:
-            return contextlib.nullcontext()
+    def _route_slot(self, route: str) -> _RouteSlots | contextlib.nullcontext:
+        """What bounds the connections on `route` (nothing when it has no limit)."""
         if route not in self._route_slots:
-            self._route_slots[route] = asyncio.Semaphore(limit)
+            if not self._route_limit(route):
+                return contextlib.nullcontext()
+            self._route_slots[route] = _RouteSlots(lambda: self._route_limit(route))
         return self._route_slots[route]
 
     async def _run_job(self, destination: Destination, session: AgentSession,
@@ -181,6 +183,9 @@ class Dispatcher:
             self.delivered_jobs += 1
             overlap.recorded.set()
             overlap.mark_ready()
+            slots = self._route_slots.get(destination.route)
+            if slots is not None:
+                slots.recount()  # the route's budget may have grown (a round trip measured)
 
     def _defer_if_dead(self, destination: Destination, job: DeliveryJob) -> list[Outcome] | None:
         """Deferred outcomes when the destination is in backoff, else None."""
@@ -200,6 +205,33 @@ class Dispatcher:
         failures = self._dead[destination].failures + 1 if destination in self._dead else 1
         until = self._clock.now() + self._backoff.interval(failures)
         self._dead[destination] = _DeadDestination(until, failures, status, reason)
+
+
+class _RouteSlots:
+    """Connections in use on one route, against a limit asked again each time.
+
+    The limit can change while workers wait: a route with a `rate` learns
+    its round trip from its first connection (usage/budget.py).
+    """
+
+    def __init__(self, limit: Callable[[], int]):
+        self._limit = limit
+        self._busy = 0
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> None:
+        while self._busy >= max(self._limit(), 1):
+            self._changed.clear()
+            await self._changed.wait()
+        self._busy += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._busy -= 1
+        self._changed.set()
+
+    def recount(self) -> None:
+        """Let waiting workers look at the limit again."""
+        self._changed.set()
 
 
 def _may_start(running: list[tuple[asyncio.Task[None], Overlap]], depth: int) -> bool:

@@ -39,6 +39,8 @@ from tidepost.queue.owner import runner_alive
 from tidepost.routing.routes import LOCAL_ROUTE, Destination, Router
 from tidepost.scheduler.backoff import Backoff
 from tidepost.scheduler.ramqueue import Batch, RamQueue
+from tidepost.usage.budget import RouteBudgets
+from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.manager")
 
@@ -62,13 +64,16 @@ class Manager:
     """Schedules, claims, dispatches and records deliveries."""
 
     def __init__(self, config: Config, queue: QueueBackend, router: Router,
-                 agents: dict[str, DeliveryAgent], clock: Clock, owner: str):
+                 agents: dict[str, DeliveryAgent], clock: Clock, owner: str,
+                 meter: LinkMeter | None = None):
         self._config = config
         self._queue = queue
         self._router = router
         self._agents = agents
         self._clock = clock
         self._owner = owner
+        self.meter = meter
+        self.budgets = RouteBudgets(router.by_name, meter)
         self._backoff = Backoff.from_config(config.queue)
         self.scheduler = RamQueue(lambda entry: router.route_of(entry.domain, entry.size))
         self._wake = asyncio.Event()
@@ -100,7 +105,7 @@ class Manager:
         self._dispatcher = Dispatcher(
             tasks, self._clock, self._backoff, self._open_session, self._concurrency_of,
             self._queue.load_body, self._record, delivery.max_concurrency,
-            self._connections_of)
+            self.budgets.limit)
         return self._dispatcher
 
     def _open_session(self, destination: Destination) -> AgentSession:
@@ -109,11 +114,6 @@ class Manager:
             return self._agents[LOCAL_ROUTE].session(None, "")
         route = self._router.by_name[destination.route]
         return self._agents["smtp"].session(route, destination.nexthop)
-
-    def _connections_of(self, route: str) -> int:
-        """Connections allowed at once on `route` (0: no limit of its own)."""
-        config = self._router.by_name.get(route)
-        return config.max_connections if config is not None else 0
 
     def _concurrency_of(self, destination: Destination) -> int:
         """Parallel workers allowed for `destination`."""
@@ -398,6 +398,7 @@ class Manager:
                                                       "no route serves this domain")
                                              for r in group])
                 else:
+                    self.budgets.note(destination.route, message.size)
                     self._dispatcher.submit(job, destination)
 
     def _cause_of(self, destination: Destination | None, recipients: list) -> str:

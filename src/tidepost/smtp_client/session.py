@@ -55,6 +55,8 @@ class Peer:
 
 # Called with the peer before each TCP connection; raises to refuse it.
 OnConnect = Callable[[Peer], None]
+# Called with a session once its TCP connection is open, and once when it closes.
+OnSession = Callable[["SmtpSession"], None]
 
 
 class SmtpSession:
@@ -77,6 +79,7 @@ class SmtpSession:
         self.written = 0          # bytes we wrote (before TLS)
         self.read = 0             # bytes of replies we read (before TLS)
         self._counted = WireCounts()  # what `traffic()` reported so far
+        self.on_close: OnSession | None = None  # called once, just before the close
 
     def supports(self, keyword: str) -> bool:
         """True when the server announced `keyword` in its EHLO reply."""
@@ -202,6 +205,9 @@ class SmtpSession:
     def close(self) -> None:
         """Close the connection without a word."""
         self.broken = True
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close(self)
         try:
             self.writer.close()
         except Exception:  # closing a dead transport must not mask the real error
@@ -214,15 +220,21 @@ class SmtpSession:
 
 
 async def open_session(peer: Peer, helo_name: str, config: DeliveryConfig,
-                       *, tls: bool = True, on_connect: OnConnect | None = None
+                       *, tls: bool = True, on_connect: OnConnect | None = None,
+                       on_open: OnSession | None = None, on_close: OnSession | None = None
                        ) -> SmtpSession:
     """Connect to `peer`, read the greeting, EHLO, and STARTTLS when offered.
 
     If the TLS handshake fails, the host is dialled once more and the
     conversation continues in plain text (opportunistic TLS, RFC 3207 says a
-    client may do so).  `on_connect(peer)` runs before every TCP connection.
+    client may do so).  `on_connect(peer)` runs before every TCP connection,
+    `on_open(session)` once it is open and `on_close(session)` when it
+    closes (the link meter counts each connection's bytes there).
     """
     session = await connect(peer, config, on_connect)
+    if on_open is not None:
+        on_open(session)
+    session.on_close = on_close
     try:
         await session.handshake(helo_name, config.connect_timeout)
         if tls and config.starttls == "opportunistic" and session.supports("STARTTLS"):
@@ -232,7 +244,8 @@ async def open_session(peer: Peer, helo_name: str, config: DeliveryConfig,
         session.close()
         if not session.tls_failed:
             raise
-    return await open_session(peer, helo_name, config, tls=False, on_connect=on_connect)
+    return await open_session(peer, helo_name, config, tls=False, on_connect=on_connect,
+                              on_open=on_open, on_close=on_close)
 
 
 async def connect(peer: Peer, config: DeliveryConfig,
