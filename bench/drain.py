@@ -307,6 +307,20 @@ with smtplib.SMTP("127.0.0.1", port, local_hostname="lan.site.test", timeout=60)
 """.replace("{sender}", SENDER)
 
 
+def send_one(topology: Topology, port: int, rcpt: str, subject: str) -> None:
+    """One small message into the site over its loopback."""
+    subprocess.run(topology.in_ns(topology.site, sys.executable, "-c", WARM, str(port),
+                                  rcpt, subject), check=True, timeout=60)
+
+
+WARM = """\
+import smtplib, sys
+port, rcpt, subject = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+with smtplib.SMTP("127.0.0.1", port, local_hostname="lan.site.test", timeout=60) as s:
+    s.sendmail("{sender}", [rcpt], f"Subject: {subject}\\r\\n\\r\\nwarm up\\r\\n")
+""".replace("{sender}", SENDER)
+
+
 def submit(topology: Topology, port: int, count: int, domains: int, size: int) -> None:
     """Queue `count` messages over one SMTP session on the site's loopback."""
     subprocess.run(topology.in_ns(topology.site, sys.executable, "-c", SUBMIT, str(port),
@@ -322,7 +336,7 @@ class Sink:
         self.dumps = dumps
         self.done: dict[str, list[str]] = {}   # dump file name -> tags in it
 
-    def tags(self) -> list[str]:
+    def tags(self, prefix: str = "drain-") -> list[str]:
         """Every tag received so far (a duplicate delivery appears twice)."""
         for path in self.dumps.iterdir():
             if path.name in self.done:
@@ -331,7 +345,7 @@ class Sink:
             if data.endswith(b"\n\n"):
                 self.done[path.name] = [line[9:].decode().strip() for line in data.split(b"\n")
                                         if line.startswith(b"Subject: ")]
-        return [tag for tags in self.done.values() for tag in tags]
+        return [tag for tags in self.done.values() for tag in tags if tag.startswith(prefix)]
 
 
 # -- the servers in the site namespace ----------------------------------------------------
@@ -388,12 +402,27 @@ class TidepostSite:
     def queued(self, count: int) -> None:
         """Wait until the held messages are queued (the 250 came after the commit)."""
 
-    def release(self) -> None:
-        """`tidepost link up uplink`."""
+    def release(self, up: bool = True) -> None:
+        """`tidepost link up uplink` (or down)."""
         topo = self.topology
-        subprocess.run(topo.in_ns(topo.site, *tidepost_argv(), "link", "up", "uplink",
-                                  "-c", str(self.config)),
+        subprocess.run(topo.in_ns(topo.site, *tidepost_argv(), "link", "up" if up else "down",
+                                  "uplink", "-c", str(self.config)),
                        check=True, capture_output=True, timeout=60)
+
+    def warm_dns(self, sink: Sink, domains: int) -> None:
+        """One message to each domain with the link up, then hold it again.
+
+        A site's usual destinations are in its DNS cache (SPOOL/dns-cache.sqlite,
+        kept across restarts for the records' TTLs, here an hour): the drain
+        then starts with no lookups, as it would after a recent session.
+        """
+        self.release()
+        for domain in range(domains):
+            send_one(self.topology, self.port, f"warm{domain}@d{domain}.test",
+                     f"warmup-{domain}")
+        wait_for(lambda: len(set(sink.tags("warmup-"))) >= domains, 120, "the warm-up mail")
+        self.release(up=False)
+        time.sleep(2.0)  # its connections close (QUIT) before the held period is watched
 
 
 class PostfixSite:
@@ -517,8 +546,10 @@ def run(name: str, make_site, args, base: Path, rate: float) -> Result:
         topology.build()
         link, sink = topology.link, Sink(topology.dumps)
         site = make_site(topology, folder)
-        before = link.counts()["a_to_b"][0]
         site.start()
+        if args.warm_dns and isinstance(site, TidepostSite):
+            site.warm_dns(sink, args.domains)
+        before = link.counts()["a_to_b"][0]
         print(f"  {name}: queueing {args.messages} messages while held...", file=sys.stderr)
         submit(topology, site.port, args.messages, args.domains, args.size)
         site.queued(args.messages)
@@ -669,6 +700,9 @@ def parse_args() -> argparse.Namespace:
                         "rate (route.rate set to the link's rate), or a number (that "
                         "destination_concurrency)")
     parser.add_argument("--postfix", action="store_true", help="also measure Postfix")
+    parser.add_argument("--warm-dns", action="store_true",
+                        help="tidepost: deliver one message to each domain before holding "
+                        "the link, so that the drain finds its DNS answers cached")
     return parser.parse_args()
 
 

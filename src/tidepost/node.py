@@ -16,8 +16,9 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
+from tidepost.address import NULL_SENDER, Address
 from tidepost.clock import Clock, SystemClock
 from tidepost.config.schema import Config
 from tidepost.control import spool
@@ -29,6 +30,7 @@ from tidepost.delivery.agent import DeliveryAgent
 from tidepost.delivery.maildir import MaildirAgent, OwnerWriter
 from tidepost.delivery.smtp import SmtpAgent
 from tidepost.manager.manager import Manager
+from tidepost.model import Envelope
 from tidepost.node_relay import RelayRole
 from tidepost.queue.backend import QueueBackend, open_queue
 from tidepost.queue.owner import this_runner
@@ -41,7 +43,7 @@ from tidepost.smtp_server.tls import context_from_config
 from tidepost.startup import Startup, close_startup, prepare_daemon
 from tidepost.submission.aliases import Aliases, load_aliases_file
 from tidepost.submission.local import LocalSubmitter
-from tidepost.submission.submit import Submission
+from tidepost.submission.submit import ClientInfo, Submission
 from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.node")
@@ -85,7 +87,17 @@ def build(config: Config, clock: Clock | None = None,
                           owner_writer=owner_writer, meter=meter)
     manager = Manager(config, queue, router, agents, clock, this_runner(), meter=meter)
     submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
+    manager.notices.submit = notice_submitter(submission)
     return Parts(config, queue, router, aliases, manager, submission, meter)
+
+
+def notice_submitter(submission: Submission) -> Callable[[Address, bytes], Awaitable[str]]:
+    """How the manager's notices are queued: as local mail from the null sender."""
+    client = ClientInfo(protocol="local", local_user="MAILER-DAEMON", way="notice")
+
+    async def submit(to: Address, message: bytes) -> str:
+        return await submission.submit(Envelope(NULL_SENDER, (to,)), message, client)
+    return submit
 
 
 def build_agents(config: Config, clock: Clock, is_held: Callable[[str], bool] | None = None,

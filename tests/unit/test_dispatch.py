@@ -56,7 +56,7 @@ def test_route_limit_bounds_connections_across_destinations_but_not_other_routes
                 tasks, SystemClock(), Backoff(), meter.session,
                 concurrency_of=lambda destination: 10, load_body=lambda mid: _body(),
                 on_done=record, max_concurrency=100,
-                route_limit=lambda route: 4 if route == "uplink" else 0)
+                route_limit=lambda route, waiting: 4 if route == "uplink" else 0)
             for n in range(50):  # 5 domains x 10 jobs on the uplink
                 domain = f"d{n % 5}.test"
                 dispatcher.submit(job(n, domain), Destination("uplink", domain))

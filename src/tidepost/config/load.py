@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import shlex
 import tomllib
 import types
 import typing
@@ -164,6 +165,12 @@ def _check_routes(routes: tuple[RouteConfig, ...], builder: _Builder) -> None:
                 parse_rule(rule)
             except ScheduleError as exc:
                 builder.error(f"{where}.schedule[{number}]", str(exc))
+        if route.hangup_command:
+            try:
+                if not shlex.split(route.hangup_command):
+                    raise ValueError("nothing to run")
+            except ValueError as exc:
+                builder.error(f"{where}.hangup_command", f"{route.hangup_command!r}: {exc}")
         _check_shadowed(routes, index, builder)
 
 

@@ -328,10 +328,7 @@ class SmtpAgentSession:
     def _report_traffic(self, smtp: SmtpSession) -> None:
         """What the connection carried since its last report."""
         assert self.agent.meter is not None and self.route is not None
-        counts = smtp.traffic()
-        ip_up, ip_down = counts.ip_bytes()
-        self.agent.meter.traffic(self.route.name, counts.sent, counts.received, ip_up, ip_down)
-        self.agent.meter.round_trip_measured(self.route.name, counts.min_rtt)
+        self.agent.meter.traffic(self.route.name, smtp.traffic())
 
     # -- held routes and the link ledger -----------------------------------
 

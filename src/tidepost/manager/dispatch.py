@@ -68,7 +68,8 @@ class Dispatcher:
                  concurrency_of: Callable[[Destination], int],
                  load_body: Callable[[int], Awaitable[bytes]],
                  on_done: OnDone, max_concurrency: int,
-                 route_limit: Callable[[str], int] = lambda route: 0):
+                 route_limit: Callable[[str, int], int] = lambda route, waiting: 0,
+                 admit: Callable[[DeliveryJob], list[Outcome] | None] = lambda job: None):
         self._tasks = tasks
         self._clock = clock
         self._backoff = backoff
@@ -78,6 +79,7 @@ class Dispatcher:
         self._on_done = on_done
         self._slots = asyncio.Semaphore(max_concurrency)
         self._route_limit = route_limit
+        self._admit = admit  # data caps: outcomes for a job that may not go now
         self._route_slots: dict[str, _RouteSlots] = {}
         self._queues: dict[Destination, _DestinationQueue] = {}
         self._dead: dict[Destination, _DeadDestination] = {}
@@ -97,6 +99,11 @@ class Dispatcher:
     async def wait_idle(self) -> None:
         """Wait until no job is queued or running."""
         await self._idle.wait()
+
+    def busy(self, route: str) -> int:
+        """Jobs waiting for or in delivery on `route`."""
+        return sum(len(queue.jobs) + queue.workers for destination, queue in self._queues.items()
+                   if destination.route == route)
 
     def dead_destinations(self) -> dict[Destination, float]:
         """Destinations in backoff and when they may be tried again."""
@@ -155,10 +162,15 @@ class Dispatcher:
     def _route_slot(self, route: str) -> _RouteSlots | contextlib.nullcontext:
         """What bounds the connections on `route` (nothing when it has no limit)."""
         if route not in self._route_slots:
-            if not self._route_limit(route):
+            if not self._route_limit(route, 1):
                 return contextlib.nullcontext()
-            self._route_slots[route] = _RouteSlots(lambda: self._route_limit(route))
+            self._route_slots[route] = _RouteSlots(
+                lambda: self._route_limit(route, self._destinations_of(route)))
         return self._route_slots[route]
+
+    def _destinations_of(self, route: str) -> int:
+        """Destinations of `route` with jobs waiting or in delivery."""
+        return sum(1 for destination in self._queues if destination.route == route)
 
     async def _run_job(self, destination: Destination, session: AgentSession,
                        job: DeliveryJob, overlap: Overlap) -> None:
@@ -168,7 +180,7 @@ class Dispatcher:
             if outcomes is None:
                 try:
                     job.body = await self._load_body(job.message.message_id)
-                    outcomes = await session.deliver(job, overlap)
+                    outcomes = self._admit(job) or await session.deliver(job, overlap)
                 except Exception as exc:  # noqa: BLE001 - never lose the job's outcome
                     outcomes = [deferred(r.recipient_id, "4.3.0", f"delivery failed: {exc}")
                                 for r in job.recipients]

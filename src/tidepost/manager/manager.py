@@ -29,8 +29,11 @@ from tidepost.clock import Clock
 from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
 from tidepost.eventlog import event
+from tidepost.manager.caps import CapKeeper
 from tidepost.manager.dispatch import Dispatcher
 from tidepost.manager.gates import RouteGates
+from tidepost.manager.hangup import DrainWatch
+from tidepost.manager.notices import Notices, SizeNotices
 from tidepost.manager.settle import add_dsns, settle
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
@@ -74,6 +77,10 @@ class Manager:
         self._owner = owner
         self.meter = meter
         self.budgets = RouteBudgets(router.by_name, meter)
+        self.notices = Notices(config.hostname, clock.now)
+        self.caps = CapKeeper(config.route, meter, clock, queue, self.notices, self._capped)
+        self.size_notices = SizeNotices(router, queue, self.notices, self._waits)
+        self.drains = DrainWatch(config.route, clock, config.spool_path / "control")
         self._backoff = Backoff.from_config(config.queue)
         self.scheduler = RamQueue(lambda entry: router.route_of(entry.domain, entry.size))
         self._wake = asyncio.Event()
@@ -105,7 +112,7 @@ class Manager:
         self._dispatcher = Dispatcher(
             tasks, self._clock, self._backoff, self._open_session, self._concurrency_of,
             self._queue.load_body, self._record, delivery.max_concurrency,
-            self.budgets.limit)
+            self.budgets.limit, admit=self.caps.admit)
         return self._dispatcher
 
     def _open_session(self, destination: Destination) -> AgentSession:
@@ -130,6 +137,7 @@ class Manager:
             for entry in entries:
                 self.scheduler.insert(entry)
             self._wake.set()
+            self.size_notices.queued(entries)
 
     def wake(self) -> None:
         """Look at the queue now rather than at the next timer."""
@@ -154,10 +162,15 @@ class Manager:
             dispatcher = self._open_dispatcher(tasks)
             poller = tasks.create_task(self._poll_forever(stopping))
             gate_keeper = tasks.create_task(self._run_gates(stopping))
+            cap_keeper = tasks.create_task(self.caps.run(stopping, self._parked_on,
+                                                         self._send_anyway))
+            drain_watch = tasks.create_task(self.drains.run(stopping))
             while not stopping.is_set():
                 await self._schedule_once(stopping)
             poller.cancel()
             gate_keeper.cancel()
+            cap_keeper.cancel()
+            drain_watch.cancel()
             await dispatcher.wait_idle()
         await self._queue.release_claims(self._owner)
 
@@ -165,6 +178,7 @@ class Manager:
         """One pass over the queue now, skipping held routes; returns counts."""
         self._report = FlushReport()
         await self._queue.recover_orphans(runner_alive, self._clock.now())
+        await self.caps.load()  # the dispatcher then holds back what a cap stops
         held = await self.held_routes()
         entries = [e for e in await self._queue.walk()
                    if wanted(e, self._router.route_of(e.domain, e.size) or "")]
@@ -197,6 +211,7 @@ class Manager:
         await self._queue.set_hold(route, True, self._clock.now(), cause)
         self._operator_held.add(route)
         self.scheduler.hold(route)
+        self.drains.stopped(route)
         log.info("route %s held (%s)", route, cause)
 
     async def release(self, route: str, cause: str) -> int:
@@ -209,6 +224,9 @@ class Manager:
             count = await self._run_gated(route, f"released: {cause}")
         else:
             count = self.scheduler.release(route, self._clock.now())
+            if self.caps.holds(route):
+                self.scheduler.hold(route)  # at its data cap: only urgent mail goes
+            self.drains.started(route, f"release ({cause})")
             self.on_release(route, cause)
         log.info("route %s released (%s): %d recipients due", route, cause, count)
         self._wake.set()
@@ -269,6 +287,7 @@ class Manager:
         self._operator_held = await self.held_routes()
         for route in self._operator_held | set(self.gates.routes()):
             self.scheduler.hold(route)
+        await self.caps.load()
         entries = await self._queue.walk()
         for entry in entries:
             self.scheduler.insert(entry)
@@ -312,8 +331,41 @@ class Manager:
         if entries and self._dispatcher is not None:
             await self._claim_and_dispatch(entries, force=False, cause=cause)
         log.info("run of route %s (%s): %d recipients", route, cause, len(entries))
+        self.drains.started(route, f"run ({cause})")
         self.on_release(route, cause)  # a run is when the upstream is asked (ETRN) too
         return len(entries)
+
+    def due_on(self, route: str) -> int:
+        """Mail on `route` that goes as soon as it can: due, claimed or in delivery."""
+        if self.caps.holds(route) or route in self._operator_held:
+            return 0  # what waits there waits for a cap or a release, not for this drain
+        now = self._clock.now()
+        due = sum(1 for e in self.scheduler.entries_of_route(route) if e.next_try <= now)
+        busy = self._dispatcher.busy(route) if self._dispatcher is not None else 0
+        return due + busy
+
+    def _parked_on(self, route: str) -> list[ScheduleEntry]:
+        """A capped route's parked entries (none while the operator holds it)."""
+        return [] if route in self._operator_held else self.scheduler.entries_of_route(route)
+
+    async def _send_anyway(self, entries: list[ScheduleEntry], cause: str) -> None:
+        """Take `entries` out of the scheduler and deliver them now."""
+        for entry in entries:
+            self.scheduler.remove(entry.recipient_id)
+        await self._claim_and_dispatch(entries, force=False, cause=cause)
+
+    def _waits(self, route: str) -> bool:
+        """True when `route`'s mail waits now: held, gated, or at its data cap."""
+        return route in self._operator_held or route in self.gates or \
+            self.caps.holds(route) is not None
+
+    def _capped(self, route: str, capped: bool) -> None:
+        """CapKeeper: park a route's mail at its cap, or let it go again."""
+        if capped:
+            self.scheduler.hold(route)
+        elif route not in self._operator_held and route not in self.gates:
+            self.scheduler.release(route, self._clock.now())
+            self._wake.set()
 
     def _waiting(self, route: str) -> tuple[int, float]:
         """Recipients waiting on `route` and how long the longest has waited."""

@@ -16,7 +16,7 @@ Transactions on the connection take turns in its `pipeline` (pipeline.py).
 What the connection carried is counted twice over: the bytes this client
 wrote and read (`written`, `read`: SMTP in the clear, TLS left out) and, on
 Linux, the kernel's TCP counters (`wire()`: TLS and retransmissions
-included, as the link carried them; wire.py).
+included, as the link carried them; usage/wire.py).
 
 Config read ([delivery]): connect_timeout (TCP connect and greeting),
 command_timeout (each later reply), starttls ("opportunistic": STARTTLS when
@@ -36,7 +36,7 @@ from tidepost.config.schema import DeliveryConfig
 from tidepost.errors import ConnectFailed, TempFailure
 from tidepost.smtp_client.pipeline import Pipeline
 from tidepost.smtp_client.replies import SERVICE_NOT_AVAILABLE, Reply, read_reply
-from tidepost.smtp_client.wire import WireCounts, read_counts
+from tidepost.usage.wire import WireCounts, read_counts
 
 QUIT_TIMEOUT = 10.0  # seconds; a server slow to say goodbye costs us nothing
 

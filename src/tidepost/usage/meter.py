@@ -2,7 +2,7 @@
 
 Role: the SMTP client side reports to it (delivery/smtp.py, smtp_client/
 turn.py) — a connection opened or closed, the bytes a connection carried
-since the last report (`traffic`, from smtp_client/wire.py), a message
+since the last report (`traffic`, usage/wire.py), a message
 delivered and by whom — and it keeps the sums in memory, per route and
 local day, and per envelope sender.  `flush()` adds them to the usage
 store (usage/store.py) in one transaction, in a thread; `run()` flushes
@@ -27,6 +27,7 @@ from pathlib import Path
 from tidepost.clock import Clock
 from tidepost.usage.periods import day_of, period_of
 from tidepost.usage.store import USAGE_FILE, RouteUsage, UsageStore
+from tidepost.usage.wire import WireCounts
 
 log = logging.getLogger("tidepost.usage")
 
@@ -71,13 +72,15 @@ class LinkMeter:
             since = self._online_since.pop(route, self._clock.now())
             self._today(route).online += max(self._clock.now() - since, 0.0)
 
-    def traffic(self, route: str, up: int, down: int, ip_up: int, ip_down: int) -> None:
-        """Bytes a connection on `route` carried since its last report."""
+    def traffic(self, route: str, counts: WireCounts) -> None:
+        """What a connection on `route` carried since its last report (and its round trip)."""
         today = self._today(route)
-        today.up += up
-        today.down += down
+        ip_up, ip_down = counts.ip_bytes()
+        today.up += counts.sent
+        today.down += counts.received
         today.ip_up += ip_up
         today.ip_down += ip_down
+        self.round_trip_measured(route, counts.min_rtt)
 
     def delivered(self, route: str, sender: str, size: int, recipients: int) -> None:
         """One message went out on `route` to `recipients` accepted recipients."""
