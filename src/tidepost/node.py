@@ -13,6 +13,7 @@ queue); SIGHUP re-reads the aliases file.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from tidepost.control.server import ControlServer
 from tidepost.delivery.agent import DeliveryAgent
 from tidepost.delivery.maildir import MaildirAgent, OwnerWriter
 from tidepost.delivery.smtp import SmtpAgent
+from tidepost.manager.hangup import Probes
 from tidepost.manager.manager import Manager
 from tidepost.model import Envelope
 from tidepost.node_relay import RelayRole
@@ -155,6 +157,7 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     maildrop = Maildrop(spool.maildrop(config.spool_path), local, size)
     await server.start(startup.bound)
     await relay.start(tls_context, startup.bound)
+    parts.manager.drains.probes = drain_probes(parts, relay, server)
     await control.start()
     await submit.start()
     control_dir(config).mkdir(exist_ok=True)
@@ -195,6 +198,27 @@ async def _run_manager(parts: Parts, stopping: asyncio.Event) -> None:
         await parts.queue.release_claims(parts.manager.owner)
     elif task.exception() is not None:
         raise task.exception()
+
+
+def drain_probes(parts: Parts, relay: RelayRole, server: SmtpServer) -> Probes:
+    """What the hang-up signal watches (manager/hangup.py): mail, connections, ETRN, clients.
+
+    An SMTP client from outside smtp.relay_networks is what an upstream
+    delivering to us after ETRN looks like.
+    """
+    ours = [ipaddress.ip_network(n, strict=False) for n in parts.config.smtp.relay_networks]
+
+    def outside(ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return True
+        return not any(address in network for network in ours)
+
+    return Probes(due=parts.manager.due_on,
+                  connected=lambda route: int(parts.meter.online(route)),
+                  asking=relay.upstreams.pending,
+                  inbound=lambda: sum(1 for ip in server.clients() if outside(ip)))
 
 
 def _reload(parts: Parts, loop: asyncio.AbstractEventLoop) -> None:
@@ -248,8 +272,13 @@ def control_handlers(parts: Parts, reload: Callable[[], None] = lambda: None
     async def status(request: dict) -> dict:
         return {"scheduler": manager.scheduler.statistics()}
 
+    async def odmr(request: dict) -> dict:
+        route = _known_route(parts, request.get("route"))
+        manager.drains.odmr(route, str(request.get("token", "")), bool(request.get("running")))
+        return {"route": route}
+
     return {"wake": wake, "hold": hold, "release": release, "status": status,
-            "reload": reread}
+            "reload": reread, "odmr": odmr}
 
 
 def _known_route(parts: Parts, name: Any) -> str:

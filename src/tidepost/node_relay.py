@@ -74,7 +74,7 @@ class RelayRole:
         self.submission = submission
         self.credentials = _load_credentials(config)
         self.limiter = RateLimiter(config.relay.etrn_rate)
-        self.upstreams = UpstreamRequests(config.hostname, config.delivery)
+        self.upstreams = UpstreamRequests(config.hostname, config.delivery, manager.meter)
         self._servers: list[SmtpServer] = []
         self._watcher: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()

@@ -50,8 +50,7 @@ ODMR_LEASE = 600.0   # seconds an ODMR session counts as running without saying 
 class Probes:
     """How the watch sees a route's activity (each returns a count; 0 means quiet)."""
 
-    due: Callable[[str], int] = lambda route: 0        # mail due in the scheduler
-    busy: Callable[[str], int] = lambda route: 0       # jobs queued or in delivery
+    due: Callable[[str], int] = lambda route: 0        # mail due, claimed or in delivery
     connected: Callable[[str], int] = lambda route: 0  # our connections open on it
     asking: Callable[[str], int] = lambda route: 0     # ETRN requests not yet answered
     inbound: Callable[[], int] = lambda: 0             # SMTP clients from outside
@@ -134,7 +133,7 @@ class DrainWatch:
         """True while anything of the drain is still going on."""
         watch.sessions = {t: end for t, end in watch.sessions.items() if end > now}
         p = self.probes
-        return bool(p.due(route) or p.busy(route) or p.connected(route) or p.asking(route)
+        return bool(p.due(route) or p.connected(route) or p.asking(route)
                     or watch.sessions or p.inbound())
 
     async def _signal(self, route: RouteConfig, watch: _Watch, now: float) -> None:
