@@ -32,6 +32,7 @@ from tidepost.queue.backend import QueueBackend, open_queue
 from tidepost.resolver.cache import CACHE_FILE, DnsCache
 from tidepost.routing.plan import RoutePlan, plan_route, size_bounds
 from tidepost.routing.routes import Router
+from tidepost.sizes import human_bytes
 from tidepost.smtp_client.mx import literal_address, parse_smarthost
 from tidepost.usage.periods import DAY, MONTH, period_of
 from tidepost.usage.store import USAGE_FILE, UsageStore
@@ -173,10 +174,10 @@ def _print(report: dict) -> None:
         state += f", at its data cap ({report['cap']}: only urgent mail goes)"
     console.print(f"route {report['route']} ({state}): a release now would send")
     console.print(f"  {report['messages']} messages to {report['recipients']} recipients, "
-                  f"{_size(report['bytes'])}")
+                  f"{human_bytes(report['bytes'])}")
     if report["samples"]:
         share = report["compressed_bytes"] / report["bytes"] if report["bytes"] else 0
-        console.print(f"  compressed about {_size(report['compressed_bytes'])} "
+        console.print(f"  compressed about {human_bytes(report['compressed_bytes'])} "
                       f"({share:.0%}; {report['compression']}; {report['samples']} "
                       "messages sampled)")
     lookups = report["dns_lookups"]
@@ -194,10 +195,4 @@ def _print(report: dict) -> None:
                       "retry time and would not go")
 
 
-def _size(octets: int) -> str:
-    """Bytes as B, KiB or MiB."""
-    for unit, size in (("MiB", 1024 ** 2), ("KiB", 1024)):
-        if octets >= size:
-            return f"{octets / size:.1f} {unit}"
-    return f"{octets} B"
 

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tidepost.config.schema import Config
+from tidepost.sizes import human_bytes
 from tidepost.usage.store import USAGE_FILE, UsageRow, UsageStore
 
 ROUTE_FIELDS = ("period", "route", "bytes_up", "bytes_down", "payload_up", "payload_down",
@@ -37,7 +38,7 @@ def route_record(row: UsageRow) -> dict:
     return {"period": row.period, "route": row.route, "bytes_up": u.ip_up,
             "bytes_down": u.ip_down, "payload_up": u.up, "payload_down": u.down,
             "messages": u.messages, "recipients": u.recipients,
-            "connections": u.connections, "online_seconds": round(u.online, 1)}
+            "connections": u.connections, "online_seconds": round(u.online, 3)}
 
 
 def sender_record(row: UsageRow) -> dict:
@@ -91,10 +92,8 @@ def _table(records: list[dict], columns: tuple[tuple[str, str], ...], period: st
 
 
 def _human(name: str, value) -> str:
-    """Bytes as KiB/MiB, the rest as they are."""
-    if name.startswith(("bytes", "payload")) and isinstance(value, int):  # "bytes" too
-        for unit, size in (("MiB", 1024 ** 2), ("KiB", 1024)):
-            if value >= size:
-                return f"{value / size:.1f} {unit}"
+    """Byte counts in KiB/MiB, the rest as they are."""
+    if name.startswith(("bytes", "payload")) and isinstance(value, int):
+        return human_bytes(value)
     return str(value)
 

@@ -1,7 +1,8 @@
 """Data caps at work: a route at its cap holds itself; urgent mail still goes.
 
-`CapKeeper.check()` runs every CHECK_SECONDS in the daemon (and once before
-a flush pass): it compares each capped route's counts in the link meter
+`CapKeeper.check()` runs whenever the meter counts traffic on a capped
+route, at least every CHECK_SECONDS in the daemon (and once before a flush
+pass): it compares each capped route's counts in the link meter
 (usage/meter.py) with its `cap_day` and `cap_month` (usage/caps.py).
 - At a cap, the hold is written to SPOOL/usage.sqlite with its period and
   cause ("data cap: 20.1 MiB of 20.0 MiB this day"), `on_change(route,
@@ -22,6 +23,7 @@ included); mail that upstreams deliver to us is not in them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -33,13 +35,14 @@ from tidepost.manager.notices import Notices
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, not_attempted
 from tidepost.queue.backend import QueueBackend
+from tidepost.sizes import human_bytes
 from tidepost.submission.headers import header_section
 from tidepost.usage.caps import CapReached, cap_reached, has_caps, is_urgent
 from tidepost.usage.meter import LinkMeter
 from tidepost.usage.periods import DAY, MONTH, period_of
 from tidepost.usage.store import CapHold
 
-log = logging.getLogger("tidepost.caps")
+log = logging.getLogger("tidepost.manager.caps")
 
 CHECK_SECONDS = 5.0
 
@@ -58,6 +61,14 @@ class CapKeeper:
         self.on_change = on_change
         self._held: dict[str, CapHold] = {}
         self._urgent: dict[int, bool] = {}  # message id -> urgent, for parked mail
+        self._poked = asyncio.Event()
+        if meter is not None and self._routes:
+            meter.on_traffic = self.poke
+
+    def poke(self, route: str) -> None:
+        """The meter counted traffic on `route`: check its caps now, not in CHECK_SECONDS."""
+        if route in self._routes:
+            self._poked.set()
 
     def holds(self, route: str) -> CapHold | None:
         """The cap hold `route` is under now, if any."""
@@ -103,7 +114,9 @@ class CapKeeper:
                   send: Callable[[list[ScheduleEntry], str], Awaitable[None]]) -> None:
         """Daemon: check the caps every CHECK_SECONDS; send the urgent mail parked at one."""
         while not stopping.is_set():
-            await asyncio.sleep(CHECK_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), CHECK_SECONDS)
+            self._poked.clear()
             try:
                 await self.check()
                 for route in list(self._held):
@@ -167,9 +180,9 @@ class CapKeeper:
         postmaster = Address("postmaster", self._notices.hostname)
         kind = "today" if reached.kind == DAY else "this month"
         self._notices.send(postmaster, f"Route {route} reached its data cap {kind}", (
-            f"The route {route} has used {reached.used / 2**20:.1f} MiB {kind} "
+            f"The route {route} has used {human_bytes(reached.used)} {kind} "
             f"(up and down, as the link meters it); its cap is "
-            f"{reached.limit / 2**20:.1f} MiB.\n\n"
+            f"{human_bytes(reached.limit)}.\n\n"
             f"Mail on {route} is held until the {reached.kind} is over ({hold.period} ends),\n"
             "except urgent mail: marked `X-Tidepost-Urgent: yes` or `Priority: urgent`\n"
             "(unless the route sets urgent_headers = false), or from a sender in the\n"

@@ -40,7 +40,7 @@ from pathlib import Path
 from tidepost.clock import Clock
 from tidepost.config.schema import RouteConfig
 
-log = logging.getLogger("tidepost.hangup")
+log = logging.getLogger("tidepost.manager.hangup")
 
 CHECK_SECONDS = 0.5
 ODMR_LEASE = 600.0   # seconds an ODMR session counts as running without saying it ended

@@ -88,6 +88,7 @@ class Manager:
         self._warned: set[int] = set()
         self._last_seen_id = 0
         self._daemon = False
+        self._loaded = False  # the daemon has read the hold states
         self._report = FlushReport()
         self._dispatcher: Dispatcher | None = None
         self._route_cause: dict[str, tuple[float, str]] = {}
@@ -137,7 +138,7 @@ class Manager:
             for entry in entries:
                 self.scheduler.insert(entry)
             self._wake.set()
-            self.size_notices.queued(entries)
+        self.size_notices.queued(entries)
 
     def wake(self) -> None:
         """Look at the queue now rather than at the next timer."""
@@ -187,10 +188,13 @@ class Manager:
         self._report.attempted = len(runnable)
         async with asyncio.TaskGroup() as tasks:
             dispatcher = self._open_dispatcher(tasks)
+            keeper = tasks.create_task(self.caps.run(asyncio.Event(), lambda route: [],
+                                                     self._send_anyway))  # caps reached now
             for start in range(0, len(runnable), 500):
                 await self._claim_and_dispatch(runnable[start:start + 500], force=True,
                                                cause="flush command")
             await dispatcher.wait_idle()
+            keeper.cancel()
         return self._report
 
     async def held_routes(self) -> set[str]:
@@ -292,6 +296,7 @@ class Manager:
         for entry in entries:
             self.scheduler.insert(entry)
         self._last_seen_id = max((e.recipient_id for e in entries), default=0)
+        self._loaded = True
         log.info("queue loaded: %d recipients", len(entries))
 
     async def _schedule_once(self, stopping: asyncio.Event) -> None:
@@ -356,8 +361,9 @@ class Manager:
 
     def _waits(self, route: str) -> bool:
         """True when `route`'s mail waits now: held, gated, or at its data cap."""
-        return route in self._operator_held or route in self.gates or \
-            self.caps.holds(route) is not None
+        held = self._operator_held if self._loaded else \
+            {r.name for r in self._config.route if r.start_held}  # not known yet: as configured
+        return route in held or route in self.gates or self.caps.holds(route) is not None
 
     def _capped(self, route: str, capped: bool) -> None:
         """CapKeeper: park a route's mail at its cap, or let it go again."""

@@ -21,9 +21,10 @@ from tidepost.address import Address
 from tidepost.model import ScheduleEntry
 from tidepost.queue.backend import QueueBackend
 from tidepost.routing.routes import Router
+from tidepost.sizes import human_bytes
 from tidepost.submission.headers import header_section
 
-log = logging.getLogger("tidepost.notices")
+log = logging.getLogger("tidepost.manager.notices")
 
 Submit = Callable[[Address, bytes], Awaitable[str]]   # recipient, message -> queue id
 
@@ -128,11 +129,11 @@ class SizeNotices:
             return
         found = _SUBJECT.search(header_section(await self._queue.load_body(message_id)))
         subject = found.group(1).decode("utf-8", "replace").strip() if found else ""
-        lines = [f"Your message {info.queue_id} ({info.size / 2**20:.1f} MiB"
+        lines = [f"Your message {info.queue_id} ({human_bytes(info.size)}"
                  + (f", \"{subject[:80]}\"" if subject else "") + ") is queued, and waits:", ""]
         for entry, route, skipped, limit in reasons:
             lines.append(f"- for {entry.domain}: route {skipped} takes messages up to "
-                         f"{limit / 2**20:.1f} MiB, so it waits for route {route}, "
+                         f"{human_bytes(limit)}, so it waits for route {route}, "
                          "which is not sending now.")
         lines += ["", "It goes out when that route is released; nothing needs to be done.",
                   "To send it sooner, send it again smaller (a link instead of an attachment)."]

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from tidepost.config.schema import RouteConfig
+from tidepost.sizes import human_bytes
 from tidepost.usage.periods import DAY, MONTH
 
 _URGENT = re.compile(rb"(?im)^(?:x-tidepost-urgent:[ \t]*(?:yes|true|1)|priority:[ \t]*urgent)"
@@ -34,8 +35,7 @@ class CapReached:
 
     def describe(self) -> str:
         """`data cap: 20.3 MiB of 20.0 MiB this day`."""
-        return (f"data cap: {self.used / 2**20:.1f} MiB of {self.limit / 2**20:.1f} MiB "
-                f"this {self.kind}")
+        return f"data cap: {human_bytes(self.used)} of {human_bytes(self.limit)} this {self.kind}"
 
 
 def cap_reached(route: RouteConfig, day_bytes: int, month_bytes: int) -> CapReached | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from tidepost.clock import Clock
@@ -48,6 +49,8 @@ class LinkMeter:
         self._rtt: dict[str, tuple[float, float]] = {}  # route -> (seconds, when measured)
         self._written: dict[tuple[str, str], RouteUsage] = {}  # (route, period) -> stored sums
         self._lock = asyncio.Lock()
+        # Called with the route after its traffic grew (the data caps look at once).
+        self.on_traffic: Callable[[str], None] = lambda route: None
 
     @classmethod
     def for_spool(cls, spool: Path, clock: Clock) -> LinkMeter:
@@ -81,6 +84,8 @@ class LinkMeter:
         today.ip_up += ip_up
         today.ip_down += ip_down
         self.round_trip_measured(route, counts.min_rtt)
+        if counts.sent or counts.received:
+            self.on_traffic(route)
 
     def delivered(self, route: str, sender: str, size: int, recipients: int) -> None:
         """One message went out on `route` to `recipients` accepted recipients."""
