@@ -96,7 +96,8 @@ def test_a_route_at_its_daily_cap_holds_itself_and_urgent_mail_still_goes(
     site.wait_for(lambda: len(site.maildir("postmaster")) == 1, what="the postmaster's notice")
     notice = site.maildir("postmaster")[0]
     assert b"Subject: Route uplink reached its data cap today" in notice
-    assert "at its data cap" in link(site, "plan", "uplink")
+    assert "held at its data cap" in link(site, "plan", "uplink")
+    assert "up, capped" in link(site, "status")
 
     site.send("carol@site.test", ["boss@far.test"], message(99, headers="Priority: urgent\r\n"))
     site.wait_for(lambda: "cost 99" in subjects(sink), what="the urgent message")
@@ -169,3 +170,81 @@ def test_the_hangup_command_runs_once_after_the_last_delivery_and_the_relays_mai
     log = site.log_tail(400)
     assert "ETRN site.test to 127.0.0.1" in log and "253" in log
     assert "drain complete" in log and "online seconds saved" in log
+
+
+class SlowUpstream:
+    """An ETRN server that answers after `answer_after` seconds, then connects back.
+
+    Like a relay after ETRN, it then delivers one message to the site over
+    SMTP, pausing `session_pause` seconds inside the session; `done_at` is
+    when that session ended (its QUIT answered).
+    """
+
+    def __init__(self, site_port: int, answer_after: float, session_pause: float):
+        import socket
+        import threading
+        self.site_port, self.answer_after, self.pause = site_port, answer_after, session_pause
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.answered_at = self.done_at = 0.0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rwb") as stream:
+            stream.write(b"220 upstream.test ESMTP\r\n")
+            stream.flush()
+            for line in stream:
+                verb = line.split()[0].upper() if line.split() else b""
+                if verb == b"ETRN":
+                    time.sleep(self.answer_after)
+                    stream.write(b"253 2.0.0 OK, 1 pending message started\r\n")
+                    self.answered_at = time.time()
+                    threading.Thread(target=self._deliver, daemon=True).start()
+                elif verb == b"QUIT":
+                    stream.write(b"221 bye\r\n")
+                    stream.flush()
+                    return
+                else:
+                    stream.write(b"250 upstream.test\r\n")
+                stream.flush()
+
+    def _deliver(self) -> None:
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", self.site_port, local_hostname="upstream.test") as s:
+            s.ehlo()
+            time.sleep(self.pause)
+            s.sendmail("x@far.test", ["alice@site.test"], "Subject: from upstream\r\n\r\nhi\r\n")
+        self.done_at = time.time()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_the_hangup_waits_for_a_slow_etrn_answer_and_the_upstreams_session(
+        tidepost_node, smtp_sink, sink_port, tmp_path):
+    sink = smtp_sink("127.0.0.2", sink_port)
+    ran = tmp_path / "hangup-ran"
+    site = tidepost_node(start=False, smtp={"relay_networks": ["192.0.2.0/24"]})
+    upstream = SlowUpstream(site.port, answer_after=3.0, session_pause=3.0)
+    try:
+        site.config["route"] = [uplink(sink_port, hangup_command=stamp(ran),
+                                       hangup_grace="1s", etrn=[f"127.0.0.1:{upstream.port}"],
+                                       etrn_domains=["site.test"])]
+        to_toml = sys.modules[type(site).__module__].to_toml
+        site.config_path.write_text(to_toml(site.config))
+        site.start()
+        site.sendmail(["-f", "carol@site.test", "r1@far.test"], message(1))
+        link(site, "up", "uplink")
+        site.wait_for(lambda: ran.exists(), timeout=60, what="the hang-up command")
+        [when] = [float(line) for line in ran.read_text().split()]
+        assert len(sink.messages()) == 1 and len(site.maildir("alice")) == 1
+        # our one message went in a moment; the signal waited 3 s for the ETRN
+        # answer, then for the upstream's session (3 s more), then the grace
+        assert upstream.answered_at and upstream.done_at
+        assert when > upstream.done_at > upstream.answered_at
+        assert when - upstream.done_at < 5
+    finally:
+        upstream.close()

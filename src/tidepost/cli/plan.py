@@ -34,8 +34,7 @@ from tidepost.routing.plan import RoutePlan, plan_route, size_bounds
 from tidepost.routing.routes import Router
 from tidepost.sizes import human_bytes
 from tidepost.smtp_client.mx import literal_address, parse_smarthost
-from tidepost.usage.periods import DAY, MONTH, period_of
-from tidepost.usage.store import USAGE_FILE, UsageStore
+from tidepost.usage.store import current_caps
 
 MAX_SAMPLES = 64       # messages compressed for the estimate
 MAX_DNS_DOMAINS = 500  # domains whose cache entries are checked
@@ -146,15 +145,9 @@ async def _held(config: Config, queue: QueueBackend) -> set[str]:
 
 
 def _cap_reached(config: Config, route: str) -> str:
-    """`day 2026-12-02` when the route is at a data cap now, else ''."""
-    store = UsageStore(config.spool_path / USAGE_FILE)
-    try:
-        now = time.time()
-        current = {period_of(DAY, now), period_of(MONTH, now)}
-        held = [h for h in store.caps() if h.route == route and h.period in current]
-    finally:
-        store.close()
-    return ", ".join(f"{'day' if len(h.period) == 10 else 'month'} {h.period}" for h in held)
+    """What the route's data cap hold says, when it is at one now; else ''."""
+    hold = current_caps(config.spool_path, time.time()).get(route)
+    return hold.cause if hold else ""
 
 
 def _timing(config: Config, router: Router, route: str, plan: RoutePlan) -> dict:
@@ -171,7 +164,7 @@ def _print(report: dict) -> None:
     console = Console(highlight=False)
     state = "held" if report["held"] else "up"
     if report["cap"]:
-        state += f", at its data cap ({report['cap']}: only urgent mail goes)"
+        state += f", held at its {report['cap']}: only urgent mail goes"
     console.print(f"route {report['route']} ({state}): a release now would send")
     console.print(f"  {report['messages']} messages to {report['recipients']} recipients, "
                   f"{human_bytes(report['bytes'])}")

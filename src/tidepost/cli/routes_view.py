@@ -7,8 +7,9 @@ anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rich.table import Table
 
@@ -17,6 +18,7 @@ from tidepost.manager.gates import RouteGates
 from tidepost.queue.backend import HoldState, QueueRow, open_queue
 from tidepost.routing.ledger import last_activations
 from tidepost.routing.routes import Router
+from tidepost.usage.store import CapHold, current_caps
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Snapshot:
     holds: dict[str, HoldState]
     rows: list[QueueRow]
     now: float
+    caps: dict[str, CapHold] = field(default_factory=dict)  # routes at a data cap now
 
     def is_held(self, name: str) -> bool:
         """A route's state: persisted, else its start_held."""
@@ -50,7 +53,9 @@ async def read_snapshot(config: Config) -> Snapshot:
         holds, rows = await queue.holds(), await queue.rows()
     finally:
         await queue.close()
-    return Snapshot(config, Router(config), holds, rows, time.time())
+    now = time.time()
+    return Snapshot(config, Router(config), holds, rows, now,
+                    await asyncio.to_thread(current_caps, config.spool_path, now))
 
 
 def routes_table(snap: Snapshot) -> Table:
@@ -65,9 +70,12 @@ def routes_table(snap: Snapshot) -> Table:
         state = snap.holds.get(name)
         held = snap.is_held(name)
         kind = "local" if route is None else ("on-demand" if route.on_demand else "always-up")
-        table.add_row(name, kind, "held" if held else "up", str(len(by_route.get(name, []))),
+        cap = snap.caps.get(name)
+        table.add_row(name, kind, ("held" if held else "up") + (", capped" if cap else ""),
+                      str(len(by_route.get(name, []))),
                       _next_run(snap, name, held, gates, by_route.get(name, [])),
                       _clock(state.changed) if state else "-",
+                      cap.cause if cap and not held else
                       state.cause if state else ("start_held" if held else "-"))
     return table
 

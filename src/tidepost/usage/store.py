@@ -22,6 +22,8 @@ import sqlite3
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tidepost.usage.periods import DAY, MONTH, period_of
+
 USAGE_FILE = "usage.sqlite"
 
 SCHEMA = """
@@ -175,3 +177,13 @@ class UsageStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def current_caps(spool: Path, now: float) -> dict[str, CapHold]:
+    """The data cap holds of the day and month `now` falls in, by route (blocking)."""
+    store = UsageStore(Path(spool) / USAGE_FILE)
+    try:
+        current = {period_of(DAY, now), period_of(MONTH, now)}
+        return {hold.route: hold for hold in store.caps() if hold.period in current}
+    finally:
+        store.close()
