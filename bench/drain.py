@@ -35,6 +35,7 @@ import os
 import platform
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -409,6 +410,16 @@ class TidepostSite:
                                   "uplink", "-c", str(self.config)),
                        check=True, capture_output=True, timeout=60)
 
+    def metered(self) -> tuple[int, int]:
+        """(up, down) IP bytes the link meter has written for the uplink (usage.sqlite)."""
+        path = self.folder / "spool" / "usage.sqlite"
+        if not path.exists():
+            return (0, 0)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            row = db.execute("SELECT COALESCE(SUM(ip_up), 0), COALESCE(SUM(ip_down), 0) "
+                             "FROM routes WHERE route='uplink'").fetchone()
+        return (row[0], row[1])
+
     def warm_dns(self, sink: Sink, domains: int) -> None:
         """One message to each domain with the link up, then hold it again.
 
@@ -516,6 +527,7 @@ class Result:
     connections: int = 0
     dns_queries: int = 0
     retransmitted: int = 0            # TCP payload bytes the site sent twice
+    metered: tuple[int, int] = (0, 0)  # (up, down) bytes tidepost's link meter counted
     first: float = 0.0
     last: float = 0.0                 # seconds from release to the last delivery seen
     drain: float = 0.0
@@ -554,10 +566,15 @@ def run(name: str, make_site, args, base: Path, rate: float) -> Result:
         submit(topology, site.port, args.messages, args.domains, args.size)
         site.queued(args.messages)
         time.sleep(args.settle)  # time for anything that would go out anyway
+        metered = getattr(site, "metered", None)
+        if metered:
+            time.sleep(5.5)  # the link meter writes every 5 s: what came before is in
+        metered_before = metered() if metered else (0, 0)
         counts = link.counts()
         result.held_packets = counts["a_to_b"][0] - before
         start_up, start_down = counts["a_to_b"], counts["b_to_a"]
         start_connections, start_dns = len(link.connections), link.dns_queries
+        start_retransmitted = link.retransmitted
 
         print(f"  {name}: released, draining...", file=sys.stderr)
         released = time.monotonic()
@@ -585,10 +602,13 @@ def run(name: str, make_site, args, base: Path, rate: float) -> Result:
         result.down = tuple(n - m for n, m in zip(counts["b_to_a"], start_down))
         result.connections = len(link.connections) - start_connections
         result.dns_queries = link.dns_queries - start_dns
-        result.retransmitted = link.retransmitted
+        result.retransmitted = link.retransmitted - start_retransmitted
         result.notes += site.notes() if hasattr(site, "notes") else []
     finally:
-        topology.close()
+        topology.close()  # tidepost writes its last counts as it stops
+    if metered:
+        after = metered()
+        result.metered = (after[0] - metered_before[0], after[1] - metered_before[1])
     return result
 
 
@@ -608,6 +628,11 @@ def print_table(results: list[Result], args) -> None:
               f"{r.up[0]:>7}{r.down[0]:>7}{r.connections:>5}{r.dns_queries:>5}"
               f"{r.floor:>8.1f}{r.first:>8.1f}{drain:>8}{ratio:>8}{r.busy:>6.0%}")
     for r in results:
+        if r.metered[0]:
+            print(f"{r.link} {r.name}: the link meter counted {r.metered[0] / 1024:.0f} KiB up "
+                  f"and {r.metered[1] / 1024:.0f} KiB down; the emulator {r.up[1] / 1024:.0f} "
+                  f"and {r.down[1] / 1024:.0f} ({r.metered[0] / r.up[1]:.1%} up, "
+                  f"{r.metered[1] / r.down[1]:.1%} down)")
         if r.duplicates:
             print(f"{r.name}: {r.duplicates} duplicate deliveries")
         if r.held_packets:

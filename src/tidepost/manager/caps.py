@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from tidepost.address import Address
 from tidepost.clock import Clock
 from tidepost.config.schema import RouteConfig
-from tidepost.eventlog import event
 from tidepost.manager.notices import Notices
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, not_attempted
@@ -158,7 +157,6 @@ class CapKeeper:
         await asyncio.to_thread(self._meter.store.set_cap, hold)
         self._held[route] = hold
         log.warning("route %s held at its %s (urgent mail still goes)", route, hold.cause)
-        event(log, "NOQUEUE", "held", route=route, by="data cap", reason=hold.cause)
         self.on_change(route, True)
         if not hold.told:
             self._tell_postmaster(route, hold, reached)
@@ -172,7 +170,6 @@ class CapKeeper:
         self._urgent.clear()
         log.info("route %s is under its data caps again (held since %s for %s)", route,
                  held.period, held.cause)
-        event(log, "NOQUEUE", "released", route=route, by="data cap")
         self.on_change(route, False)
 
     def _tell_postmaster(self, route: str, hold: CapHold, reached: CapReached) -> None:

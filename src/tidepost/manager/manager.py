@@ -34,6 +34,7 @@ from tidepost.manager.dispatch import Dispatcher
 from tidepost.manager.gates import RouteGates
 from tidepost.manager.hangup import DrainWatch
 from tidepost.manager.notices import Notices, SizeNotices
+from tidepost.manager.route_states import RouteStates
 from tidepost.manager.settle import add_dsns, settle
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
@@ -63,8 +64,8 @@ class FlushReport:
     held: int = 0
 
 
-class Manager:
-    """Schedules, claims, dispatches and records deliveries."""
+class Manager(RouteStates):
+    """Schedules, claims, dispatches and records deliveries (route states: route_states.py)."""
 
     def __init__(self, config: Config, queue: QueueBackend, router: Router,
                  agents: dict[str, DeliveryAgent], clock: Clock, owner: str,
@@ -197,45 +198,6 @@ class Manager:
             keeper.cancel()
         return self._report
 
-    async def held_routes(self) -> set[str]:
-        """Routes held now: persisted states, else each route's start_held."""
-        states = await self._queue.holds()
-        held = {name for name, state in states.items() if state.held}
-        for route in self._config.route:
-            if route.name not in states and route.start_held:
-                held.add(route.name)
-        return held
-
-    def is_held(self, route: str) -> bool:
-        """True while the operator holds `route` (a gated route between runs is not held)."""
-        return route in self._operator_held
-
-    async def hold(self, route: str, cause: str) -> None:
-        """Hold `route`: nothing new starts on it; deliveries in flight finish."""
-        await self._queue.set_hold(route, True, self._clock.now(), cause)
-        self._operator_held.add(route)
-        self.scheduler.hold(route)
-        self.drains.stopped(route)
-        log.info("route %s held (%s)", route, cause)
-
-    async def release(self, route: str, cause: str) -> int:
-        """Release `route`: its held recipients become due at once."""
-        await self._queue.set_hold(route, False, self._clock.now(), cause)
-        self._operator_held.discard(route)
-        self._route_cause[route] = (self._clock.now(), f"released: {cause}")
-        await self.catch_up()
-        if route in self.gates:
-            count = await self._run_gated(route, f"released: {cause}")
-        else:
-            count = self.scheduler.release(route, self._clock.now())
-            if self.caps.holds(route):
-                self.scheduler.hold(route)  # at its data cap: only urgent mail goes
-            self.drains.started(route, f"release ({cause})")
-            self.on_release(route, cause)
-        log.info("route %s released (%s): %d recipients due", route, cause, count)
-        self._wake.set()
-        return count
-
     async def flush_domain(self, route: str, domain: str, subdomains: bool) -> int:
         """Deliver now what `route` holds for `domain` (ETRN, ATRN); returns the count.
 
@@ -339,39 +301,6 @@ class Manager:
         self.drains.started(route, f"run ({cause})")
         self.on_release(route, cause)  # a run is when the upstream is asked (ETRN) too
         return len(entries)
-
-    def due_on(self, route: str) -> int:
-        """Mail on `route` that goes as soon as it can: due, claimed or in delivery."""
-        if self.caps.holds(route) or route in self._operator_held:
-            return 0  # what waits there waits for a cap or a release, not for this drain
-        now = self._clock.now()
-        due = sum(1 for e in self.scheduler.entries_of_route(route) if e.next_try <= now)
-        busy = self._dispatcher.busy(route) if self._dispatcher is not None else 0
-        return due + busy
-
-    def _parked_on(self, route: str) -> list[ScheduleEntry]:
-        """A capped route's parked entries (none while the operator holds it)."""
-        return [] if route in self._operator_held else self.scheduler.entries_of_route(route)
-
-    async def _send_anyway(self, entries: list[ScheduleEntry], cause: str) -> None:
-        """Take `entries` out of the scheduler and deliver them now."""
-        for entry in entries:
-            self.scheduler.remove(entry.recipient_id)
-        await self._claim_and_dispatch(entries, force=False, cause=cause)
-
-    def _waits(self, route: str) -> bool:
-        """True when `route`'s mail waits now: held, gated, or at its data cap."""
-        held = self._operator_held if self._loaded else \
-            {r.name for r in self._config.route if r.start_held}  # not known yet: as configured
-        return route in held or route in self.gates or self.caps.holds(route) is not None
-
-    def _capped(self, route: str, capped: bool) -> None:
-        """CapKeeper: park a route's mail at its cap, or let it go again."""
-        if capped:
-            self.scheduler.hold(route)
-        elif route not in self._operator_held and route not in self.gates:
-            self.scheduler.release(route, self._clock.now())
-            self._wake.set()
 
     def _waiting(self, route: str) -> tuple[int, float]:
         """Recipients waiting on `route` and how long the longest has waited."""

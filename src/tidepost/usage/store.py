@@ -142,8 +142,7 @@ class UsageStore:
 
     def rows(self, kind: str, route: str | None = None) -> list[UsageRow]:
         """Per route and day (kind "day") or month: every period recorded, oldest first."""
-        width = 10 if kind == "day" else 7
-        where, args = ("WHERE route=?", (route,)) if route else ("", ())
+        width, where, args = _grouping(kind, route)
         found = self._db().execute(
             f"SELECT substr(day, 1, {width}) AS period, route, "
             f"{', '.join(f'SUM({c})' for c in COUNTS)} FROM routes {where} "
@@ -152,8 +151,7 @@ class UsageStore:
 
     def sender_rows(self, kind: str, route: str | None = None) -> list[UsageRow]:
         """Per sender, route and day or month: bytes and messages sent."""
-        width = 10 if kind == "day" else 7
-        where, args = ("WHERE route=?", (route,)) if route else ("", ())
+        width, where, args = _grouping(kind, route)
         found = self._db().execute(
             f"SELECT substr(day, 1, {width}) AS period, route, sender, SUM(bytes), "
             f"SUM(messages) FROM senders {where} GROUP BY period, route, sender "
@@ -177,6 +175,11 @@ class UsageStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _grouping(kind: str, route: str | None) -> tuple[int, str, tuple]:
+    """Width of the period key (day YYYY-MM-DD, month YYYY-MM) and the route filter."""
+    return (10 if kind == "day" else 7, *(("WHERE route=?", (route,)) if route else ("", ())))
 
 
 def current_caps(spool: Path, now: float) -> dict[str, CapHold]:
