@@ -39,6 +39,8 @@ from tidepost.scheduler.backoff import Backoff
 
 log = logging.getLogger("tidepost.dispatch")
 
+RECOUNT_SECONDS = 0.5  # how often a worker waiting for its route asks the limit again
+
 OnDone = Callable[[DeliveryJob, list[Outcome]], Awaitable[None]]
 
 
@@ -234,7 +236,10 @@ class _RouteSlots:
     async def __aenter__(self) -> None:
         while self._busy >= max(self._limit(), 1):
             self._changed.clear()
-            await self._changed.wait()
+            # Woken when a slot frees; and every RECOUNT_SECONDS anyway, since the
+            # limit also grows without a slot freeing (a round trip measured).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), RECOUNT_SECONDS)
         self._busy += 1
 
     async def __aexit__(self, *exc: object) -> None:
