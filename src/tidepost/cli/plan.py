@@ -57,6 +57,8 @@ async def show_plan(config: Config, route: str, output: str) -> int:
               "bytes": plan.bytes, "waiting_for_retry": plan.waiting_recipients,
               **compression_estimate(bodies, plan.bytes),
               "dns_lookups": await names_to_resolve(config, router, route, plan),
+              "dns_domains_checked": min(len(plan.domains), MAX_DNS_DOMAINS),
+              "domains": len(plan.domains),
               **_timing(config, router, route, plan)}
     if output == "json":
         json.dump(report, sys.stdout, indent=1)
@@ -171,16 +173,18 @@ def _print(report: dict) -> None:
     if report["samples"]:
         share = report["compressed_bytes"] / report["bytes"] if report["bytes"] else 0
         console.print(f"  compressed about {human_bytes(report['compressed_bytes'])} "
-                      f"({share:.0%}; {report['compression']}; {report['samples']} "
+                      f"({share:.1%}; {report['compression']}; {report['samples']} "
                       "messages sampled)")
     lookups = report["dns_lookups"]
-    console.print(f"  DNS: {len(lookups)} lookups not answered by the cache"
+    checked = "" if report["dns_domains_checked"] == report["domains"] else \
+        f" ({report['dns_domains_checked']} of {report['domains']} domains checked)"
+    console.print(f"  DNS: {len(lookups)} lookups not answered by the cache{checked}"
                   + (": " + ", ".join(lookups[:8]) + (" ..." if len(lookups) > 8 else "")
                      if lookups else ""))
     if report["seconds"] is None:
         console.print("  time on the link: unknown (set the route's `rate`)")
     else:
-        console.print(f"  time on the link: about {report['seconds']:g} s at "
+        console.print(f"  time on the link: about {_duration(report['seconds'])} at "
                       f"{report['rate_bits_per_second'] / 1000:g} kbit/s, plus a few "
                       "round trips")
     if report["waiting_for_retry"]:
@@ -188,4 +192,10 @@ def _print(report: dict) -> None:
                       "retry time and would not go")
 
 
-
+def _duration(seconds: float) -> str:
+    """`42 s`, `12.5 min`, `3.2 h`."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
