@@ -35,6 +35,7 @@ import os
 import platform
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -307,6 +308,20 @@ with smtplib.SMTP("127.0.0.1", port, local_hostname="lan.site.test", timeout=60)
 """.replace("{sender}", SENDER)
 
 
+def send_one(topology: Topology, port: int, rcpt: str, subject: str) -> None:
+    """One small message into the site over its loopback."""
+    subprocess.run(topology.in_ns(topology.site, sys.executable, "-c", WARM, str(port),
+                                  rcpt, subject), check=True, timeout=60)
+
+
+WARM = """\
+import smtplib, sys
+port, rcpt, subject = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+with smtplib.SMTP("127.0.0.1", port, local_hostname="lan.site.test", timeout=60) as s:
+    s.sendmail("{sender}", [rcpt], f"Subject: {subject}\\r\\n\\r\\nwarm up\\r\\n")
+""".replace("{sender}", SENDER)
+
+
 def submit(topology: Topology, port: int, count: int, domains: int, size: int) -> None:
     """Queue `count` messages over one SMTP session on the site's loopback."""
     subprocess.run(topology.in_ns(topology.site, sys.executable, "-c", SUBMIT, str(port),
@@ -322,7 +337,7 @@ class Sink:
         self.dumps = dumps
         self.done: dict[str, list[str]] = {}   # dump file name -> tags in it
 
-    def tags(self) -> list[str]:
+    def tags(self, prefix: str = "drain-") -> list[str]:
         """Every tag received so far (a duplicate delivery appears twice)."""
         for path in self.dumps.iterdir():
             if path.name in self.done:
@@ -331,7 +346,7 @@ class Sink:
             if data.endswith(b"\n\n"):
                 self.done[path.name] = [line[9:].decode().strip() for line in data.split(b"\n")
                                         if line.startswith(b"Subject: ")]
-        return [tag for tags in self.done.values() for tag in tags]
+        return [tag for tags in self.done.values() for tag in tags if tag.startswith(prefix)]
 
 
 # -- the servers in the site namespace ----------------------------------------------------
@@ -360,17 +375,18 @@ domains = ["*"]
 transport = "mx"
 on_demand = true
 start_held = true
-"""
+{route}"""
 
 
 class TidepostSite:
     """`tidepost serve` in the site namespace, uplink held."""
 
-    def __init__(self, topology: Topology, folder: Path, delivery: str):
+    def __init__(self, topology: Topology, folder: Path, delivery: str, route: str = ""):
         self.topology, self.folder = topology, folder
         self.config = folder / "tidepost.toml"
         self.config.write_text(TIDEPOST_CONFIG.format(
-            spool=folder / "spool", port=TIDEPOST_PORT, dns=ISP_ADDRESS, delivery=delivery))
+            spool=folder / "spool", port=TIDEPOST_PORT, dns=ISP_ADDRESS, delivery=delivery,
+            route=route))
         self.port = TIDEPOST_PORT
 
     def start(self) -> None:
@@ -387,12 +403,37 @@ class TidepostSite:
     def queued(self, count: int) -> None:
         """Wait until the held messages are queued (the 250 came after the commit)."""
 
-    def release(self) -> None:
-        """`tidepost link up uplink`."""
+    def release(self, up: bool = True) -> None:
+        """`tidepost link up uplink` (or down)."""
         topo = self.topology
-        subprocess.run(topo.in_ns(topo.site, *tidepost_argv(), "link", "up", "uplink",
-                                  "-c", str(self.config)),
+        subprocess.run(topo.in_ns(topo.site, *tidepost_argv(), "link", "up" if up else "down",
+                                  "uplink", "-c", str(self.config)),
                        check=True, capture_output=True, timeout=60)
+
+    def metered(self) -> tuple[int, int]:
+        """(up, down) IP bytes the link meter has written for the uplink (usage.sqlite)."""
+        path = self.folder / "spool" / "usage.sqlite"
+        if not path.exists():
+            return (0, 0)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            row = db.execute("SELECT COALESCE(SUM(ip_up), 0), COALESCE(SUM(ip_down), 0) "
+                             "FROM routes WHERE route='uplink'").fetchone()
+        return (row[0], row[1])
+
+    def warm_dns(self, sink: Sink, domains: int) -> None:
+        """One message to each domain with the link up, then hold it again.
+
+        A site's usual destinations are in its DNS cache (SPOOL/dns-cache.sqlite,
+        kept across restarts for the records' TTLs, here an hour): the drain
+        then starts with no lookups, as it would after a recent session.
+        """
+        self.release()
+        for domain in range(domains):
+            send_one(self.topology, self.port, f"warm{domain}@d{domain}.test",
+                     f"warmup-{domain}")
+        wait_for(lambda: len(set(sink.tags("warmup-"))) >= domains, 120, "the warm-up mail")
+        self.release(up=False)
+        time.sleep(2.0)  # its connections close (QUIT) before the held period is watched
 
 
 class PostfixSite:
@@ -477,6 +518,7 @@ class Result:
     messages: int
     message_bytes: int
     rate: float
+    link: str = ""                    # "56k 600ms": rate and one-way delay
     held_packets: int = 0
     delivered: int = 0
     duplicates: int = 0
@@ -485,6 +527,7 @@ class Result:
     connections: int = 0
     dns_queries: int = 0
     retransmitted: int = 0            # TCP payload bytes the site sent twice
+    metered: tuple[int, int] = (0, 0)  # (up, down) bytes tidepost's link meter counted
     first: float = 0.0
     last: float = 0.0                 # seconds from release to the last delivery seen
     drain: float = 0.0
@@ -508,22 +551,30 @@ def run(name: str, make_site, args, base: Path, rate: float) -> Result:
     folder.mkdir()
     folder.chmod(0o755)  # Postfix's daemons run as user postfix
     sizes = [len(make_message(i, args.domains, args.size)[1]) for i in range(args.messages)]
-    result = Result(name, args.messages, sum(sizes), rate)
+    result = Result(name, args.messages, sum(sizes), rate,
+                    f"{args.rate_kbit:g}k {args.delay_ms:g}ms")
     topology = Topology(folder, args.delay_ms / 1000, rate, args.domains)
     try:
         topology.build()
         link, sink = topology.link, Sink(topology.dumps)
         site = make_site(topology, folder)
-        before = link.counts()["a_to_b"][0]
         site.start()
+        if args.warm_dns and isinstance(site, TidepostSite):
+            site.warm_dns(sink, args.domains)
+        before = link.counts()["a_to_b"][0]
         print(f"  {name}: queueing {args.messages} messages while held...", file=sys.stderr)
         submit(topology, site.port, args.messages, args.domains, args.size)
         site.queued(args.messages)
         time.sleep(args.settle)  # time for anything that would go out anyway
+        metered = getattr(site, "metered", None)
+        if metered:
+            time.sleep(5.5)  # the link meter writes every 5 s: what came before is in
+        metered_before = metered() if metered else (0, 0)
         counts = link.counts()
         result.held_packets = counts["a_to_b"][0] - before
         start_up, start_down = counts["a_to_b"], counts["b_to_a"]
         start_connections, start_dns = len(link.connections), link.dns_queries
+        start_retransmitted = link.retransmitted
 
         print(f"  {name}: released, draining...", file=sys.stderr)
         released = time.monotonic()
@@ -551,10 +602,13 @@ def run(name: str, make_site, args, base: Path, rate: float) -> Result:
         result.down = tuple(n - m for n, m in zip(counts["b_to_a"], start_down))
         result.connections = len(link.connections) - start_connections
         result.dns_queries = link.dns_queries - start_dns
-        result.retransmitted = link.retransmitted
+        result.retransmitted = link.retransmitted - start_retransmitted
         result.notes += site.notes() if hasattr(site, "notes") else []
     finally:
-        topology.close()
+        topology.close()  # tidepost writes its last counts as it stops
+    if metered:
+        after = metered()
+        result.metered = (after[0] - metered_before[0], after[1] - metered_before[1])
     return result
 
 
@@ -563,17 +617,22 @@ def run(name: str, make_site, args, base: Path, rate: float) -> Result:
 
 def print_table(results: list[Result], args) -> None:
     """One row per run, then the notes and what the reference ratios say."""
-    print(f"{'run':<24}{'msgs':>5}{'KiB':>6}{'held':>5}{'up KiB':>7}{'retx':>6}{'dn KiB':>7}"
+    print(f"{'link':<12}{'run':<24}{'msgs':>5}{'KiB':>6}{'held':>5}{'up KiB':>7}{'retx':>6}{'dn KiB':>7}"
           f"{'up pkt':>7}{'dn pkt':>7}{'conn':>5}{'dns':>5}{'floor s':>8}{'first s':>8}"
           f"{'drain s':>8}{'x floor':>8}{'busy':>6}")
     for r in results:
         drain = f"{r.drain:.1f}" if r.complete else f">{r.drain:.0f}"
         ratio = f"{r.drain / r.floor:.2f}" if r.complete else "-"
-        print(f"{r.name:<24}{r.delivered:>5}{r.message_bytes / 1024:>6.0f}{r.held_packets:>5}"
+        print(f"{r.link:<12}{r.name:<24}{r.delivered:>5}{r.message_bytes / 1024:>6.0f}{r.held_packets:>5}"
               f"{r.up[1] / 1024:>7.0f}{r.retransmitted / 1024:>6.0f}{r.down[1] / 1024:>7.0f}"
               f"{r.up[0]:>7}{r.down[0]:>7}{r.connections:>5}{r.dns_queries:>5}"
               f"{r.floor:>8.1f}{r.first:>8.1f}{drain:>8}{ratio:>8}{r.busy:>6.0%}")
     for r in results:
+        if r.metered[0]:
+            print(f"{r.link} {r.name}: the link meter counted {r.metered[0] / 1024:.0f} KiB up "
+                  f"and {r.metered[1] / 1024:.0f} KiB down; the emulator {r.up[1] / 1024:.0f} "
+                  f"and {r.down[1] / 1024:.0f} ({r.metered[0] / r.up[1]:.1%} up, "
+                  f"{r.metered[1] / r.down[1]:.1%} down)")
         if r.duplicates:
             print(f"{r.name}: {r.duplicates} duplicate deliveries")
         if r.held_packets:
@@ -583,12 +642,15 @@ def print_table(results: list[Result], args) -> None:
                   f"{r.last:.1f}s after the release")
         for note in r.notes:
             print(f"{r.name}: {note}")
-    by = {r.name: r for r in results if r.complete}
-    default, single = by.get("tidepost default"), by.get("tidepost 1 conn/domain")
-    if default and single:
-        print(f"drain time, 1 conn/domain / default: {single.drain / default.drain:.2f}")
-    if default and by.get("postfix"):
-        print(f"drain time, tidepost default / postfix: {default.drain / by['postfix'].drain:.2f}")
+    for link in dict.fromkeys(r.link for r in results):
+        by = {r.name: r for r in results if r.complete and r.link == link}
+        default, single = by.get("tidepost default"), by.get("tidepost 1 conn/domain")
+        if default and single:
+            print(f"{link}: drain time, 1 conn/domain / default: "
+                  f"{single.drain / default.drain:.2f}")
+        if default and by.get("postfix"):
+            print(f"{link}: drain time, tidepost default / postfix: "
+                  f"{default.drain / by['postfix'].drain:.2f}")
 
 
 def missing() -> str:
@@ -612,8 +674,35 @@ def on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
-    """Parse options, run each configuration on a fresh topology, print the table."""
+# Link profiles: (kbit/s, one-way delay in ms, messages).  The message
+# count makes the floor a minute or two, so that what SMTP costs per message
+# shows rather than the ~7 round trips any drain needs to start and end
+# (DNS, TCP, greeting, EHLO, the first 354, the last reply).
+PROFILES = {"56k": (56, 600, 200), "1m": (1000, 150, 2000)}
+
+
+def tidepost_runs(names: str, rate_kbit: float) -> list:
+    """(label, site factory) for each tidepost run named in --runs."""
+    runs = []
+    for run_name in names.split(","):
+        route = ""
+        if run_name == "default":
+            delivery, label = "", "tidepost default"
+        elif run_name == "single":
+            delivery, label = "destination_concurrency = 1\n", "tidepost 1 conn/domain"
+        elif run_name == "rate":  # the route knows its link's speed: route.rate
+            delivery, label = "", "tidepost route.rate"
+            route = f"rate = {int(rate_kbit * 1000)}\n"
+        else:  # a number: that destination_concurrency
+            delivery = f"destination_concurrency = {int(run_name)}\n"
+            label = f"tidepost {int(run_name)} conn/domain"
+        runs.append((label, lambda topo, folder, d=delivery, r=route:
+                     TidepostSite(topo, folder, d, r)))
+    return runs
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200, help="messages queued (N)")
     parser.add_argument("--size", type=int, default=4096, help="bytes per message")
@@ -621,6 +710,10 @@ def main() -> int:
     parser.add_argument("--rate-kbit", type=float, default=256,
                         help="link rate each way, kbit/s (default 256 = 32 KB/s)")
     parser.add_argument("--delay-ms", type=float, default=300, help="one-way delay, ms")
+    parser.add_argument("--profiles", default="",
+                        help="comma-separated link profiles instead of --rate-kbit, "
+                        f"--delay-ms and --messages: {', '.join(PROFILES)} "
+                        "(56 kbit/s 600 ms with 200 messages, 1 Mbit/s 150 ms with 2000)")
     parser.add_argument("--timeout", type=float, default=600,
                         help="give up on a drain after this many seconds")
     parser.add_argument("--stall", type=float, default=60,
@@ -629,44 +722,34 @@ def main() -> int:
                         help="seconds to watch the held link after queueing")
     parser.add_argument("--runs", default="default,single",
                         help="tidepost runs: default, single (destination_concurrency = 1), "
-                        "or a number (that destination_concurrency)")
+                        "rate (route.rate set to the link's rate), or a number (that "
+                        "destination_concurrency)")
     parser.add_argument("--postfix", action="store_true", help="also measure Postfix")
-    args = parser.parse_args()
+    parser.add_argument("--warm-dns", action="store_true",
+                        help="tidepost: deliver one message to each domain before holding "
+                        "the link, so that the drain finds its DNS answers cached")
+    return parser.parse_args()
+
+
+def main() -> int:
+    """Parse options, run each configuration on a fresh topology, print the table."""
+    args = parse_args()
     if why := missing():
         print(f"drain benchmark skipped: {why}")
         return 0
-    rate = args.rate_kbit * 1000 / 8
-    runs = []
-    for run_name in args.runs.split(","):
-        if run_name == "default":
-            delivery, label = "", "tidepost default"
-        elif run_name == "single":
-            delivery, label = "destination_concurrency = 1\n", "tidepost 1 conn/domain"
-        else:  # a number: that destination_concurrency
-            delivery = f"destination_concurrency = {int(run_name)}\n"
-            label = f"tidepost {int(run_name)} conn/domain"
-        runs.append((label, lambda topo, folder, d=delivery: TidepostSite(topo, folder, d)))
-    if args.postfix:
-        if not os.access(POSTFIX, os.X_OK) or not Path("/etc/postfix/master.cf").exists():
-            print("postfix: skipped (Postfix is not installed)")
-        else:
-            runs.append(("postfix", PostfixSite))
+    profiles = [(name, *PROFILES[name]) for name in args.profiles.split(",") if name] or \
+        [("", args.rate_kbit, args.delay_ms, args.messages)]
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)
-    print(f"drain benchmark: {args.messages} messages of ~{args.size} bytes to "
-          f"{args.domains} domains over {args.rate_kbit:g} kbit/s ({rate / 1000:g} kB/s), "
-          f"{args.delay_ms:g} ms each way; {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
     base = Path(tempfile.mkdtemp(prefix="tidepost-drain-"))
     base.chmod(0o755)
-    results = []
+    results: list[Result] = []
     try:
-        for name, make_site in runs:
-            results.append(run(name, make_site, args, base, rate))
-    except KeyboardInterrupt:
-        print("interrupted; cleaned up", file=sys.stderr)
-        return 130
+        for profile, rate_kbit, delay_ms, messages in profiles:
+            args.rate_kbit, args.delay_ms, args.messages = rate_kbit, delay_ms, messages
+            if not run_profile(profile, args, base / (profile or "link"), results):
+                return 130
     finally:
         if results:
             print_table(results, args)
@@ -675,6 +758,31 @@ def main() -> int:
         else:
             shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def run_profile(profile: str, args: argparse.Namespace, base: Path,
+                results: list[Result]) -> bool:
+    """Every run on one link profile, added to `results`; False when interrupted."""
+    base.mkdir()
+    base.chmod(0o755)
+    rate = args.rate_kbit * 1000 / 8
+    runs = tidepost_runs(args.runs, args.rate_kbit)
+    if args.postfix:
+        if not os.access(POSTFIX, os.X_OK) or not Path("/etc/postfix/master.cf").exists():
+            print("postfix: skipped (Postfix is not installed)")
+        else:
+            runs.append(("postfix", PostfixSite))
+    print(f"drain benchmark{' ' + profile if profile else ''}: {args.messages} messages of "
+          f"~{args.size} bytes to {args.domains} domains over {args.rate_kbit:g} kbit/s "
+          f"({rate / 1000:g} kB/s), {args.delay_ms:g} ms each way; {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}", flush=True)
+    try:
+        for name, make_site in runs:
+            results.append(run(name, make_site, args, base, rate))
+    except KeyboardInterrupt:
+        print("interrupted; cleaned up", file=sys.stderr)
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ queue); SIGHUP re-reads the aliases file.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
+from tidepost.address import NULL_SENDER, Address
 from tidepost.clock import Clock, SystemClock
 from tidepost.config.schema import Config
 from tidepost.control import spool
@@ -28,7 +30,9 @@ from tidepost.control.server import ControlServer
 from tidepost.delivery.agent import DeliveryAgent
 from tidepost.delivery.maildir import MaildirAgent, OwnerWriter
 from tidepost.delivery.smtp import SmtpAgent
+from tidepost.manager.hangup import Probes
 from tidepost.manager.manager import Manager
+from tidepost.model import Envelope
 from tidepost.node_relay import RelayRole
 from tidepost.queue.backend import QueueBackend, open_queue
 from tidepost.queue.owner import this_runner
@@ -41,7 +45,8 @@ from tidepost.smtp_server.tls import context_from_config
 from tidepost.startup import Startup, close_startup, prepare_daemon
 from tidepost.submission.aliases import Aliases, load_aliases_file
 from tidepost.submission.local import LocalSubmitter
-from tidepost.submission.submit import Submission
+from tidepost.submission.submit import ClientInfo, Submission
+from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.node")
 
@@ -58,6 +63,12 @@ class Parts:
     aliases: Aliases
     manager: Manager
     submission: Submission
+    meter: LinkMeter
+
+    async def close(self) -> None:
+        """Write the last link counts and close the queue."""
+        await self.meter.close()
+        await self.queue.close()
 
 
 def build(config: Config, clock: Clock | None = None,
@@ -71,22 +82,35 @@ def build(config: Config, clock: Clock | None = None,
     queue = open_queue(config.queue.backend, config.spool_path)
     router = Router(config)
     aliases = Aliases(config)
+    meter = LinkMeter.for_spool(config.spool_path, clock)
     # The SMTP agent's hold guard asks the manager, which exists only after
     # the agents: the lambda looks `manager` up when it is called.
     agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route),
-                          owner_writer=owner_writer)
-    manager = Manager(config, queue, router, agents, clock, this_runner())
+                          owner_writer=owner_writer, meter=meter)
+    manager = Manager(config, queue, router, agents, clock, this_runner(), meter=meter)
     submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
-    return Parts(config, queue, router, aliases, manager, submission)
+    manager.notices.submit = notice_submitter(submission)
+    return Parts(config, queue, router, aliases, manager, submission, meter)
+
+
+def notice_submitter(submission: Submission) -> Callable[[Address, bytes], Awaitable[str]]:
+    """How the manager's notices are queued: as local mail from the null sender."""
+    client = ClientInfo(protocol="local", local_user="MAILER-DAEMON", way="notice")
+
+    async def submit(to: Address, message: bytes) -> str:
+        return await submission.submit(Envelope(NULL_SENDER, (to,)), message, client)
+    return submit
 
 
 def build_agents(config: Config, clock: Clock, is_held: Callable[[str], bool] | None = None,
-                 owner_writer: OwnerWriter | None = None) -> dict[str, DeliveryAgent]:
+                 owner_writer: OwnerWriter | None = None,
+                 meter: LinkMeter | None = None) -> dict[str, DeliveryAgent]:
     """The delivery agents by kind: `local` (Maildir) and `smtp`.
 
     The SMTP agent resolves through the persistent DNS cache in the spool,
-    refuses traffic on on-demand routes that `is_held`, and notes what it
-    sends through them in the link ledger.
+    refuses traffic on on-demand routes that `is_held`, notes what it
+    sends through them in the link ledger, and counts every route's bytes,
+    connections and round trips in the link meter.
     """
     cache = DnsCache(config.spool_path / CACHE_FILE, clock)
     resolver = CachedResolver(cache, Resolver(config.dns))
@@ -95,7 +119,7 @@ def build_agents(config: Config, clock: Clock, is_held: Callable[[str], bool] | 
         LOCAL_ROUTE: MaildirAgent(config.local.maildir, config.spool_path, config.hostname,
                                   owner_writer, config.local.system_users),
         "smtp": SmtpAgent(config.delivery, resolver, config.hostname, clock,
-                          is_held=is_held, ledger=ledger),
+                          is_held=is_held, ledger=ledger, meter=meter),
     }
 
 
@@ -133,11 +157,13 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     maildrop = Maildrop(spool.maildrop(config.spool_path), local, size)
     await server.start(startup.bound)
     await relay.start(tls_context, startup.bound)
+    parts.manager.drains.probes = drain_probes(parts, relay, server)
     await control.start()
     await submit.start()
     control_dir(config).mkdir(exist_ok=True)
     await _apply_flag_files(parts, at_start=True)
     pickup = asyncio.create_task(maildrop.run(config.queue.poll_interval))
+    metering = asyncio.create_task(parts.meter.run(stopping))
     log.info("tidepost started as %s: %s, spool %s, config %s", startup.account.name,
              ", ".join(config.smtp.listen), config.spool, config.source)
     try:
@@ -150,7 +176,9 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
         await submit.close()
         await relay.close()
         await control.close()
-        await parts.queue.close()
+        stopping.set()
+        await asyncio.gather(metering, return_exceptions=True)
+        await parts.close()
         log.info("tidepost stopped")
 
 
@@ -170,6 +198,27 @@ async def _run_manager(parts: Parts, stopping: asyncio.Event) -> None:
         await parts.queue.release_claims(parts.manager.owner)
     elif task.exception() is not None:
         raise task.exception()
+
+
+def drain_probes(parts: Parts, relay: RelayRole, server: SmtpServer) -> Probes:
+    """What the hang-up signal watches (manager/hangup.py): mail, connections, ETRN, clients.
+
+    An SMTP client from outside smtp.relay_networks is what an upstream
+    delivering to us after ETRN looks like.
+    """
+    ours = [ipaddress.ip_network(n, strict=False) for n in parts.config.smtp.relay_networks]
+
+    def outside(ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return True
+        return not any(address in network for network in ours)
+
+    return Probes(due=parts.manager.due_on,
+                  connected=lambda route: int(parts.meter.online(route)),
+                  asking=relay.upstreams.pending,
+                  inbound=lambda: sum(1 for ip in server.clients() if outside(ip)))
 
 
 def _reload(parts: Parts, loop: asyncio.AbstractEventLoop) -> None:
@@ -223,8 +272,13 @@ def control_handlers(parts: Parts, reload: Callable[[], None] = lambda: None
     async def status(request: dict) -> dict:
         return {"scheduler": manager.scheduler.statistics()}
 
+    async def odmr(request: dict) -> dict:
+        route = _known_route(parts, request.get("route"))
+        manager.drains.odmr(route, str(request.get("token", "")), bool(request.get("running")))
+        return {"route": route}
+
     return {"wake": wake, "hold": hold, "release": release, "status": status,
-            "reload": reread}
+            "reload": reread, "odmr": odmr}
 
 
 def _known_route(parts: Parts, name: Any) -> str:

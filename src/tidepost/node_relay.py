@@ -63,7 +63,7 @@ class RelayRole:
         # One budget each: an ETRN burst never refuses the same client's ATRN.
         self.etrn_limiter = RateLimiter(config.relay.etrn_rate, TURN_WINDOW)
         self.atrn_limiter = RateLimiter(config.relay.atrn_rate, TURN_WINDOW)
-        self.upstreams = UpstreamRequests(config.hostname, config.delivery)
+        self.upstreams = UpstreamRequests(config.hostname, config.delivery, manager.meter)
         self._servers: list[SmtpServer] = []
         self._watcher: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()

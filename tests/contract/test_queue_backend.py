@@ -348,6 +348,37 @@ def test_rows_show_the_null_sender_as_empty(queue):
 
 # -- SQLite only: processes sharing one file, the commit point, group commit ----
 
+def test_message_info_names_a_queued_message_until_it_leaves(queue):
+    entries = run(queue.submit(message(ALICE, body=b"Subject: x\r\n\r\n12345\r\n",
+                                       queue_id="ABC123")))
+    info = run(queue.message_by_id(entries[0].message_id))
+    assert (info.queue_id, info.sender, info.size) == ("ABC123", SENDER, 21)
+    claimed = run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    run(queue.record(RUNNER, [final(delivered(r.recipient_id, "250 ok"))
+                              for _, rcpts in claimed.claimed for r in rcpts]))
+    assert run(queue.message_by_id(entries[0].message_id)) is None
+
+
+def test_pending_summary_sums_queued_recipients_per_domain_size_class_and_due(queue):
+    small, large = b"x" * 100, b"y" * 5000
+    first = run(queue.submit(message(ALICE, BOB, body=small)))
+    run(queue.submit(message(ALICE, Address("dave", "example.org"), body=small)))
+    third = run(queue.submit(message(ALICE, body=large)))
+    run(queue.submit(message(BOB, body=large, arrival=T0 + 500)))  # not due yet at T0 + 10
+    claimed = run(queue.claim([first[1].recipient_id], RUNNER, LEASE, T0))  # BOB's, in flight
+    assert claimed_ids(claimed) == [first[1].recipient_id]
+    groups = run(queue.pending_summary(T0 + 10, size_bounds=[1000]))
+    got = [(g.domain, g.size_class, g.due, g.recipients, g.messages, g.bytes) for g in groups]
+    assert got == [("example.net", 1, False, 1, 1, 5000),
+                   ("example.org", 0, True, 3, 2, 200),   # two messages, each counted once
+                   ("example.org", 1, True, 1, 1, 5000)]
+    org_small = groups[1]
+    assert org_small.first_message == first[0].message_id
+    assert org_small.last_message == first[0].message_id + 1
+    assert groups[2].first_message == third[0].message_id
+    assert [g.size_class for g in run(queue.pending_summary(T0 + 10))] == [0, 0]  # no bounds
+
+
 def test_two_processes_claiming_the_same_recipients_never_share_one(tmp_path: Path):
     path = tmp_path / "queue.sqlite"
     first, second = SqliteQueue(path), SqliteQueue(path)

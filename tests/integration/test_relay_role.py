@@ -118,7 +118,8 @@ def test_etrn_from_an_independent_client_and_refusals(tidepost_node, unbound, tm
 
 
 def test_odmr_atrn_delivers_over_the_same_connection(tidepost_node, unbound, tmp_path):
-    relay, site = start_pair(tidepost_node, unbound, tmp_path)
+    relay, site = start_pair(tidepost_node, unbound, tmp_path,
+                             site_route={"hangup_file": "hangup.uplink", "hangup_grace": "1s"})
     relay.stop()
     odmr_port = relay.port + 1 if relay.port < 65000 else relay.port - 1
     relay.config["relay"]["odmr_listen"] = [f"127.0.0.1:{odmr_port}"]
@@ -129,10 +130,15 @@ def test_odmr_atrn_delivers_over_the_same_connection(tidepost_node, unbound, tmp
     relay.send("x@far.test", ["dave@site.test", "alice@site.test"], message(9))
     site.start()
     env = {**os.environ, "TIDEPOST_ODMR_PASSWORD": PASSWORD}
-    done = subprocess.run([sys.executable, "-m", "tidepost.cli.main", "odmr",
-                           f"127.0.0.1:{odmr_port}", "ship", "site.test", "-c",
+    hangup = site.spool / "control" / "hangup.uplink"
+    done = subprocess.run([sys.executable, "-m", "tidepost.cli.main", "odmr", "--route",
+                           "uplink", f"127.0.0.1:{odmr_port}", "ship", "site.test", "-c",
                            str(site.config_path)], env=env, capture_output=True, timeout=60)
+    ended = time.time()
     assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    # the session told the daemon it ran: the hang-up signal came after it ended
+    site.wait_for(hangup.exists, what="the hang-up file after the ODMR session")
+    assert float(hangup.read_text().split()[1].split("=")[1]) > ended
     assert b"250 2.0.0 OK now reversing the connection" in done.stdout
     site.wait_for(lambda: len(site.maildir("dave")) == 1 and len(site.maildir("alice")) == 1,
                   what="ODMR mail in the site's Maildirs")

@@ -23,8 +23,9 @@ class Meter:
 
         class Session:
             destination_failed = None
+            depth = 0
 
-            async def deliver(self, job):
+            async def deliver(self, job, overlap=None):
                 route = destination.route
                 meter.open[route] = meter.open.get(route, 0) + 1
                 meter.peak[route] = max(meter.peak.get(route, 0), meter.open[route])
@@ -55,7 +56,7 @@ def test_route_limit_bounds_connections_across_destinations_but_not_other_routes
                 tasks, SystemClock(), Backoff(), meter.session,
                 concurrency_of=lambda destination: 10, load_body=lambda mid: _body(),
                 on_done=record, max_concurrency=100,
-                route_limit=lambda route: 4 if route == "uplink" else 0)
+                route_limit=lambda route, waiting: 4 if route == "uplink" else 0)
             for n in range(50):  # 5 domains x 10 jobs on the uplink
                 domain = f"d{n % 5}.test"
                 dispatcher.submit(job(n, domain), Destination("uplink", domain))
@@ -70,3 +71,54 @@ def test_route_limit_bounds_connections_across_destinations_but_not_other_routes
 
 async def _body() -> bytes:
     return b"Subject: x\r\n\r\nx\r\n"
+
+
+class Pipelined:
+    """A session of depth 1 that notes how jobs overlap on it."""
+
+    destination_failed = None
+    depth = 1
+
+    def __init__(self, recorded: list[int]):
+        self.recorded = recorded
+        self.in_flight = self.peak = 0
+        self.content_after: dict[int, list[int]] = {}  # job -> jobs recorded when its content went
+
+    async def deliver(self, job, overlap=None):
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        overlap.mark_ready()
+        if overlap.gate is not None:
+            await overlap.gate.wait()
+        self.content_after[job.message.message_id] = list(self.recorded)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        return [delivered(r.recipient_id, "250 ok") for r in job.recipients]
+
+    async def close(self):
+        pass
+
+
+def test_a_pipelining_session_overlaps_jobs_but_each_content_waits_for_the_record_before():
+    recorded: list[int] = []
+    session = Pipelined(recorded)
+
+    async def record(job, outcomes):
+        await asyncio.sleep(0.005)
+        recorded.append(job.message.message_id)
+
+    async def main():
+        async with asyncio.TaskGroup() as tasks:
+            dispatcher = Dispatcher(tasks, SystemClock(), Backoff(), lambda d: session,
+                                    concurrency_of=lambda d: 1, load_body=lambda m: _body(),
+                                    on_done=record, max_concurrency=10)
+            for n in range(8):
+                dispatcher.submit(job(n, "d.test"), Destination("uplink", "d.test"))
+            await asyncio.sleep(0.03)  # a late job joins the running worker
+            dispatcher.submit(job(8, "d.test"), Destination("uplink", "d.test"))
+            await dispatcher.wait_idle()
+    asyncio.run(main())
+    assert recorded == list(range(9))
+    assert session.peak == 3  # depth + 2: awaiting reply, awaiting 354, commands offered
+    for n in range(1, 9):
+        assert n - 1 in session.content_after[n]  # the job before was recorded first

@@ -10,10 +10,10 @@ PACKAGE = Path(tidepost.__file__).parent
 
 # Lower index = lower layer. Modules may import their own layer or below.
 LAYERS = [
-    {"address", "errors", "clock", "eventlog", "accounts"},
+    {"address", "errors", "clock", "eventlog", "accounts", "sizes"},
     {"model", "outcomes", "testing"},
     {"config"},
-    {"queue", "scheduler"},
+    {"queue", "scheduler", "usage"},
     {"routing"},
     {"resolver", "submission"},
     {"smtp_client"},

@@ -38,8 +38,9 @@ class ScriptedSession:
     def __init__(self, agent):
         self.agent = agent
         self.destination_failed = None
+        self.depth = 0
 
-    async def deliver(self, job):
+    async def deliver(self, job, overlap=None):
         outcomes = []
         for rcpt in job.recipients:
             key = str(rcpt.address)

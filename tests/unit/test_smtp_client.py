@@ -35,6 +35,9 @@ class Connection:
     chunks: list[bytes] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)  # raw DATA payloads, stuffed
+    # What had already arrived behind each message's content when it ended:
+    # the next transaction's commands, when the client pipelines them.
+    buffered_after_content: list[bytes] = field(default_factory=list)
     tls: bool = False
 
 
@@ -44,7 +47,7 @@ class ScriptedServer:
     def __init__(self, *, greeting: str = f"220 fake ESMTP", extensions=ALL_EXTENSIONS,
                  replies: dict[str, list[str]] | None = None,
                  rcpt: dict[str, str] | None = None, close_after: tuple[str, ...] = (),
-                 tls_context=None):
+                 tls_context=None, delays: dict[str, float] | None = None):
         self.greeting = greeting
         self.extensions = extensions
         self.replies = {verb: list(r) for verb, r in (replies or {}).items()}
@@ -54,6 +57,7 @@ class ScriptedServer:
         self.port = 0
         self.tls_context = tls_context  # an ssl server context makes STARTTLS real
         self.tls_commands: list[str] = []  # commands received inside TLS
+        self.delays = delays or {}  # verb -> seconds to wait before replying
 
     async def __aenter__(self) -> ScriptedServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -86,6 +90,7 @@ class ScriptedServer:
             return
         buffer = b""
         in_data = False
+        chunk_left = -1  # octets of a BDAT chunk still to come (-1: none)
         while True:
             chunk = await reader.read(65536)
             if not chunk:
@@ -93,6 +98,16 @@ class ScriptedServer:
             conn.chunks.append(chunk)
             buffer += chunk
             while True:
+                if chunk_left >= 0:
+                    if len(buffer) < chunk_left:
+                        break
+                    conn.messages.append(buffer[:chunk_left])
+                    buffer, chunk_left = buffer[chunk_left:], -1
+                    buffer += await self._absorb(reader, conn, "BDAT")
+                    conn.buffered_after_content.append(buffer)
+                    if await self._reply(writer, "BDAT", "250 2.0.0 queued") is None:
+                        return
+                    continue
                 if in_data:
                     end = buffer.find(b"\r\n.\r\n")
                     if end < 0 and not buffer.startswith(b".\r\n"):
@@ -100,6 +115,8 @@ class ScriptedServer:
                     cut = 3 if buffer.startswith(b".\r\n") else end + 5
                     conn.messages.append(buffer[:cut])
                     buffer, in_data = buffer[cut:], False
+                    buffer += await self._absorb(reader, conn, "DOT")
+                    conn.buffered_after_content.append(buffer)
                     if await self._reply(writer, "DOT", "250 2.0.0 queued") is None:
                         return
                     continue
@@ -108,6 +125,9 @@ class ScriptedServer:
                 line, buffer = buffer.split(b"\r\n", 1)
                 command = line.decode()
                 conn.commands.append(command)
+                if command.upper().startswith("BDAT "):
+                    chunk_left = int(command.split()[1])
+                    continue
                 reply = await self._reply(writer, command.split()[0].upper(),
                                           self._answer(command))
                 if reply is None:
@@ -122,6 +142,21 @@ class ScriptedServer:
                 elif conn.tls:
                     self.tls_commands.append(command)
             await writer.drain()
+
+    async def _absorb(self, reader, conn: Connection, verb: str) -> bytes:
+        """With a delay for `verb`: wait it out here, taking in what arrives meanwhile."""
+        delay, taken = self.delays.get(verb, 0.0), b""
+        deadline = asyncio.get_running_loop().time() + delay
+        while delay and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), left)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            conn.chunks.append(chunk)
+            taken += chunk
+        return taken
 
     def _answer(self, command: str) -> str:
         """The scripted reply's default for `command`."""
@@ -139,6 +174,9 @@ class ScriptedServer:
         """Send the next scripted reply for `verb` (else `default`); None: hung up."""
         queue = self.replies.get(verb)
         reply = queue.pop(0) if queue else default
+        if self.delays.get(verb) and verb not in ("DOT", "BDAT"):  # those: _absorb
+            await writer.drain()
+            await asyncio.sleep(self.delays[verb])
         writer.write(reply.encode() + b"\r\n")
         await writer.drain()
         if reply.startswith("421") or verb in self.close_after:

@@ -81,4 +81,4 @@ async def _flush(config: Config, wanted, runner: str, helper) -> FlushReport:
                 task, completed=done, total=total)
             return await parts.manager.flush(wanted)
     finally:
-        await parts.queue.close()
+        await parts.close()

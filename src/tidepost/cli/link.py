@@ -1,8 +1,10 @@
-"""`tidepost link up|down ROUTE`, `tidepost link status`: release and hold routes.
+"""`tidepost link up|down ROUTE`, `link status`, `link usage`, `link plan ROUTE`.
 
-With a daemon running, the request goes through its control socket and
+With a daemon running, a hold or release goes through its control socket and
 takes effect at once; without one, the state is written to the queue and
 applies when the daemon starts.  Either way it persists across restarts.
+`usage` exports what each route's link carried (cli/usage.py), `plan` what a
+release would send now (cli/plan.py); both read the spool, daemon or not.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from tidepost.cli.common import EX_NOPERM, add_config_option, config_or_exit, \
 from tidepost.config.schema import Config
 from tidepost.control.client import request
 from tidepost.queue.backend import open_queue
+from tidepost.cli.plan import show_plan
 from tidepost.cli.routes_view import ledger_table, read_snapshot, routes_table
+from tidepost.cli.usage import show_usage
 from tidepost.routing.routes import Router
 
 
@@ -31,12 +35,29 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "(an ip-up hook's job); `link down ROUTE` holds it: nothing new starts on it,\n"
         "no DNS query, no connection, and deliveries in flight finish.  The state\n"
         "persists across restarts.  `link status` shows each route's state, queue and\n"
-        "next run, and the last activations of on-demand routes with their causes.")
-    parser.add_argument("action", choices=["up", "down", "status"],
-                        help="up: release, down: hold, status: show the routes")
+        "next run, and the last activations of on-demand routes with their causes.\n"
+        "`link usage [ROUTE]` shows (or exports, --csv/--json) the bytes up and down,\n"
+        "messages, connections and online time per route and day or month, and with\n"
+        "--senders the bytes each sender sent.  `link plan ROUTE` tells what a release\n"
+        "would send now: messages, recipients, bytes, the DNS names to look up, and the\n"
+        "seconds it takes at the route's rate.")
+    parser.add_argument("action", choices=["up", "down", "status", "usage", "plan"],
+                        help="up: release, down: hold, status: show the routes, usage: "
+                        "link accounting, plan: what a release would send")
     parser.add_argument("route", nargs="?", help="the route (see `tidepost link status`)")
+    parser.add_argument("--route", dest="route_option", metavar="ROUTE",
+                        help="usage: only this route")
+    parser.add_argument("--period", choices=["day", "month"], default="day",
+                        help="usage: one line per route and day (default) or month")
+    parser.add_argument("--senders", action="store_true",
+                        help="usage: bytes per envelope sender instead of per route")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--csv", dest="output", action="store_const", const="csv",
+                        help="usage: comma-separated values with a header line")
+    output.add_argument("--json", dest="output", action="store_const", const="json",
+                        help="usage, plan: JSON")
     add_config_option(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, output="table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +67,16 @@ def run(args: argparse.Namespace) -> int:
         spool_owner_or_exit(config)
         return asyncio.run(status(config))
     names = Router(config).route_names()
+    if args.action == "usage":
+        route = args.route_option or args.route
+        if route is not None and route not in names:
+            print(f"tidepost link: no route named {route!r} (routes: {', '.join(names)})")
+            return 64
+        spool_owner_or_exit(config)
+        return show_usage(config, route, args.period, args.senders, args.output)
+    if args.action == "plan" and args.route in names:
+        spool_owner_or_exit(config)
+        return asyncio.run(show_plan(config, args.route, args.output))
     if args.route not in names:
         print(f"tidepost link: no route named {args.route!r} (routes: {', '.join(names)})")
         return 64

@@ -92,7 +92,7 @@ async def _queue_directly(config: Config, request: LocalRequest,
     except Exception as exc:  # noqa: BLE001 - the exit code must say "not queued"
         result = LocalResult(EX_TEMPFAIL, f"message not queued: {exc}")
     finally:
-        await parts.queue.close()
+        await parts.close()
     if result.code == EX_OK:
         control_request(config.spool_path, "wake", timeout=2.0)
     return result

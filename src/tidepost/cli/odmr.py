@@ -36,6 +36,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("user")
     parser.add_argument("domains", metavar="DOMAIN", nargs="*")
     parser.add_argument("--password-file", help="file whose first line is the password")
+    parser.add_argument("--route", help="the route this session uses: its hang-up signal "
+                        "waits for the session to end")
     add_config_option(parser)
     parser.set_defaults(run=run)
 
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     spool_owner_or_exit(config)
     try:
         peer = parse_upstream(args.provider, ODMR_PORT)
-        reply = asyncio.run(fetch(config, peer, args.user, password, args.domains))
+        reply = asyncio.run(fetch(config, peer, args.user, password, args.domains,
+                                  args.route))
     except ValueError as exc:
         print(f"tidepost odmr: {exc}", file=sys.stderr)
         return EX_USAGE
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if reply.code in (250, NO_MAIL) else 1
 
 
-async def fetch(config: Config, peer, user: str, password: str, domains: list[str]):
+async def fetch(config: Config, peer, user: str, password: str, domains: list[str],
+                route: str | None = None):
     """AUTH and ATRN, then serve the reversed connection into our queue."""
     from tidepost import node
     from tidepost.control.client import request
@@ -73,11 +77,17 @@ async def fetch(config: Config, peer, user: str, password: str, domains: list[st
         address = (writer.get_extra_info("peername") or (peer.address,))[0]
         await Conversation(config, parts.submission, reader, writer, peer_ip=address,
                            trusted=True).run()
+    token = f"odmr-{os.getpid()}"
+    if route:
+        request(config.spool_path, "odmr", route=route, token=token, running=True, timeout=2.0)
     try:
         reply = await odmr(peer, config.hostname, user, password, domains, config.delivery,
                            serve)
     finally:
-        await parts.queue.close()
+        await parts.close()
+        if route:
+            request(config.spool_path, "odmr", route=route, token=token, running=False,
+                    timeout=2.0)
     if reply.code == 250:
         request(config.spool_path, "wake", timeout=2.0)
     return reply

@@ -7,8 +7,9 @@ anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rich.table import Table
 
@@ -19,6 +20,7 @@ from tidepost.queue.backend import HoldState, open_queue
 from tidepost.queue.selection import Selection, Tally
 from tidepost.routing.ledger import last_activations
 from tidepost.routing.routes import Router
+from tidepost.usage.store import CapHold, current_caps
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Snapshot:
     holds: dict[str, HoldState]
     tallies: list[Tally]
     now: float
+    caps: dict[str, CapHold] = field(default_factory=dict)  # routes at a data cap now
 
     def __post_init__(self) -> None:
         self.view = QueueView(self.config, self.router, self.holds, self.now)
@@ -87,7 +90,9 @@ async def read_snapshot(config: Config) -> Snapshot:
         tallies = await queue.tally(Selection(), "domain", size_bounds(config))
     finally:
         await queue.close()
-    return Snapshot(config, router, holds, tallies, time.time())
+    now = time.time()
+    return Snapshot(config, router, holds, tallies, now,
+                    await asyncio.to_thread(current_caps, config.spool_path, now))
 
 
 def route_states(snap: Snapshot) -> list[dict]:
@@ -108,7 +113,9 @@ def route_states(snap: Snapshot) -> list[dict]:
             "held": held, "queued": here.recipients,
             "next_run": next_run, "next_run_text": next_run_text,
             "changed": state.changed if state else None,
-            "cause": state.cause if state else ("start_held" if held else None)})
+            "capped": name in snap.caps,
+            "cause": (snap.caps[name].cause if name in snap.caps and not held else
+                      state.cause if state else ("start_held" if held else None))})
     return states
 
 
@@ -118,7 +125,8 @@ def routes_table(snap: Snapshot) -> Table:
     for column in ("ROUTE", "KIND", "STATE", "QUEUED", "NEXT RUN", "CHANGED", "CAUSE"):
         table.add_column(column)
     for route in route_states(snap):
-        table.add_row(route["route"], route["kind"], "held" if route["held"] else "up",
+        state = ("held" if route["held"] else "up") + (", capped" if route["capped"] else "")
+        table.add_row(route["route"], route["kind"], state,
                       str(route["queued"]), route["next_run_text"],
                       _clock(route["changed"]) if route["changed"] else "-",
                       route["cause"] or "-")

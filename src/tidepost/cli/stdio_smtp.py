@@ -61,7 +61,7 @@ async def _serve(config: Config) -> int:
     try:
         await _converse(config, parts.submission)
     finally:
-        await parts.queue.close()
+        await parts.close()
     request(config.spool_path, "wake", timeout=2.0)
     return 0
 

@@ -6,9 +6,10 @@ lost.  All problems are collected and raised together as one ConfigError, each
 line of the form `FILE:LINE: KEY: reason`.
 
 Durations accept seconds or a number with a unit (`90s`, `15m`, `4h`, `5d`);
-sizes accept bytes or `k`, `M`, `G` suffixes (powers of 1024).  Numbers must
-be finite: TOML's `nan` and `inf` (and a duration too long for a float)
-would pass every bound, since they compare false with it.
+sizes accept bytes or `k`, `M`, `G` suffixes (powers of 1024); rates accept
+bits per second or `k`, `M`, `G` suffixes (powers of 1000, as links are sold).
+Numbers must be finite: TOML's `nan` and `inf` (and a duration too long for
+a float) would pass every bound, since they compare false with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 import tomllib
 import types
 import typing
@@ -34,6 +36,8 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*\Z")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE = re.compile(r"\s*(\d+)\s*([kKmMgG]?)[bB]?\s*\Z")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:bit/s|bps|b/s)?\s*\Z")
+_RATE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
 _HEADER = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
 _KEY = re.compile(r"\s*([A-Za-z0-9_\-]+)\s*=")
 _LISTEN = re.compile(r"(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}")
@@ -171,6 +175,12 @@ def _check_routes(routes: tuple[RouteConfig, ...], builder: _Builder) -> None:
                 parse_rule(rule)
             except ScheduleError as exc:
                 builder.error(f"{where}.schedule[{number}]", str(exc))
+        if route.hangup_command:
+            try:
+                if not shlex.split(route.hangup_command):
+                    raise ValueError("nothing to run")
+            except ValueError as exc:
+                builder.error(f"{where}.hangup_command", f"{route.hangup_command!r}: {exc}")
         _check_shadowed(routes, index, builder)
 
 
@@ -312,6 +322,8 @@ class _Builder:
             value = self._parse_unit(value, _DURATION, _DURATION_UNITS, path, "a duration")
         elif kind == "size":
             value = self._parse_unit(value, _SIZE, _SIZE_UNITS, path, "a size")
+        elif kind == "rate":
+            value = self._parse_unit(value, _RATE, _RATE_UNITS, path, "a rate")
         if value is _INVALID:
             return _INVALID
         return self._check_scalar(hint, metadata, value, path)

@@ -166,6 +166,11 @@ class DeliveryConfig:
         "parallel connections to one destination", low=1, high=1000))
     recipients_per_transaction: int = field(default=50, metadata=meta(
         "recipients sent in one SMTP transaction", low=1, high=1000))
+    pipeline_depth: int = field(default=1, metadata=meta(
+        "with PIPELINING: messages on one connection whose content may be out before "
+        "the one before them is recorded; 1 sends the next message's commands with this "
+        "one's content (one round trip a message) and repeats at most one after a crash; "
+        "more lets CHUNKING stream; 0: one message after another", low=0, high=16))
     starttls: str = field(default="opportunistic", metadata=meta(
         "STARTTLS when offered", choices=("opportunistic", "never")))
     max_mx_hosts: int = field(default=5, metadata=meta(
@@ -203,6 +208,11 @@ class RouteConfig:
     max_connections: int = field(default=20, metadata=meta(
         "connections open at once on this route, all destinations together: more "
         "only fill a slow link's queue and cause retransmissions", low=1, high=10000))
+    rate: float = field(default=0.0, metadata=meta(
+        "the link's speed in bits/s (\"56k\", \"1M\"): the route then opens only the "
+        "connections that keep it busy, from this, the measured round trip and the "
+        "message sizes, up to max_connections (0: unknown, max_connections)",
+        low=0, high=1e12, kind="rate"))
     dial_delay: float = field(default=0.0, metadata=meta(
         "on-demand routes: when a session's first connect fails, wait this long and "
         "dial once more, while the link comes up (0: off)", low=0, high=600,
@@ -218,11 +228,35 @@ class RouteConfig:
     batch_age: float = field(default=0.0, metadata=meta(
         "with a schedule: also run when the oldest message has waited this long (0: off)",
         low=0, kind="duration"))
+    cap_day: int = field(default=0, metadata=meta(
+        "bytes a day, up and down as the link meters them, after which the route holds "
+        "itself until the next day; urgent mail still goes (0: no cap)",
+        low=0, high=2**50, kind="size"))
+    cap_month: int = field(default=0, metadata=meta(
+        "the same for a calendar month (0: no cap)", low=0, high=2**50, kind="size"))
+    urgent_senders: tuple[str, ...] = field(default=(), metadata=meta(
+        "senders whose mail passes a data cap: addresses, or @domain"))
+    urgent_headers: bool = field(default=True, metadata=meta(
+        "mail marked `X-Tidepost-Urgent: yes` or `Priority: urgent` passes a data cap"))
     etrn: tuple[str, ...] = field(default=(), metadata=meta(
         "upstreams HOST[:PORT] asked by ETRN (RFC 1985) to send their mail for us "
         "when this route is released"))
     etrn_domains: tuple[str, ...] = field(default=(), metadata=meta(
         "domains named in those ETRN requests (empty: the local domains)"))
+    hangup_command: str = field(default="", metadata=meta(
+        "run when a release's drain is complete, to drop the link at once (\"poff\", "
+        "\"nmcli con down wwan0\"): split like a shell line, run without a shell"))
+    hangup_file: str = field(default="", metadata=meta(
+        "file written when a release's drain is complete (relative: in SPOOL/control)"))
+    hangup_grace: float = field(default=5.0, metadata=meta(
+        "seconds everything must stay quiet before the drain counts as complete",
+        low=0, high=600, kind="duration"))
+    hangup_timeout: float = field(default=30.0, metadata=meta(
+        "seconds hangup_command may run before it is killed", low=1, high=3600,
+        kind="duration"))
+    idle_timeout: float = field(default=0.0, metadata=meta(
+        "the dialer's own idle timer (pppd `idle`), to log the online seconds the "
+        "hang-up signal saved (0: not logged)", low=0, high=86400, kind="duration"))
 
 
 @dataclass(frozen=True)

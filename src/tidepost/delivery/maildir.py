@@ -30,6 +30,7 @@ from typing import Protocol
 
 from tidepost.accounts import Account, lookup
 from tidepost.config.schema import RouteConfig
+from tidepost.delivery.agent import Overlap
 from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, deferred, delivered
 
@@ -142,11 +143,12 @@ class MaildirSession:
     """Delivers jobs to local Maildirs, off the event loop."""
 
     destination_failed: tuple[str, str] | None = None
+    depth = 0  # one job after another
 
     def __init__(self, agent: MaildirAgent):
         self._agent = agent
 
-    async def deliver(self, job: DeliveryJob) -> list[Outcome]:
+    async def deliver(self, job: DeliveryJob, overlap: Overlap | None = None) -> list[Outcome]:
         """Deliver every recipient of `job`; never raises."""
         def run() -> list[Outcome]:
             return [self._agent.deliver_one(job, rcpt) for rcpt in job.recipients]

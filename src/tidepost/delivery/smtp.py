@@ -30,25 +30,35 @@ unreachable, timed out) at every address, the session waits the route's
 come up (sendmail's DialDelay, but never on always-up routes).  Every
 session's first dial is treated so: the agent cannot tell whether the link
 went idle since the last one.
+
+Overlap: jobs of one session pipeline on its connection (smtp_client/
+pipeline.py) up to [delivery] pipeline_depth; `depth` tells the dispatcher.
+Accounting: each connection opened and closed, the bytes it carried after
+every transaction (the kernel's TCP counts where there are some), each
+message whose content went out and its sender, and the connection's lowest
+round trip go to the link meter (usage/meter.py) under the route's name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
 
 from tidepost.clock import Clock
-from tidepost.config.schema import DeliveryConfig, RouteConfig
+from tidepost.config.schema import CUSTOMERS_ROUTE, DeliveryConfig, RouteConfig
+from tidepost.delivery.agent import Overlap
 from tidepost.errors import ConnectFailed, DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.model import DeliveryJob, QueuedRecipient
-from tidepost.outcomes import Outcome, bounced, deferred, not_attempted
+from tidepost.outcomes import Outcome, Verdict, bounced, deferred, not_attempted
 from tidepost.resolver.resolver import Lookups
 from tidepost.routing.ledger import Ledger
 from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, next_hops,
                                      parse_smarthost)
 from tidepost.smtp_client.session import Peer, SmtpSession, open_session
-from tidepost.smtp_client.transaction import Transaction, send_transaction
+from tidepost.smtp_client.transaction import Transaction, TransactionResult, run_transaction
+from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.delivery.smtp")
 
@@ -59,7 +69,7 @@ class SmtpAgent:
     def __init__(self, delivery_config: DeliveryConfig, resolver: MxResolver,
                  helo_name: str, clock: Clock, *, rng: random.Random | None = None,
                  is_held: Callable[[str], bool] | None = None,
-                 ledger: Ledger | None = None):
+                 ledger: Ledger | None = None, meter: LinkMeter | None = None):
         self.config = delivery_config
         # With is_held or a ledger, the resolver must be a resolver.Lookups
         # (it is given a per-session guard); test fakes need only mx/addresses.
@@ -69,6 +79,7 @@ class SmtpAgent:
         self.rng = rng or random.Random()
         self.is_held = is_held
         self.ledger = ledger
+        self.meter = meter  # link accounting: bytes, connections, round trips per route
 
     def session(self, route: RouteConfig | None, nexthop: str) -> SmtpAgentSession:
         """A not yet connected session for `nexthop` on `route`."""
@@ -96,15 +107,24 @@ class SmtpAgentSession:
         self._smtp: SmtpSession | None = None
         self._connections = 0
         self._transactions = 0
+        self._dialling = asyncio.Lock()
 
     def statistics(self) -> dict[str, int]:
         """Connections opened and transactions completed by this session."""
         return {"connections": self._connections, "transactions": self._transactions}
 
-    async def deliver(self, job: DeliveryJob) -> list[Outcome]:
+    @property
+    def depth(self) -> int:
+        """Jobs that may overlap on the connection: pipeline_depth with PIPELINING, else 0."""
+        smtp = self._smtp
+        if smtp is None or not _usable(smtp) or not smtp.supports("PIPELINING"):
+            return 0
+        return self.agent.config.pipeline_depth
+
+    async def deliver(self, job: DeliveryJob, overlap: Overlap | None = None) -> list[Outcome]:
         """Deliver one job; one outcome per recipient; never raises."""
         try:
-            return await self._deliver(job)
+            return await self._deliver(job, overlap or Overlap())
         except Exception as error:  # habit 7: an agent returns outcomes, always
             log.exception("SMTP delivery to %s failed unexpectedly", self.target.host)
             if self._smtp is not None:
@@ -120,7 +140,7 @@ class SmtpAgentSession:
             except Exception:
                 smtp.close()
 
-    async def _deliver(self, job: DeliveryJob) -> list[Outcome]:
+    async def _deliver(self, job: DeliveryJob, overlap: Overlap) -> list[Outcome]:
         """Connect if needed, then send the job in transactions of bounded size."""
         if self.destination_failed is not None:
             return _defer_all(job.recipients, *self.destination_failed)
@@ -137,10 +157,15 @@ class SmtpAgentSession:
         except TempFailure as failure:
             self.destination_failed = (failure.status, failure.reason)
             return _defer_all(job.recipients, failure.status, failure.reason)
-        return await self._send_job(smtp, job)
+        return await self._send_job(smtp, job, overlap)
 
-    async def _send_job(self, smtp: SmtpSession, job: DeliveryJob) -> list[Outcome]:
-        """Run one transaction per slice of recipients on the open connection."""
+    async def _send_job(self, smtp: SmtpSession, job: DeliveryJob,
+                        overlap: Overlap) -> list[Outcome]:
+        """Run one transaction per slice of recipients on the open connection.
+
+        Only the job's first transaction waits for the gate, and the job is
+        ready for a follower once its last transaction has its turn.
+        """
         outcomes: list[Outcome] = []
         size = self.agent.config.recipients_per_transaction
         for start in range(0, len(job.recipients), size):
@@ -151,45 +176,57 @@ class SmtpAgentSession:
                 continue
             transaction = Transaction(job.message.sender, chunk, job.body,
                                       job.message.body_type, job.message.smtputf8)
-            chunk_outcomes, smtp = await self._transact(smtp, transaction,
-                                                           first_of_job=start == 0)
+            last = start + size >= len(job.recipients)
+            chunk_outcomes, smtp = await self._transact(
+                smtp, transaction, first_of_job=start == 0,
+                gate=overlap.gate if start == 0 else None,
+                on_turn=overlap.mark_ready if last else None)
             outcomes += chunk_outcomes
         return outcomes
 
-    async def _transact(self, smtp: SmtpSession, transaction: Transaction,
-                        *, first_of_job: bool) -> tuple[list[Outcome], SmtpSession]:
-        """One transaction; redone once on a new connection if a kept one had gone stale.
+    async def _transact(self, smtp: SmtpSession, transaction: Transaction, *,
+                        first_of_job: bool, gate: asyncio.Event | None = None,
+                        on_turn: Callable[[], None] | None = None
+                        ) -> tuple[list[Outcome], SmtpSession]:
+        """One transaction; redone once on a new connection if a used one had gone bad.
 
         A server may drop a connection we kept between jobs (idle timeout,
-        often with a 421).  If the first transaction of a job on a kept
-        connection got no reply but 421 or EOF, nothing was delivered, so it
-        is safe to dial again and repeat it.
+        often with a 421), or drop it while an earlier transaction pipelined
+        ahead of this one was under way.  If the first transaction of a job
+        on a connection that had carried others got no reply at all, the
+        server never took its message, so it is safe to dial again and repeat it.
         """
-        stale = first_of_job and smtp.transactions > 0
-        before = (smtp.replies, smtp.transactions)
-        outcomes = await send_transaction(smtp, transaction)
-        self._transactions += smtp.transactions - before[1]
-        if not (stale and smtp.broken and smtp.replies == before[0]):
-            return outcomes, smtp
+        stale = first_of_job and (smtp.transactions > 0 or smtp.pipeline.turns > 0)
+        stream = self.agent.config.pipeline_depth >= 2
+        result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn,
+                                       stream=stream)
+        self._account(smtp, transaction, result)
+        if not (stale and smtp.broken and not result.replied):
+            return result.outcomes, smtp
         try:
             smtp = await self._connection()
         except DeliveryError:
-            return outcomes, smtp
-        outcomes = await send_transaction(smtp, transaction)
-        self._transactions += smtp.transactions
-        return outcomes, smtp
+            return result.outcomes, smtp
+        result = await run_transaction(smtp, transaction, gate=gate, on_turn=on_turn,
+                                       stream=stream)
+        self._account(smtp, transaction, result)
+        return result.outcomes, smtp
 
     async def _connection(self) -> SmtpSession:
-        """The open connection, or a new one to the first host that answers."""
-        if self._smtp is not None and _usable(self._smtp):
+        """The open connection, or a new one to the first host that answers.
+
+        Overlapping jobs ask at once; the lock makes them share one dial.
+        """
+        async with self._dialling:
+            if self._smtp is not None and _usable(self._smtp):
+                return self._smtp
+            if self._smtp is not None:
+                self._smtp.close()
+                self._smtp = None
+            hops = await self._next_hops()
+            self._smtp = await self._dial(hops)
+            self._connections += 1
             return self._smtp
-        if self._smtp is not None:
-            self._smtp.close()
-            self._smtp = None
-        hops = await self._next_hops()
-        self._smtp = await self._dial(hops)
-        self._connections += 1
-        return self._smtp
 
     async def _next_hops(self) -> list[NextHop]:
         """Resolve the destination once per session; a permanent answer sticks."""
@@ -239,7 +276,8 @@ class SmtpAgentSession:
                 peer = Peer(hop.host, address, self.target.port)
                 try:
                     return await open_session(peer, self.agent.helo_name, self.agent.config,
-                                              on_connect=self._before_connect)
+                                              on_connect=self._before_connect,
+                                              on_open=self._opened, on_close=self._closed)
                 except RouteHeld:
                     raise
                 except TempFailure as failure:
@@ -257,6 +295,40 @@ class SmtpAgentSession:
         if route is None or not route.on_demand or self._connections:
             return 0.0
         return route.dial_delay
+
+    # -- link accounting (usage/meter.py) ------------------------------------
+
+    def _opened(self, smtp: SmtpSession) -> None:
+        """A connection is open: count it, and its round trip for the budget."""
+        meter, route = self.agent.meter, self.route
+        if meter is not None and route is not None:
+            meter.opened(route.name)
+            meter.round_trip_measured(route.name, smtp.wire().min_rtt)
+
+    def _closed(self, smtp: SmtpSession) -> None:
+        """A connection closes: its last bytes, and the end of its online time."""
+        meter, route = self.agent.meter, self.route
+        if meter is not None and route is not None:
+            self._report_traffic(smtp)
+            meter.closed(route.name)
+
+    def _account(self, smtp: SmtpSession, transaction: Transaction,
+                 result: TransactionResult) -> None:
+        """After a transaction: its bytes so far, and the message if its content went."""
+        self._transactions += result.completed
+        meter, route = self.agent.meter, self.route
+        if meter is None or route is None:
+            return
+        self._report_traffic(smtp)
+        if result.completed:
+            accepted = sum(o.verdict is Verdict.DELIVERED for o in result.outcomes)
+            sender = "" if route.name == CUSTOMERS_ROUTE else str(transaction.sender)
+            meter.delivered(route.name, sender, len(transaction.body), accepted)
+
+    def _report_traffic(self, smtp: SmtpSession) -> None:
+        """What the connection carried since its last report."""
+        assert self.agent.meter is not None and self.route is not None
+        self.agent.meter.traffic(self.route.name, smtp.traffic())
 
     # -- held routes and the link ledger -----------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from tidepost.delivery.agent import Overlap
 from tidepost.model import DeliveryJob
 from tidepost.outcomes import Outcome, deferred
 from tidepost.smtp_client.session import SmtpSession
@@ -27,8 +28,9 @@ class TurnedSession:
         self.smtp = smtp
         self.size = recipients_per_transaction
         self.destination_failed: tuple[str, str] | None = None
+        self.depth = 0  # the manager runs ODMR jobs one after another
 
-    async def deliver(self, job: DeliveryJob) -> list[Outcome]:
+    async def deliver(self, job: DeliveryJob, overlap: Overlap | None = None) -> list[Outcome]:
         """One job on the reversed connection; one outcome per recipient."""
         outcomes: list[Outcome] = []
         for start in range(0, len(job.recipients), self.size):

@@ -3,11 +3,16 @@
 Jobs are queued per Destination (route + next hop).  Up to the destination's
 concurrency, a worker task takes jobs off that queue one after another over
 one agent session, so consecutive messages to one MX host or smarthost reuse
-one SMTP connection; a worker ends when its queue is empty.  A global
+one SMTP connection; a worker ends when its queue is empty.  On a session
+that pipelines (delivery/agent.py, Overlap) the next job starts while the one
+before waits for its reply, so a message costs one round trip, not two.  A global
 semaphore bounds all workers (delivery.max_concurrency), and one per route
 bounds the connections on that route (route.max_connections): on a slow
 uplink, 50 connections opened at a release only fill the link's queue and
-make TCP send data twice (measured in bench/drain.py).
+make TCP send data twice (measured in bench/drain.py).  The route's limit
+is asked again whenever a worker waits for it: with `route.rate` it is the
+link's connection budget (usage/budget.py), which grows once a round trip
+has been measured.
 
 When a session reports `destination_failed` (no MX host answered), the
 destination is marked dead for a backoff interval that doubles with each
@@ -26,13 +31,15 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from tidepost.clock import Clock
-from tidepost.delivery.agent import AgentSession
+from tidepost.delivery.agent import AgentSession, Overlap
 from tidepost.model import DeliveryJob
 from tidepost.outcomes import Outcome, deferred
 from tidepost.routing.routes import Destination
 from tidepost.scheduler.backoff import Backoff
 
 log = logging.getLogger("tidepost.dispatch")
+
+RECOUNT_SECONDS = 0.5  # how often a worker waiting for its route asks the limit again
 
 OnDone = Callable[[DeliveryJob, list[Outcome]], Awaitable[None]]
 
@@ -63,7 +70,8 @@ class Dispatcher:
                  concurrency_of: Callable[[Destination], int],
                  load_body: Callable[[int], Awaitable[bytes]],
                  on_done: OnDone, max_concurrency: int,
-                 route_limit: Callable[[str], int] = lambda route: 0):
+                 route_limit: Callable[[str, int], int] = lambda route, waiting: 0,
+                 admit: Callable[[DeliveryJob], list[Outcome] | None] = lambda job: None):
         self._tasks = tasks
         self._clock = clock
         self._backoff = backoff
@@ -73,7 +81,8 @@ class Dispatcher:
         self._on_done = on_done
         self._slots = asyncio.Semaphore(max_concurrency)
         self._route_limit = route_limit
-        self._route_slots: dict[str, asyncio.Semaphore] = {}
+        self._admit = admit  # data caps: outcomes for a job that may not go now
+        self._route_slots: dict[str, _RouteSlots] = {}
         self._queues: dict[Destination, _DestinationQueue] = {}
         self._dead: dict[Destination, _DeadDestination] = {}
         self._idle = asyncio.Event()
@@ -97,6 +106,11 @@ class Dispatcher:
         """Forget a destination's backoff: an admin asked for its mail to be tried now."""
         self._dead.pop(destination, None)
 
+    def busy(self, route: str) -> int:
+        """Jobs waiting for or in delivery on `route`."""
+        return sum(len(queue.jobs) + queue.workers for destination, queue in self._queues.items()
+                   if destination.route == route)
+
     def dead_destinations(self) -> dict[Destination, float]:
         """Destinations in backoff and when they may be tried again."""
         now = self._clock.now()
@@ -110,8 +124,7 @@ class Dispatcher:
             async with self._route_slot(destination.route), self._slots:
                 session = self._open_session(destination)
                 try:
-                    while queue.jobs:
-                        await self._run_job(destination, session, queue.jobs.popleft())
+                    await self._serve(destination, session, queue)
                 finally:
                     await session.close()
         finally:
@@ -121,28 +134,63 @@ class Dispatcher:
             if not self._queues:
                 self._idle.set()
 
-    def _route_slot(self, route: str) -> asyncio.Semaphore | contextlib.nullcontext:
-        """The semaphore bounding connections on `route` (none when unlimited)."""
-        limit = self._route_limit(route)
-        if not limit:
-            return contextlib.nullcontext()
+    async def _serve(self, destination: Destination, session: AgentSession,
+                     queue: _DestinationQueue) -> None:
+        """Deliver the destination's jobs over `session`, overlapping as far as it allows.
+
+        A job starts when every job in flight has its place on the
+        connection (`ready`) and fewer than depth + 2 are in flight: one
+        waiting for its final reply, one for its 354, and one whose commands
+        wait to go out with the content before them.  Its content waits
+        until the job `depth` places before it is recorded (its gate).
+        """
+        wake = asyncio.Event()
+        running: list[tuple[asyncio.Task[None], Overlap]] = []
+        recorded: deque[asyncio.Event] = deque(maxlen=32)  # of the jobs started, newest last
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                running = [(task, o) for task, o in running if not task.done()]
+                depth = session.depth
+                if queue.jobs and _may_start(running, depth):
+                    gate = recorded[-depth] if 0 < depth <= len(recorded) else None
+                    overlap = Overlap(gate, wake)
+                    task = tasks.create_task(self._run_job(destination, session,
+                                                           queue.jobs.popleft(), overlap))
+                    task.add_done_callback(lambda _: wake.set())
+                    running.append((task, overlap))
+                    recorded.append(overlap.recorded)
+                    continue
+                if not running:
+                    return
+                wake.clear()
+                await wake.wait()
+
+    def _route_slot(self, route: str) -> _RouteSlots | contextlib.nullcontext:
+        """What bounds the connections on `route` (nothing when it has no limit)."""
         if route not in self._route_slots:
-            self._route_slots[route] = asyncio.Semaphore(limit)
+            if not self._route_limit(route, 1):
+                return contextlib.nullcontext()
+            self._route_slots[route] = _RouteSlots(
+                lambda: self._route_limit(route, self._destinations_of(route)))
         return self._route_slots[route]
 
+    def _destinations_of(self, route: str) -> int:
+        """Destinations of `route` with jobs waiting or in delivery."""
+        return sum(1 for destination in self._queues if destination.route == route)
+
     async def _run_job(self, destination: Destination, session: AgentSession,
-                       job: DeliveryJob) -> None:
+                       job: DeliveryJob, overlap: Overlap) -> None:
         """Deliver one job (or defer it if the destination is dead) and report."""
-        outcomes = self._defer_if_dead(destination, job)
-        if outcomes is None:
-            try:
-                job.body = await self._load_body(job.message.message_id)
-                outcomes = await session.deliver(job)
-            except Exception as exc:  # noqa: BLE001 - never lose the job's outcome
-                outcomes = [deferred(r.recipient_id, "4.3.0", f"delivery failed: {exc}")
-                            for r in job.recipients]
-            self._note_health(destination, session)
         try:
+            outcomes = self._defer_if_dead(destination, job)
+            if outcomes is None:
+                try:
+                    job.body = await self._load_body(job.message.message_id)
+                    outcomes = self._admit(job) or await session.deliver(job, overlap)
+                except Exception as exc:  # noqa: BLE001 - never lose the job's outcome
+                    outcomes = [deferred(r.recipient_id, "4.3.0", f"delivery failed: {exc}")
+                                for r in job.recipients]
+                self._note_health(destination, session)
             await self._on_done(job, outcomes)
         except Exception:  # noqa: BLE001 - the lease keeps the recipients safe
             log.exception("%s: recording outcomes failed; the recipients stay leased "
@@ -151,6 +199,11 @@ class Dispatcher:
         finally:
             job.body = b""
             self.delivered_jobs += 1
+            overlap.recorded.set()
+            overlap.mark_ready()
+            slots = self._route_slots.get(destination.route)
+            if slots is not None:
+                slots.recount()  # the route's budget may have grown (a round trip measured)
 
     def _defer_if_dead(self, destination: Destination, job: DeliveryJob) -> list[Outcome] | None:
         """Deferred outcomes when the destination is in backoff, else None."""
@@ -170,3 +223,40 @@ class Dispatcher:
         failures = self._dead[destination].failures + 1 if destination in self._dead else 1
         until = self._clock.now() + self._backoff.interval(failures)
         self._dead[destination] = _DeadDestination(until, failures, status, reason)
+
+
+class _RouteSlots:
+    """Connections in use on one route, against a limit asked again each time.
+
+    The limit can change while workers wait: a route with a `rate` learns
+    its round trip from its first connection (usage/budget.py).
+    """
+
+    def __init__(self, limit: Callable[[], int]):
+        self._limit = limit
+        self._busy = 0
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> None:
+        while self._busy >= max(self._limit(), 1):
+            self._changed.clear()
+            # Woken when a slot frees; and every RECOUNT_SECONDS anyway, since the
+            # limit also grows without a slot freeing (a round trip measured).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), RECOUNT_SECONDS)
+        self._busy += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._busy -= 1
+        self._changed.set()
+
+    def recount(self) -> None:
+        """Let waiting workers look at the limit again."""
+        self._changed.set()
+
+
+def _may_start(running: list[tuple[asyncio.Task[None], Overlap]], depth: int) -> bool:
+    """True when another job may join those in flight on a session of `depth`."""
+    if not running:
+        return True
+    return 0 < depth and len(running) < depth + 2 and all(o.ready for _, o in running)

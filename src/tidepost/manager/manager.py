@@ -32,8 +32,12 @@ from tidepost.clock import Clock
 from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
 from tidepost.eventlog import event
+from tidepost.manager.caps import CapKeeper
 from tidepost.manager.dispatch import Dispatcher
 from tidepost.manager.gates import RouteGates
+from tidepost.manager.hangup import DrainWatch
+from tidepost.manager.notices import Notices, SizeNotices
+from tidepost.manager.route_states import RouteStates
 from tidepost.manager.settle import add_dsns, settle
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
@@ -42,6 +46,8 @@ from tidepost.queue.owner import runner_alive
 from tidepost.routing.routes import LOCAL_ROUTE, Destination, Router
 from tidepost.scheduler.backoff import Backoff
 from tidepost.scheduler.ramqueue import Batch, RamQueue
+from tidepost.usage.budget import RouteBudgets
+from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.manager")
 
@@ -61,17 +67,24 @@ class FlushReport:
     held: int = 0
 
 
-class Manager:
-    """Schedules, claims, dispatches and records deliveries."""
+class Manager(RouteStates):
+    """Schedules, claims, dispatches and records deliveries (route states: route_states.py)."""
 
     def __init__(self, config: Config, queue: QueueBackend, router: Router,
-                 agents: dict[str, DeliveryAgent], clock: Clock, owner: str):
+                 agents: dict[str, DeliveryAgent], clock: Clock, owner: str,
+                 meter: LinkMeter | None = None):
         self._config = config
         self._queue = queue
         self._router = router
         self._agents = agents
         self._clock = clock
         self._owner = owner
+        self.meter = meter
+        self.budgets = RouteBudgets(router.by_name, meter)
+        self.notices = Notices(config.hostname, clock.now)
+        self.caps = CapKeeper(config.route, meter, clock, queue, self.notices, self._capped)
+        self.size_notices = SizeNotices(router, queue, self.notices, self._waits)
+        self.drains = DrainWatch(config.route, clock, config.spool_path / "control")
         self._backoff = Backoff.from_config(config.queue)
         self.scheduler = RamQueue(lambda entry: router.route_of(entry.domain, entry.size))
         self._wake = asyncio.Event()
@@ -80,6 +93,7 @@ class Manager:
         self._last_seen_id = 0
         self._last_change = 0  # the queue's change log, read up to here
         self._daemon = False
+        self._loaded = False  # the daemon has read the hold states
         self._report = FlushReport()
         self._dispatcher: Dispatcher | None = None
         self._route_cause: dict[str, tuple[float, str]] = {}
@@ -104,7 +118,7 @@ class Manager:
         self._dispatcher = Dispatcher(
             tasks, self._clock, self._backoff, self._open_session, self._concurrency_of,
             self._queue.load_body, self._record, delivery.max_concurrency,
-            self._connections_of)
+            self.budgets.limit, admit=self.caps.admit)
         return self._dispatcher
 
     def _open_session(self, destination: Destination) -> AgentSession:
@@ -113,11 +127,6 @@ class Manager:
             return self._agents[LOCAL_ROUTE].session(None, "")
         route = self._router.by_name[destination.route]
         return self._agents["smtp"].session(route, destination.nexthop)
-
-    def _connections_of(self, route: str) -> int:
-        """Connections allowed at once on `route` (0: no limit of its own)."""
-        config = self._router.by_name.get(route)
-        return config.max_connections if config is not None else 0
 
     def _concurrency_of(self, destination: Destination) -> int:
         """Parallel workers allowed for `destination`."""
@@ -134,6 +143,7 @@ class Manager:
             for entry in entries:
                 self.scheduler.insert(entry)
             self._wake.set()
+        self.size_notices.queued(entries)
 
     def wake(self) -> None:
         """Look at the queue now rather than at the next timer."""
@@ -166,10 +176,15 @@ class Manager:
             dispatcher = self._open_dispatcher(tasks)
             poller = tasks.create_task(self._poll_forever(stopping))
             gate_keeper = tasks.create_task(self._run_gates(stopping))
+            cap_keeper = tasks.create_task(self.caps.run(stopping, self._parked_on,
+                                                         self._send_anyway))
+            drain_watch = tasks.create_task(self.drains.run(stopping))
             while not stopping.is_set():
                 await self._schedule_once(stopping)
             poller.cancel()
             gate_keeper.cancel()
+            cap_keeper.cancel()
+            drain_watch.cancel()
             await dispatcher.wait_idle()
         await self._queue.release_claims(self._owner)
 
@@ -177,6 +192,7 @@ class Manager:
         """One pass over the queue now, skipping held routes; returns counts."""
         self._report = FlushReport()
         await self._queue.recover_orphans(runner_alive, self._clock.now())
+        await self.caps.load()  # the dispatcher then holds back what a cap stops
         held = await self.held_routes()
         entries = [e for e in await self._queue.walk()
                    if wanted(e, self._router.route_of(e.domain, e.size) or "")]
@@ -185,46 +201,14 @@ class Manager:
         self._report.attempted = len(runnable)
         async with asyncio.TaskGroup() as tasks:
             dispatcher = self._open_dispatcher(tasks)
+            keeper = tasks.create_task(self.caps.run(asyncio.Event(), lambda route: [],
+                                                     self._send_anyway))  # caps reached now
             for start in range(0, len(runnable), 500):
                 await self._claim_and_dispatch(runnable[start:start + 500], force=True,
                                                cause="flush command")
             await dispatcher.wait_idle()
+            keeper.cancel()
         return self._report
-
-    async def held_routes(self) -> set[str]:
-        """Routes held now: persisted states, else each route's start_held."""
-        states = await self._queue.holds()
-        held = {name for name, state in states.items() if state.held}
-        for route in self._config.route:
-            if route.name not in states and route.start_held:
-                held.add(route.name)
-        return held
-
-    def is_held(self, route: str) -> bool:
-        """True while the operator holds `route` (a gated route between runs is not held)."""
-        return route in self._operator_held
-
-    async def hold(self, route: str, cause: str) -> None:
-        """Hold `route`: nothing new starts on it; deliveries in flight finish."""
-        await self._queue.set_hold(route, True, self._clock.now(), cause)
-        self._operator_held.add(route)
-        self.scheduler.hold(route)
-        log.info("route %s held (%s)", route, cause)
-
-    async def release(self, route: str, cause: str) -> int:
-        """Release `route`: its held recipients become due at once."""
-        await self._queue.set_hold(route, False, self._clock.now(), cause)
-        self._operator_held.discard(route)
-        self._route_cause[route] = (self._clock.now(), f"released: {cause}")
-        await self.catch_up()
-        if route in self.gates:
-            count = await self._run_gated(route, f"released: {cause}")
-        else:
-            count = self.scheduler.release(route, self._clock.now())
-            self.on_release(route, cause)
-        log.info("route %s released (%s): %d recipients due", route, cause, count)
-        self._wake.set()
-        return count
 
     async def flush_domain(self, route: str, domain: str, subdomains: bool) -> int:
         """Deliver now what `route` holds for `domain` (ETRN, ATRN); returns the count.
@@ -281,12 +265,14 @@ class Manager:
         self._operator_held = await self.held_routes()
         for route in self._operator_held | set(self.gates.routes()):
             self.scheduler.hold(route)
+        await self.caps.load()
         # Before the walk: a change made meanwhile is then read twice, never missed.
         self._last_change, _ = await self._queue.changes_since(0)
         entries = await self._queue.walk()
         for entry in entries:
             self.scheduler.insert(entry)
         self._last_seen_id = max((e.recipient_id for e in entries), default=0)
+        self._loaded = True
         log.info("queue loaded: %d recipients", len(entries))
 
     async def _schedule_once(self, stopping: asyncio.Event) -> None:
@@ -326,6 +312,7 @@ class Manager:
         if entries and self._dispatcher is not None:
             await self._claim_and_dispatch(entries, force=False, cause=cause)
         log.info("run of route %s (%s): %d recipients", route, cause, len(entries))
+        self.drains.started(route, f"run ({cause})")
         self.on_release(route, cause)  # a run is when the upstream is asked (ETRN) too
         return len(entries)
 
@@ -430,6 +417,7 @@ class Manager:
                                                       "no route serves this domain")
                                              for r in group])
                 else:
+                    self.budgets.note(destination.route, message.size)
                     self._dispatcher.submit(job, destination)
 
     def _cause_of(self, destination: Destination | None, recipients: list) -> str:

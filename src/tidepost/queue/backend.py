@@ -93,6 +93,20 @@ class QueueRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingGroup:
+    """QUEUED recipients of one domain and size class, due or not (`tidepost link plan`)."""
+
+    domain: str
+    size_class: int    # i: size <= size_bounds[i]; len(size_bounds): larger than all
+    due: bool          # next_try <= now
+    recipients: int
+    messages: int      # distinct messages among them
+    bytes: int         # the sizes of those messages, each counted once
+    first_message: int  # lowest and highest message id: samples for an estimate
+    last_message: int
+
+
+@dataclass(frozen=True, slots=True)
 class HoldState:
     """The persisted hold state of one route."""
 
@@ -124,6 +138,9 @@ class QueueBackend(Protocol):
 
     async def load_body(self, message_id: int) -> bytes:
         """The stored message bytes."""
+
+    async def message_by_id(self, message_id: int) -> MessageInfo | None:
+        """A queued message's facts (sender, size...), None once it left the queue."""
 
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
                      new_messages: Sequence[NewMessage] = (),
@@ -227,6 +244,15 @@ class QueueBackend(Protocol):
         keeps at least the last day.  A daemon passes back what it got last
         time, so it sees every change committed since (its scheduler is a
         cache; see docs/QUEUE.md).
+        """
+
+    async def pending_summary(self, now: float, size_bounds: Sequence[int] = ()
+                              ) -> list[PendingGroup]:
+        """QUEUED recipients summed per domain, size class and due-or-not, in one query.
+
+        `size_bounds` are ascending sizes (routes' max_message_size), so that
+        the caller can tell which route serves each group without a row per
+        message.  Ordered by domain, size class, due last.
         """
 
     async def holds(self) -> dict[str, HoldState]:

@@ -20,8 +20,8 @@ from tidepost.address import Address
 from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
-from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
-                                    RecipientUpdate, Recorded)
+from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingGroup,
+                                    QueueRow, RecipientUpdate, Recorded)
 from tidepost.queue.selection import (EVERY_STATE, UNDELIVERED, Changed, Selection, Tally, TallyKey,
                                       age_class, size_class)
 from tidepost.queue.sqlite import new_queue_id
@@ -123,6 +123,11 @@ class MemoryQueue:
         if message_id not in self._messages:
             raise QueueError(f"message {message_id} has no body")
         return self._messages[message_id].body
+
+    async def message_by_id(self, message_id: int) -> MessageInfo | None:
+        """A queued message's facts, None once it left the queue."""
+        message = self._messages.get(message_id)
+        return message.info if message is not None else None
 
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
                      new_messages: Sequence[NewMessage] = (),
@@ -247,6 +252,23 @@ class MemoryQueue:
         entries = [self._recipients[rid].entry() for rid in sorted(wanted)
                    if rid in self._recipients and self._recipients[rid].state is QUEUED]
         return max(latest, change), entries
+
+    async def pending_summary(self, now: float, size_bounds: Sequence[int] = ()
+                              ) -> list[PendingGroup]:
+        """QUEUED recipients per domain, size class and due-or-not."""
+        bounds = sorted(size_bounds)
+        groups: dict[tuple[str, int, bool], dict[int, int]] = {}
+        for rcpt in self._recipients.values():
+            if rcpt.state is not QUEUED:
+                continue
+            size_class = next((i for i, b in enumerate(bounds) if rcpt.size <= b), len(bounds))
+            key = (rcpt.address.domain, size_class, rcpt.next_try <= now)
+            per_message = groups.setdefault(key, {})
+            per_message[rcpt.message_id] = per_message.get(rcpt.message_id, 0) + 1
+        return [PendingGroup(domain, size_class, due, sum(counts.values()), len(counts),
+                             sum(self._messages[m].info.size for m in counts),
+                             min(counts), max(counts))
+                for (domain, size_class, due), counts in sorted(groups.items())]
 
     async def holds(self) -> dict[str, HoldState]:
         """Hold states by route name."""

@@ -30,8 +30,8 @@ from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
 from tidepost.queue import sqlite_views as views
-from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, QueueRow,
-                                    RecipientUpdate, Recorded)
+from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingGroup,
+                                    QueueRow, RecipientUpdate, Recorded)
 from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 
 SCHEMA = """
@@ -308,6 +308,19 @@ class SqliteQueue:
             return bytes(row[0])
         return await self._read(op)
 
+    async def message_by_id(self, message_id: int) -> MessageInfo | None:
+        """A queued message's facts, None once it left the queue."""
+        def op(conn: sqlite3.Connection) -> MessageInfo | None:
+            row = conn.execute("SELECT id, queue_id, sender, arrival, size, body_type, "
+                               "smtputf8, warned FROM messages WHERE id=?",
+                               (message_id,)).fetchone()
+            if row is None:
+                return None
+            mid, queue_id, sender, arrival, size, body_type, smtputf8, warned = row
+            return MessageInfo(mid, queue_id, _sender(sender), arrival, size,
+                               BodyType(body_type), bool(smtputf8), bool(warned))
+        return await self._read(op)
+
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
                      new_messages: Sequence[NewMessage] = (),
                      warned: Sequence[int] = ()) -> Recorded:
@@ -422,6 +435,26 @@ class SqliteQueue:
     async def changes_since(self, change: int) -> tuple[int, list[ScheduleEntry]]:
         """Recipients released or requeued after change number `change`."""
         return await self._read(lambda conn: views.changes_since(conn, change))
+
+    async def pending_summary(self, now: float, size_bounds: Sequence[int] = ()
+                              ) -> list[PendingGroup]:
+        """QUEUED recipients per domain, size class and due-or-not (recipients_by_state)."""
+        bounds = sorted(size_bounds)
+        case = "CASE " + "".join(f"WHEN m.size <= ? THEN {i} " for i in range(len(bounds))) + \
+            f"ELSE {len(bounds)} END" if bounds else "0"
+
+        def op(conn: sqlite3.Connection) -> list[PendingGroup]:
+            rows = conn.execute(
+                "SELECT domain, class, due, SUM(n), COUNT(*), SUM(size), MIN(mid), MAX(mid) "
+                f"FROM (SELECT r.domain AS domain, {case} AS class, r.next_try <= ? AS due, "
+                "r.message_id AS mid, m.size AS size, COUNT(*) AS n "
+                "FROM recipients r JOIN messages m ON m.id=r.message_id WHERE r.state=? "
+                "GROUP BY r.domain, class, due, r.message_id) "
+                "GROUP BY domain, class, due ORDER BY domain, class, due",
+                (*bounds, now, QUEUED)).fetchall()
+            return [PendingGroup(d, c, bool(due), n, m, b, lo, hi)
+                    for d, c, due, n, m, b, lo, hi in rows]
+        return await self._read(op)
 
     async def holds(self) -> dict[str, HoldState]:
         """Persisted hold states."""

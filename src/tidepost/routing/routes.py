@@ -65,6 +65,14 @@ class Router:
                 return name
         return None
 
+    def fell_through(self, domain: str, size: int) -> tuple[str, int] | None:
+        """(route, its max_message_size) that `domain` would use but for the size, or None."""
+        for name, limit in self._candidates(domain):
+            if not limit or size <= limit:
+                return None
+            return name, limit
+        return None
+
     def _candidates_for(self, domain: str) -> tuple[tuple[str, int], ...]:
         """Routes whose domains match `domain`, in order, with their size limits."""
         if self.is_local(domain):

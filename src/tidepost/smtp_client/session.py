@@ -12,6 +12,12 @@ connection is no longer usable (closed, timed out, unreadable reply, or a
 `open_session` turns a refused greeting or EHLO into `TempFailure` too, so
 the caller simply tries its next host.
 
+Transactions on the connection take turns in its `pipeline` (pipeline.py).
+What the connection carried is counted twice over: the bytes this client
+wrote and read (`written`, `read`: SMTP in the clear, TLS left out) and, on
+Linux, the kernel's TCP counters (`wire()`: TLS and retransmissions
+included, as the link carried them; usage/wire.py).
+
 Config read ([delivery]): connect_timeout (TCP connect and greeting),
 command_timeout (each later reply), starttls ("opportunistic": STARTTLS when
 offered, no certificate check, and plain text again if the handshake fails).
@@ -28,7 +34,9 @@ from dataclasses import dataclass
 
 from tidepost.config.schema import DeliveryConfig
 from tidepost.errors import ConnectFailed, TempFailure
+from tidepost.smtp_client.pipeline import Pipeline
 from tidepost.smtp_client.replies import SERVICE_NOT_AVAILABLE, Reply, read_reply
+from tidepost.usage.wire import WireCounts, read_counts
 
 QUIT_TIMEOUT = 10.0  # seconds; a server slow to say goodbye costs us nothing
 
@@ -47,6 +55,8 @@ class Peer:
 
 # Called with the peer before each TCP connection; raises to refuse it.
 OnConnect = Callable[[Peer], None]
+# Called with a session once its TCP connection is open, and once when it closes.
+OnSession = Callable[["SmtpSession"], None]
 
 
 class SmtpSession:
@@ -65,10 +75,28 @@ class SmtpSession:
         self.transactions = 0     # completed transactions (a reply to ".")
         self.tls_failed = False   # STARTTLS was agreed but the handshake failed
         self.replies = 0          # replies read, 421 excepted
+        self.pipeline = Pipeline()
+        self.written = 0          # bytes we wrote (before TLS)
+        self.read = 0             # bytes of replies we read (before TLS)
+        self._counted = WireCounts()  # what `traffic()` reported so far
+        self.on_close: OnSession | None = None  # called once, just before the close
 
     def supports(self, keyword: str) -> bool:
         """True when the server announced `keyword` in its EHLO reply."""
         return keyword.upper() in self.extensions
+
+    def wire(self) -> WireCounts:
+        """What the connection carried so far: the kernel's counts, else our own."""
+        counts = read_counts(self.writer.get_extra_info("socket"))
+        if counts is None:
+            return WireCounts(self.written, self.read)
+        return counts
+
+    def traffic(self) -> WireCounts:
+        """What the connection carried since the last call (for accounting)."""
+        now = self.wire()
+        new, self._counted = now - self._counted, now
+        return new
 
     @property
     def size_limit(self) -> int:
@@ -89,12 +117,14 @@ class SmtpSession:
             raise TempFailure(_temporary(reply.status), f"host {self.peer} said: {reply}",
                               self.peer.host)
         self.replies += 1
+        self.read += sum(len(line) + 6 for line in reply.lines)  # "250-" ... CRLF
         return reply
 
     async def write(self, data: bytes) -> None:
         """Send raw bytes and wait until the transport has taken them."""
         try:
             self.writer.write(data)
+            self.written += len(data)
             async with asyncio.timeout(self.command_timeout):
                 await self.writer.drain()
         except TimeoutError:
@@ -175,6 +205,9 @@ class SmtpSession:
     def close(self) -> None:
         """Close the connection without a word."""
         self.broken = True
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close(self)
         try:
             self.writer.close()
         except Exception:  # closing a dead transport must not mask the real error
@@ -187,15 +220,21 @@ class SmtpSession:
 
 
 async def open_session(peer: Peer, helo_name: str, config: DeliveryConfig,
-                       *, tls: bool = True, on_connect: OnConnect | None = None
+                       *, tls: bool = True, on_connect: OnConnect | None = None,
+                       on_open: OnSession | None = None, on_close: OnSession | None = None
                        ) -> SmtpSession:
     """Connect to `peer`, read the greeting, EHLO, and STARTTLS when offered.
 
     If the TLS handshake fails, the host is dialled once more and the
     conversation continues in plain text (opportunistic TLS, RFC 3207 says a
-    client may do so).  `on_connect(peer)` runs before every TCP connection.
+    client may do so).  `on_connect(peer)` runs before every TCP connection,
+    `on_open(session)` once it is open and `on_close(session)` when it
+    closes (the link meter counts each connection's bytes there).
     """
     session = await connect(peer, config, on_connect)
+    if on_open is not None:
+        on_open(session)
+    session.on_close = on_close
     try:
         await session.handshake(helo_name, config.connect_timeout)
         if tls and config.starttls == "opportunistic" and session.supports("STARTTLS"):
@@ -205,7 +244,8 @@ async def open_session(peer: Peer, helo_name: str, config: DeliveryConfig,
         session.close()
         if not session.tls_failed:
             raise
-    return await open_session(peer, helo_name, config, tls=False, on_connect=on_connect)
+    return await open_session(peer, helo_name, config, tls=False, on_connect=on_connect,
+                              on_open=on_open, on_close=on_close)
 
 
 async def connect(peer: Peer, config: DeliveryConfig,

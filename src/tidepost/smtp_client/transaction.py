@@ -6,27 +6,43 @@ recipient, in order; `send_transaction` never raises for SMTP or I/O trouble.
 
 - With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go in one write and
   the replies are read in order; without it, one command at a time.
+  Transactions on one connection line up in its pipeline (pipeline.py): the
+  next one's commands go out with this one's message content, so a message
+  costs one round trip, not two.  The content waits for 354 and for `gate`
+  (the caller's: the job before is recorded, so that a crash repeats at
+  most one transaction).
+- With CHUNKING (RFC 3030) the content is one `BDAT n LAST` chunk, sent
+  as it is stored (no dot-stuffing; BODY= stays 7BIT or 8BITMIME, binary
+  bodies would need BINARYMIME, which we never send).  No 354: the chunk
+  goes after the MAIL and RCPT replies, and only if a recipient was
+  accepted, so a refused message costs no body bytes.  `stream` (the
+  agent's pipeline_depth of 2 or more) sends it with MAIL and RCPT when
+  the gate is open: no waiting for their replies, at the price of a wasted
+  body when the server refuses them (greylisting does, on every retry).
 - MAIL FROM carries SIZE= when offered, BODY=8BITMIME for 8bit mail when
   offered (8bit mail to a server without 8BITMIME is sent as is, as Postfix
   does), and SMTPUTF8 when the envelope or headers need it.  When they need
   it and the server lacks it, the affected recipients bounce with 5.6.7.
-- 2xx → Delivered, 4xx → Deferred, 5xx → Bounced; the reply to DATA or to
-  the final "." applies to every recipient accepted so far.  If the
+- 2xx → Delivered, 4xx → Deferred, 5xx → Bounced; the reply to DATA, to
+  the final "." or to BDAT LAST applies to every recipient accepted so far.  If the
   connection is lost or a 421 arrives, recipients without an answer are
   Deferred and the session is left `broken`.
-- After a transaction that ended with a reply to ".", the session is clean;
-  otherwise `needs_rset` makes the next transaction start with RSET.
+- After a transaction that sent its content (the dot, or a BDAT LAST that
+  got 2xx), the next starts with MAIL; otherwise with RSET (`needs_rset`,
+  and in a pipeline the turn's `clean`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tidepost.address import Address
 from tidepost.errors import TempFailure
 from tidepost.model import BodyType, QueuedRecipient
 from tidepost.outcomes import Outcome, bounced, deferred, delivered
+from tidepost.smtp_client.pipeline import Turn
 from tidepost.smtp_client.replies import START_MAIL_INPUT, Reply
 from tidepost.smtp_client.session import Peer, SmtpSession
 
@@ -42,15 +58,43 @@ class Transaction:
     smtputf8: bool = False                     # the message was submitted with SMTPUTF8
 
 
-async def send_transaction(session: SmtpSession, tx: Transaction) -> list[Outcome]:
-    """Run one transaction; one outcome per recipient of `tx`, in order."""
-    exchange = _Exchange(session, tx)
+async def send_transaction(session: SmtpSession, tx: Transaction, *,
+                           gate: asyncio.Event | None = None,
+                           on_turn: Callable[[], None] | None = None,
+                           stream: bool = False) -> list[Outcome]:
+    """Run one transaction; one outcome per recipient of `tx`, in order.
+
+    `gate`: the message content is not sent before it is set (the job
+    before this one on the connection has been recorded).  `on_turn` is
+    called once the transaction has its place in the connection's pipeline,
+    so that the next one may line up behind it.  `stream`: with CHUNKING,
+    send the chunk without waiting for the MAIL and RCPT replies.
+    """
+    return (await run_transaction(session, tx, gate=gate, on_turn=on_turn,
+                                  stream=stream)).outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionResult:
+    """The outcomes of one transaction, and what the connection said at all."""
+
+    outcomes: list[Outcome]
+    replied: bool     # the server answered at least one of its commands
+    completed: bool   # a final reply to the message content was read
+
+
+async def run_transaction(session: SmtpSession, tx: Transaction, *,
+                          gate: asyncio.Event | None = None,
+                          on_turn: Callable[[], None] | None = None,
+                          stream: bool = False) -> TransactionResult:
+    """send_transaction, telling also whether the server answered anything."""
+    exchange = _Exchange(session, tx, gate, on_turn, stream)
     exchange.precheck()
     try:
         await exchange.run()
     except TempFailure as failure:
         exchange.settle_failure(failure)
-    return exchange.outcomes()
+    return TransactionResult(exchange.outcomes(), exchange.replied, exchange.completed)
 
 
 def dot_stuff(body: bytes) -> bytes:
@@ -63,17 +107,31 @@ def dot_stuff(body: bytes) -> bytes:
     return stuffed + b".\r\n"
 
 
+def bdat_last(body: bytes) -> bytes:
+    """The whole message as one last chunk (RFC 3030): no dot-stuffing, no terminator."""
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return b"BDAT %d LAST\r\n" % len(body) + body
+
+
 class _Exchange:
     """Transaction state: which recipients are settled, which were accepted."""
 
-    def __init__(self, session: SmtpSession, tx: Transaction):
+    def __init__(self, session: SmtpSession, tx: Transaction,
+                 gate: asyncio.Event | None = None, on_turn: Callable[[], None] | None = None,
+                 stream: bool = False):
         self.session = session
         self.tx = tx
+        self.gate = gate
+        self.on_turn = on_turn
+        self.stream = stream
         self.settled: dict[int, Outcome] = {}
         self.pending: list[QueuedRecipient] = list(tx.recipients)
         self.accepted: list[QueuedRecipient] = []
         self.utf8 = False
         self.stage = "MAIL FROM"
+        self.replied = False
+        self.completed = False
 
     def precheck(self) -> None:
         """Bounce what the server's SIZE or missing SMTPUTF8 rules out."""
@@ -95,30 +153,155 @@ class _Exchange:
         """Send the transaction, pipelined when the server allows it."""
         if not self.pending:
             return
-        await self.session.reset()
-        self.session.needs_rset = True
-        if self.session.supports("PIPELINING"):
-            await self.run_pipelined()
-        else:
+        if not self.session.supports("PIPELINING"):
+            await self.session.reset()
+            self.session.needs_rset = True
             await self.run_stepwise()
+            return
+        turn = self.session.pipeline.turn()
+        if self.on_turn is not None:
+            self.on_turn()
+        try:
+            await self.run_pipelined(turn)
+        finally:
+            turn.finish()
+            if self.session.pipeline.is_last(turn):
+                self.session.needs_rset = turn.clean is not True
 
-    async def run_pipelined(self) -> None:
-        """MAIL, RCPTs and DATA in one write; replies read in order (RFC 2920)."""
-        commands = [self.mail_command(), *map(_rcpt_command, self.pending), "DATA"]
-        await self.session.write("".join(c + "\r\n" for c in commands).encode())
-        mail = await self.session.read_reply()
+    async def run_pipelined(self, turn: Turn) -> None:
+        """MAIL, RCPTs and DATA (or BDAT) in one write, behind the transaction before.
+
+        RFC 2920 3.1: the commands go out right after the previous
+        message's content (`offer`), the content only after DATA's 354; the
+        replies are read in order.  With CHUNKING (RFC 3030) the content is
+        BDAT LAST and needs no 354: it goes once the replies to MAIL and
+        RCPT are in, and only if a recipient was accepted; when streaming
+        and nothing holds it back (`gate`), in the same write as the
+        commands, without waiting for those replies.
+        """
+        chunking = self.session.supports("CHUNKING")
+        turn.offer(self.commands)
+        await turn.wait_write()
+        self.check_line()
+        data = b""
+        if not turn.sent_early:
+            turn.rset_sent = self.session.needs_rset if turn.first \
+                else turn.previous_clean() is not True
+            data = self.commands(turn.rset_sent)
+        streaming = chunking and self.stream and (self.gate is None or self.gate.is_set())
+        if streaming:
+            data += self.bdat(turn)
+        if data:
+            await self.session.write(data)
+        if streaming:
+            turn.wrote()
+        await turn.wait_read()
+        self.check_line()
+        mail = await self.read_envelope_replies(turn)
+        if not chunking:
+            await self.finish_data(turn)
+        elif streaming or await self.send_bdat(turn):
+            await self.finish_bdat(turn, mail)
+        turn.read_all()
+
+    async def read_envelope_replies(self, turn: Turn) -> Reply:
+        """The replies to RSET, MAIL and each RCPT, settling what they decide."""
+        if turn.rset_sent:
+            self.stage = "RSET"
+            reply = await self.read_reply()
+            if reply.code // 100 != 2:
+                self.session.broken = True
+                raise self.session.refusal(reply, "refused RSET")
+        self.stage = "MAIL FROM"
+        mail = await self.read_reply()
         rcpts = list(self.pending)
         if not mail.is_positive:
             self.settle(self.pending, mail)
         for recipient in rcpts:
             self.stage = "RCPT TO"
-            self.on_rcpt_reply(recipient, await self.session.read_reply(), mail)
+            self.on_rcpt_reply(recipient, await self.read_reply(), mail)
+        return mail
+
+    async def finish_data(self, turn: Turn) -> None:
+        """DATA's reply; after 354 the content (its dot ends the transaction), then the final reply."""
         self.stage = "DATA"
-        await self.finish(await self.session.read_reply())
+        reply = await self.read_reply()
+        if reply.code != START_MAIL_INPUT:
+            turn.wrote()
+            self.settle(self.accepted, reply)
+            return
+        await self.wait_gate()
+        turn.clean = True  # a reply to the dot ends the server's transaction either way
+        if not self.accepted:  # RFC 2920 3.1: 354 with no recipient; end it empty
+            await self.session.write(b".\r\n" + turn.take_next(rset=False))
+            turn.wrote()
+            await self.read_reply()
+            return
+        self.stage = "end of DATA"
+        await self.session.write(dot_stuff(self.tx.body) + turn.take_next(rset=False))
+        turn.wrote()
+        self.settle_final(await self.read_reply())
+
+    async def send_bdat(self, turn: Turn) -> bool:
+        """BDAT after the MAIL and RCPT replies; False (and nothing sent) when none was accepted."""
+        if not self.accepted:
+            turn.wrote()
+            return False
+        await self.wait_gate()
+        await self.session.write(self.bdat(turn))
+        turn.wrote()
+        return True
+
+    def bdat(self, turn: Turn) -> bytes:
+        """BDAT LAST with the message, then the next transaction's commands, if they wait."""
+        turn.clean = None  # known when BDAT's reply comes: a refusal leaves the state open
+        # What follows does not wait for BDAT's reply (RFC 3030: state unknown
+        # after a refused chunk), so it starts with RSET.
+        return bdat_last(self.tx.body) + turn.take_next(rset=True)
+
+    async def finish_bdat(self, turn: Turn, mail: Reply) -> None:
+        """The reply to BDAT LAST decides every accepted recipient."""
+        self.stage = "BDAT"
+        reply = await self.read_reply()
+        turn.clean = reply.code // 100 == 2
+        if mail.is_positive:
+            self.settle_final(reply)
+
+    def settle_final(self, reply: Reply) -> None:
+        """The reply to the message content: the transaction is over."""
+        self.completed = True
+        self.session.transactions += 1
+        self.settle(self.accepted, reply)
+
+    async def wait_gate(self) -> None:
+        """Hold the content until the gate opens (the job before is recorded)."""
+        if self.gate is not None:
+            await self.gate.wait()
+
+    async def read_reply(self) -> Reply:
+        """One reply, noting that the server answered."""
+        reply = await self.session.read_reply()
+        self.replied = True
+        return reply
+
+    def check_line(self) -> None:
+        """Fail at once when a transaction before this one broke the connection."""
+        if self.session.broken:
+            raise TempFailure("4.4.2", f"lost connection with {self.session.peer} earlier "
+                              "in the pipeline", self.session.peer.host)
+
+    def commands(self, rset: bool) -> bytes:
+        """This transaction's group: [RSET,] MAIL, each RCPT, and DATA unless CHUNKING."""
+        lines = ["RSET"] if rset else []
+        lines += [self.mail_command(), *map(_rcpt_command, self.pending)]
+        if not self.session.supports("CHUNKING"):
+            lines.append("DATA")
+        return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
     async def run_stepwise(self) -> None:
-        """MAIL, each RCPT and DATA, waiting for every reply."""
+        """MAIL, each RCPT and DATA (or BDAT), waiting for every reply."""
         mail = await self.session.command(self.mail_command())
+        self.replied = True
         if not mail.is_positive:
             self.settle(self.pending, mail)
             return
@@ -126,9 +309,22 @@ class _Exchange:
             self.stage = "RCPT TO"
             self.on_rcpt_reply(recipient, await self.session.command(_rcpt_command(recipient)),
                                mail)
-        if self.accepted:
-            self.stage = "DATA"
-            await self.finish(await self.session.command("DATA"))
+        if not self.accepted:
+            return
+        if self.session.supports("CHUNKING"):
+            await self.run_bdat_stepwise()
+            return
+        self.stage = "DATA"
+        await self.finish(await self.session.command("DATA"))
+
+    async def run_bdat_stepwise(self) -> None:
+        """BDAT LAST with the whole message, and its reply (no 354 to wait for)."""
+        self.stage = "BDAT"
+        await self.session.write(bdat_last(self.tx.body))
+        final = await self.session.read_reply()
+        if final.code // 100 == 2:
+            self.session.needs_rset = False
+        self.settle_final(final)
 
     def on_rcpt_reply(self, recipient: QueuedRecipient, reply: Reply, mail: Reply) -> None:
         """Accept or settle one recipient by its RCPT reply."""
@@ -140,20 +336,15 @@ class _Exchange:
             self.settle([recipient], reply)
 
     async def finish(self, data: Reply) -> None:
-        """Send the body after 354, or settle the accepted recipients by DATA's reply."""
+        """Stepwise: send the body after 354, or settle the accepted recipients by DATA's reply."""
         if data.code != START_MAIL_INPUT:
             self.settle(self.accepted, data)
-            return
-        if not self.accepted:  # RFC 2920 3.1: 354 with no recipient; end it empty
-            await self.session.write(b".\r\n")
-            await self.session.read_reply()
             return
         self.stage = "end of DATA"
         await self.session.write(dot_stuff(self.tx.body))
         final = await self.session.read_reply()
         self.session.needs_rset = False
-        self.session.transactions += 1
-        self.settle(self.accepted, final)
+        self.settle_final(final)
 
     def mail_command(self) -> str:
         """MAIL FROM with the ESMTP parameters this server and message call for."""

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from tidepost.config.schema import DeliveryConfig
 from tidepost.errors import TempFailure
 from tidepost.smtp_client.replies import Reply
-from tidepost.smtp_client.session import Peer, SmtpSession, open_session
+from tidepost.smtp_client.session import OnSession, Peer, SmtpSession, open_session
+from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.smtp_client.turn")
 
@@ -47,9 +48,10 @@ def parse_upstream(text: str, default_port: int) -> Peer:
 
 
 async def etrn(peer: Peer, helo_name: str, domains: Sequence[str],
-               config: DeliveryConfig) -> list[tuple[str, Reply]]:
+               config: DeliveryConfig, *, on_open: OnSession | None = None,
+               on_close: OnSession | None = None) -> list[tuple[str, Reply]]:
     """Ask `peer` to start its queue for each domain; (domain, reply) pairs."""
-    session = await open_session(peer, helo_name, config)
+    session = await open_session(peer, helo_name, config, on_open=on_open, on_close=on_close)
     try:
         return [(domain, await session.command(f"ETRN {domain}")) for domain in domains]
     finally:
@@ -89,20 +91,35 @@ class UpstreamPlan:
 
 
 class UpstreamRequests:
-    """Background ETRN requests after releases; every task is owned here."""
+    """Background ETRN requests after releases; every task is owned here.
 
-    def __init__(self, helo_name: str, config: DeliveryConfig):
+    `pending(route)` counts the requests of a route not answered yet (the
+    hang-up signal waits for them); each request's connection is counted in
+    the link meter under the route, when one is given.
+    """
+
+    def __init__(self, helo_name: str, config: DeliveryConfig,
+                 meter: LinkMeter | None = None):
         self._helo_name = helo_name
         self._config = config
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._meter = meter
+        self._tasks: dict[asyncio.Task[None], str] = {}  # task -> route
 
     def ask(self, route: str, plan: UpstreamPlan) -> None:
         """Start asking each upstream of `route` (fire and forget, logged)."""
         for upstream in plan.upstreams:
             task = asyncio.get_running_loop().create_task(
                 self._ask_one(route, upstream, plan.domains))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = route
+            task.add_done_callback(self._forget)
+
+    def pending(self, route: str) -> int:
+        """Requests for `route` still waiting for their answers."""
+        return sum(1 for owner in self._tasks.values() if owner == route)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        """A request ended."""
+        self._tasks.pop(task, None)
 
     async def wait_idle(self) -> None:
         """Wait for the requests in progress (tests, shutdown)."""
@@ -117,12 +134,22 @@ class UpstreamRequests:
 
     async def _ask_one(self, route: str, upstream: str, domains: Sequence[str]) -> None:
         """One upstream: ETRN every domain, log the replies; never raises."""
+        meter = self._meter
+        opened = (lambda session: meter.opened(route)) if meter else None
+        closed = (lambda session: _count_closed(meter, route, session)) if meter else None
         try:
             peer = parse_upstream(upstream, ETRN_PORT)
-            for domain, reply in await etrn(peer, self._helo_name, domains, self._config):
+            for domain, reply in await etrn(peer, self._helo_name, domains, self._config,
+                                            on_open=opened, on_close=closed):
                 level = logging.INFO if reply.code // 100 == 2 else logging.WARNING
                 log.log(level, "route %s: ETRN %s to %s: %s", route, domain, upstream, reply)
         except (TempFailure, ValueError) as exc:
             log.warning("route %s: ETRN to %s failed: %s", route, upstream, exc)
         except Exception:  # a background task must not die silently
             log.exception("route %s: ETRN to %s failed", route, upstream)
+
+
+def _count_closed(meter: LinkMeter, route: str, session: SmtpSession) -> None:
+    """An ETRN connection ends: its bytes and its end go to the link meter."""
+    meter.traffic(route, session.traffic())
+    meter.closed(route)

@@ -113,6 +113,10 @@ class SmtpServer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def clients(self) -> list[str]:
+        """The IP addresses of the clients connected now."""
+        return list(self._per_client)
+
     def statistics(self) -> ServerStatistics:
         """Current counters: connections, commands, errors, messages."""
         return ServerStatistics(len(self._tasks), self._admission.statistics().reserved,
