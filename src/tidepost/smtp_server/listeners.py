@@ -78,6 +78,7 @@ class SmtpServer:
         self._tls_context = tls_context
         self._access = AccessPolicy(config, submission)
         self._admission = Admission(config.smtp, self._access.in_relay_networks)
+        self._client_of: dict[asyncio.Task[None], str] = {}  # connected clients by task
         self._counters = Counters()
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -115,7 +116,7 @@ class SmtpServer:
 
     def clients(self) -> list[str]:
         """The IP addresses of the clients connected now."""
-        return list(self._per_client)
+        return list(self._client_of.values())
 
     def statistics(self) -> ServerStatistics:
         """Current counters: connections, commands, errors, messages."""
@@ -140,6 +141,7 @@ class SmtpServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._client_of[task] = ip
         try:
             await self._converse(reader, writer, ip, on_authenticated)
         except asyncio.CancelledError:
@@ -149,6 +151,7 @@ class SmtpServer:
                 raise
         finally:
             self._tasks.discard(task)
+            self._client_of.pop(task, None)
             self._admission.release(slot)
 
     def _refuse(self, writer: asyncio.StreamWriter, ip: str, reply: Reply) -> None:
