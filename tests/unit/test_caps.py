@@ -108,6 +108,21 @@ def test_at_its_cap_a_route_holds_itself_durably_and_the_postmaster_hears_once(t
     assert caps.admit(job(PLAIN, sender="captain@ship.test")) is None  # urgent sender
 
 
+def test_a_job_past_the_cap_is_stopped_before_the_keeper_has_held_the_route(tmp_path):
+    clock = FakeClock(at("2026-12-02 10:00"))
+    caps, meter, _, changes = keeper(tmp_path, clock)
+
+    async def main():
+        await caps.check()                                # the store's sums are read
+        meter.traffic("uplink", WireCounts(MIB, 1000))   # counted; not yet checked
+        return caps.admit(job(PLAIN)), caps.admit(job(URGENT))
+    refused, urgent = asyncio.run(main())
+    assert changes == [] and caps.holds("uplink") is None
+    assert [(o.status, o.attempted) for o in refused] == [("4.4.0", False)]
+    assert "data cap: 1.0 MiB of 1.0 MiB this day" in refused[0].reason
+    assert urgent is None
+
+
 def test_a_restart_keeps_the_hold_and_tells_no_one_twice_and_a_new_day_ends_it(tmp_path):
     clock = FakeClock(at("2026-12-02 10:00"))
     caps, meter, told, _ = keeper(tmp_path, clock)

@@ -103,10 +103,11 @@ class CapKeeper:
     def admit(self, job: DeliveryJob) -> list[Outcome] | None:
         """None when `job` may go now; else its outcomes: not attempted, held at the cap."""
         held = self._held.get(job.route)
-        if held is None or self._job_is_urgent(job):
+        cause = held.cause if held is not None else self._reached_now(job.route)
+        if cause is None or self._job_is_urgent(job):
             return None
         return [not_attempted(r.recipient_id, "4.4.0", f"route {job.route} is held at its "
-                              f"{held.cause}") for r in job.recipients]
+                              f"{cause}") for r in job.recipients]
 
     async def run(self, stopping: asyncio.Event,
                   parked_on: Callable[[str], list[ScheduleEntry]],
@@ -141,6 +142,21 @@ class CapKeeper:
         return urgent
 
     # -- internals ------------------------------------------------------------
+
+    def _reached_now(self, route: str) -> str | None:
+        """The cap `route` reached by the meter's counts this moment, before `check()`
+        has held it: jobs pipelined on an open connection must not run past the cap."""
+        config = self._routes.get(route)
+        if config is None or self._meter is None:
+            return None
+        day, month = self._meter.totals_now(route, DAY), self._meter.totals_now(route, MONTH)
+        if day is None or month is None:
+            return None
+        reached = cap_reached(config, day.billed, month.billed)
+        if reached is None:
+            return None
+        self.poke(route)
+        return reached.describe()
 
     def _period(self, reached: CapReached) -> str:
         """The day or month a reached cap belongs to."""

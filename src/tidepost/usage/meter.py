@@ -127,6 +127,18 @@ class LinkMeter:
                 total.add(pending)
         return total
 
+    def totals_now(self, route: str, kind: str) -> RouteUsage | None:
+        """`totals` without waiting: None until the store's sums for the period are cached."""
+        period = period_of(kind, self._clock.now())
+        if self.store is not None and (route, period) not in self._written:
+            return None
+        total = RouteUsage()
+        total.add(self._written.get((route, period), RouteUsage()))
+        for (name, day), pending in list(self._routes.items()):
+            if name == route and day.startswith(period):
+                total.add(pending)
+        return total
+
     # -- writing ------------------------------------------------------------------
 
     async def flush(self) -> None:
