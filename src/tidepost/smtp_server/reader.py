@@ -118,27 +118,44 @@ class SmtpReader:
 
     async def read_line(self, limit: int) -> bytes:
         """One command line without CRLF; LineTooLong, BareLineFeed, CommandTimeout."""
+        end = self._buffer.find(b"\n")
+        if end >= 0:  # pipelined, already here: no timer to arm
+            return self._take_line(end, limit)
+        if self.line_deadline is None:
+            return await self._read_line(limit, self.idle_timeout)
         deadline = asyncio.timeout(self.line_deadline)
         try:
             async with deadline:
-                return await self._read_line(limit)
+                return await self._read_line(limit, self._idle_within_line())
         except TimeoutError:
             if deadline.expired():  # the whole line's deadline, not one read's
                 raise CommandTimeout() from None
             raise
 
-    async def _read_line(self, limit: int) -> bytes:
-        """read_line() without its deadline."""
+    def _idle_within_line(self) -> float | None:
+        """The per-read idle timeout inside a line's deadline, None when it cannot fire.
+
+        Every read of a line starts after the line's first wait, so an idle
+        timeout no shorter than the deadline always ends after it: one timer
+        a command instead of two (a timer costs as much as the parsing).
+        """
+        idle, deadline = self.idle_timeout, self.line_deadline
+        if idle is not None and deadline is not None and idle >= deadline:
+            return None
+        return idle
+
+    async def _read_line(self, limit: int, idle_timeout: float | None) -> bytes:
+        """read_line() without its deadline; each read waits at most `idle_timeout`."""
         scanned = 0
         while True:
             end = self._buffer.find(b"\n", scanned)
             if end >= 0:
                 return self._take_line(end, limit)
             if len(self._buffer) > limit:
-                await self._discard_line()
+                await self._discard_line(idle_timeout)
                 raise LineTooLong()
             scanned = len(self._buffer)
-            await self._fill()
+            await self._fill(idle_timeout)
 
     def _take_line(self, end: int, limit: int) -> bytes:
         """Remove the line ending at index `end` (its LF) and check it."""
@@ -150,7 +167,7 @@ class SmtpReader:
             raise BareLineFeed()
         return line[:-2]
 
-    async def _discard_line(self) -> None:
+    async def _discard_line(self, idle_timeout: float | None) -> None:
         """Drop input up to and including the next LF, holding one chunk at most."""
         while True:
             end = self._buffer.find(b"\n")
@@ -158,12 +175,15 @@ class SmtpReader:
                 del self._buffer[:end + 1]
                 return
             self._buffer.clear()
-            await self._fill()
+            await self._fill(idle_timeout)
 
-    async def _fill(self) -> None:
-        """Append one chunk from the stream; raise at EOF or idle timeout."""
-        async with asyncio.timeout(self.idle_timeout):
+    async def _fill(self, idle_timeout: float | None) -> None:
+        """Append one chunk from the stream; raise at EOF or after `idle_timeout` s."""
+        if idle_timeout is None:
             data = await self._stream.read(CHUNK)
+        else:
+            async with asyncio.timeout(idle_timeout):
+                data = await self._stream.read(CHUNK)
         self._take(data)
 
     def _take(self, data: bytes) -> None:
@@ -173,10 +193,11 @@ class SmtpReader:
         self.bytes_read += len(data)
         self._buffer += data
 
-    async def _fill_paced(self, pace: DataPace | None) -> None:
-        """Append one chunk of DATA; DataTooSlow when a window ends short of the rate."""
+    async def _read_paced(self, pace: DataPace | None) -> bytes:
+        """One chunk of DATA; DataTooSlow when a window ends short of the rate."""
         if pace is None:
-            return await self._fill()
+            async with asyncio.timeout(self.idle_timeout):
+                return self._counted(await self._stream.read(CHUNK))
         loop = asyncio.get_running_loop()
         idle_end = loop.time() + self.idle_timeout if self.idle_timeout else None
         while True:
@@ -193,7 +214,14 @@ class SmtpReader:
                 continue
             if not pace.received(len(data), loop.time()):
                 raise DataTooSlow()
-            return self._take(data)
+            return self._counted(data)
+
+    def _counted(self, data: bytes) -> bytes:
+        """What one read returned, counted; b"" is the client's EOF."""
+        if not data:
+            raise ClientDisconnected()
+        self.bytes_read += len(data)
+        return data
 
     def _pace(self) -> DataPace | None:
         """The rate judge for a DATA section starting now, if a minimum is set."""
@@ -203,7 +231,12 @@ class SmtpReader:
         return DataPace(self.min_data_rate, self.data_rate_window, start)
 
     async def read_data(self, max_size: int) -> MessageData:
-        """Read a DATA section up to CRLF "." CRLF; see the module docstring."""
+        """Read a DATA section up to CRLF "." CRLF; see the module docstring.
+
+        Each octet is copied twice on its way to the body: from the stream
+        into the section, and out of it once the end is found (a third time
+        only if some line needs dot-unstuffing).
+        """
         work = bytearray(b"\r\n")  # the CRLF that ended the DATA command
         work += self._buffer
         self._buffer.clear()
@@ -218,31 +251,34 @@ class SmtpReader:
                 dropped += len(work) - 4
                 del work[:-4]
             scan = max(0, len(work) - 4)
-            await self._fill_paced(pace)
-            work += self._buffer
-            self._buffer.clear()
+            work += await self._read_paced(pace)
         self._buffer += work[end + 5:]
         if dropped:
             return MessageData(b"", dropped + end, too_big=True)
-        return inspect(bytes(work[:end + 2]), max_size)
+        with memoryview(work) as view:
+            return inspect(bytes(view[2:end + 2]), max_size)
 
 
 def inspect(raw: bytes, max_size: int) -> MessageData:
-    """Dot-unstuff `raw` (which starts with CRLF) and report its problems."""
-    body = raw.replace(b"\r\n.", b"\r\n")[2:]
-    raw = raw[2:]
+    """Dot-unstuff a DATA section (CRLF lines, no terminator) and report its problems."""
+    body = unstuff(raw)
     crlf = raw.count(b"\r\n")
-    bare_cr = raw.count(b"\r") != crlf
     bare_lf = raw.count(b"\n") != crlf
     return MessageData(
         body=body if len(body) <= max_size else b"",
         size=len(body),
         too_big=len(body) > max_size,
-        bare_cr=bare_cr,
+        bare_cr=raw.count(b"\r") != crlf,
         bare_lf=bare_lf,
         nul=b"\0" in raw,
-        long_line=_has_long_line(raw),
+        long_line=_has_long_line(raw) if bare_lf else _has_long_crlf_line(raw),
     )
+
+
+def unstuff(raw: bytes) -> bytes:
+    """Remove the dot RFC 5321 4.5.2 put before lines starting with one (no copy if none)."""
+    body = raw.replace(b"\r\n.", b"\r\n") if b"\r\n." in raw else raw
+    return body[1:] if body.startswith(b".") else body
 
 
 def _has_long_line(raw: bytes) -> bool:
@@ -250,3 +286,30 @@ def _has_long_line(raw: bytes) -> bool:
     if len(raw) <= MAX_TEXT_LINE - 2:
         return False
     return max(map(len, raw.split(b"\r\n"))) > MAX_TEXT_LINE - 2
+
+
+LONG_LINE_BLOCK = (MAX_TEXT_LINE - 1) // 2  # 499: a longer line covers a whole block
+
+
+def _has_long_crlf_line(raw: bytes) -> bool:
+    """_has_long_line() for a section whose every LF follows a CR (no bare LF).
+
+    There a line over the limit (999 octets or more before its CRLF) covers
+    at least one whole aligned block of 499 octets, which then holds no LF:
+    so only blocks are searched (one C search each, no list of lines), and
+    only a line around an LF-free block is measured.
+    """
+    if len(raw) <= MAX_TEXT_LINE - 2:
+        return False
+    for start in range(0, len(raw) - LONG_LINE_BLOCK + 1, LONG_LINE_BLOCK):
+        if raw.find(b"\n", start, start + LONG_LINE_BLOCK) < 0 and \
+                _line_length_at(raw, start) > MAX_TEXT_LINE - 2:
+            return True
+    return False
+
+
+def _line_length_at(raw: bytes, position: int) -> int:
+    """Length without its CRLF of the line holding `position` (no bare LF in `raw`)."""
+    first = raw.rfind(b"\n", 0, position) + 1
+    end = raw.find(b"\n", position)
+    return len(raw) - first if end < 0 else end - 1 - first
