@@ -29,7 +29,9 @@ _NEEDS_QUOTES = frozenset(' ,="\\')
 
 def quote(value: Any) -> str:
     """One value as the log writes it: bare when safe, else double-quoted."""
-    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    text = str(value)
+    if not text.isprintable():  # the per-character pass only when needed: one per event
+        text = "".join(c if c.isprintable() else "?" for c in text)
     if text and not _NEEDS_QUOTES.intersection(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -61,8 +61,16 @@ class Outbox:
             return
         self.writer.write(b"".join(self._pending))
         self._pending.clear()
+        if self._sent():
+            return  # the kernel took it all: nothing to wait for, no timer to arm
         async with asyncio.timeout(self._drain_timeout):
             await self.writer.drain()
+
+    def _sent(self) -> bool:
+        """True when the transport holds nothing unsent and is open (drain would not wait)."""
+        transport = getattr(self.writer, "transport", None)
+        return (transport is not None and not transport.is_closing()
+                and transport.get_write_buffer_size() == 0)
 
     def last_words(self, final: bytes) -> None:
         """Write the queued replies and `final` without waiting for the client."""
