@@ -9,7 +9,9 @@ can; a message whose submission was cancelled is not acknowledged), and
 `await server.wait_closed()` waits for them to end.  `statistics()` returns a
 `ServerStatistics` snapshot.
 
-Limits (admission.py): `smtp.max_connections` in all, of which
+Memory (bodies.py): DATA sections past 1 MiB need one of the server's
+`large_bodies` slots (about 256 MiB of large bodies at once); the others
+wait, unread.  Limits (admission.py): `smtp.max_connections` in all, of which
 `smtp.reserved_connections` only for relay networks and recently
 authenticated addresses; untrusted addresses also have a per-address count
 and connection rate.  A connection over a limit is answered `421 4.7.0` at
@@ -33,11 +35,12 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from tidepost.config.schema import Config
-from tidepost.smtp_server import binding
+from tidepost.smtp_server import binding, bodies
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server import tls
 from tidepost.smtp_server.access import AccessPolicy
 from tidepost.smtp_server.admission import Admission, Slot
+from tidepost.smtp_server.bodies import LargeBodies
 from tidepost.smtp_server.rejections import log_reject
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.session import Conversation
@@ -71,13 +74,15 @@ class SmtpServer:
 
     def __init__(self, config: Config, submission: Submission,
                  tls_context: ssl.SSLContext | None = None,
-                 conversation: Callable[..., Conversation] = Conversation):
+                 conversation: Callable[..., Conversation] = Conversation,
+                 large_bodies: LargeBodies | None = None):
         self._config = config
         self._conversation = conversation  # a subclass adds verbs (turn.py: ETRN, ATRN)
         self._submission = submission
         self._tls_context = tls_context
         self._access = AccessPolicy(config, submission)
         self._admission = Admission(config.smtp, self._access.in_relay_networks)
+        self.large_bodies = large_bodies or bodies.for_config(config.smtp)
         self._client_of: dict[asyncio.Task[None], str] = {}  # connected clients by task
         self._counters = Counters()
         self._servers: list[asyncio.Server] = []
@@ -175,7 +180,7 @@ class SmtpServer:
             self._config, self._submission, reader, writer, peer_ip=ip,
             access=self._access, tls_context=self._tls_context,
             tls_upgrade=tls.upgrade, counters=self._counters,
-            on_authenticated=on_authenticated)
+            on_authenticated=on_authenticated, large_bodies=self.large_bodies)
         try:
             await conversation.run()
         except asyncio.CancelledError:

@@ -88,6 +88,15 @@ class MessageData:
     long_line: bool = False  # a line over 1000 octets including CRLF
 
 
+class LargeBody(Protocol):
+    """What read_data() waits on before it holds a large section (bodies.py)."""
+
+    threshold: int
+
+    async def wait(self) -> None:
+        """Return when the section may grow past `threshold`."""
+
+
 class SmtpReader:
     """A buffered reader of SMTP command lines and DATA sections."""
 
@@ -230,12 +239,14 @@ class SmtpReader:
         start = asyncio.get_running_loop().time()
         return DataPace(self.min_data_rate, self.data_rate_window, start)
 
-    async def read_data(self, max_size: int) -> MessageData:
+    async def read_data(self, max_size: int, large: LargeBody | None = None) -> MessageData:
         """Read a DATA section up to CRLF "." CRLF; see the module docstring.
 
         Each octet is copied twice on its way to the body: from the stream
         into the section, and out of it once the end is found (a third time
-        only if some line needs dot-unstuffing).
+        only if some line needs dot-unstuffing).  Once the section passes
+        `large.threshold` octets, `await large.wait()` before reading on
+        (bodies.py); the rate windows start again after it.
         """
         work = bytearray(b"\r\n")  # the CRLF that ended the DATA command
         work += self._buffer
@@ -251,6 +262,9 @@ class SmtpReader:
                 dropped += len(work) - 4
                 del work[:-4]
             scan = max(0, len(work) - 4)
+            if large is not None and len(work) > large.threshold:
+                await large.wait()
+                large, pace = None, self._pace()  # the wait is ours, not the client's
             work += await self._read_paced(pace)
         self._buffer += work[end + 5:]
         if dropped:

@@ -51,6 +51,7 @@ from tidepost.smtp_server.access import AccessPolicy
 from tidepost.smtp_server.data import content_problem, submit_message
 from tidepost.smtp_server.outbox import Outbox, Writer
 from tidepost.smtp_server.parsing import parse_mail, parse_rcpt
+from tidepost.smtp_server.bodies import LargeBodies
 from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconnected,
                                          ClientTooSlow, CommandTimeout, LineTooLong,
                                          SmtpReader)
@@ -82,7 +83,8 @@ class Conversation:
                  writer: Writer, *, peer_ip: str = "", trusted: bool = False,
                  access: AccessPolicy | None = None, tls_context: ssl.SSLContext | None = None,
                  tls_upgrade: TlsUpgrade | None = None, counters: Counters | None = None,
-                 on_authenticated: Callable[[], None] = lambda: None):
+                 on_authenticated: Callable[[], None] = lambda: None,
+                 large_bodies: LargeBodies | None = None):
         self.config = config
         self.limits = config.smtp
         self.submission = submission
@@ -96,6 +98,7 @@ class Conversation:
         self._tls_context = tls_context
         self._tls_upgrade = tls_upgrade
         self._on_authenticated = on_authenticated  # the listener moves us to the reserve
+        self._large_bodies = large_bodies          # the server's bound on big DATA in memory
         self._closing = False
         self._session_end: float | None = None     # loop time past which we say 421
         self._command = "CONNECT"                  # what a refusal answers, for the log
@@ -378,12 +381,17 @@ class Conversation:
             return self.reply(S.S554_NO_VALID_RECIPIENTS)
         self.reply(S.S354_START_DATA)
         await self.flush()
-        data = await self._reader.read_data(self.limits.max_message_size)
-        self._command = "end-of-data"
-        outcome = content_problem(data)
-        if outcome is None:
-            outcome = await submit_message(self.submission, transaction, data.body,
-                                           self.session)
+        ticket = self._large_bodies.ticket() if self._large_bodies is not None else None
+        try:
+            data = await self._reader.read_data(self.limits.max_message_size, ticket)
+            self._command = "end-of-data"
+            outcome = content_problem(data)
+            if outcome is None:
+                outcome = await submit_message(self.submission, transaction, data.body,
+                                               self.session)
+        finally:
+            if ticket is not None:
+                ticket.done()  # the body is committed or refused: its memory is free
         if outcome.code == 250:
             self.counters.messages_accepted += 1
         else:
