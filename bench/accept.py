@@ -22,8 +22,9 @@ included through the master's cutime/cstime), and the ratios.  The clock
 runs around smtp-source, from its start to its exit; the messages stored
 are counted afterwards (`stored`: the median run's count for both).
 
-`--memory` also sends 200 messages of 25 MB over 200 concurrent sessions to
-tidepost and prints its peak resident memory (VmHWM).  `--quick`: 1,000
+`--memory` also sends 200 messages of 25 MB at once to tidepost (200
+smtp-source processes, one message each) and prints its peak resident
+memory (VmHWM).  `--quick`: 1,000
 messages, one run each.  Prints a table; asserts nothing.
 Usage: python bench/accept.py --help
 """
@@ -287,6 +288,25 @@ def smtp_source(port: int, messages: int, sessions: int, size: int, reuse: bool)
     return seconds
 
 
+def independent_senders(port: int, senders: int, size: int) -> float:
+    """`senders` smtp-source processes at once, one message each; seconds until all end.
+
+    Separate processes, as separate sending MTAs are: one smtp-source with
+    many sessions writes a message body with blocking writes, so a session
+    the server makes wait (back-pressure) would stall all its others.
+    """
+    argv = [SMTP_SOURCE, "-m", "1", "-s", "1", "-l", str(size), "-f", SENDER,
+            "-t", RECIPIENT, "-M", "bench.client", f"127.0.0.1:{port}"]
+    start = time.perf_counter()
+    processes = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(senders)]
+    failed = [p.stderr.read().decode().strip() for p in processes if p.wait()]
+    seconds = time.perf_counter() - start
+    if failed:
+        print(f"    {len(failed)} smtp-source failed: {failed[0][:200]}", file=sys.stderr)
+    return seconds
+
+
 def measure(server_factory, folder: Path, messages: int, sessions: int, size: int,
             reuse: bool) -> Run:
     """One run against a fresh server instance."""
@@ -316,7 +336,7 @@ def memory_run(base: Path, sessions: int, size: int) -> tuple[float, Run]:
         with tidepost(folder) as server:
             before = peak_rss_mib(server.pid)
             cpu_before = server.cpu()
-            seconds = smtp_source(server.port, sessions, sessions, size, False)
+            seconds = independent_senders(server.port, sessions, size)
             cpu = server.cpu() - cpu_before
             peak = peak_rss_mib(server.pid)
             print(f"  tidepost idle peak RSS: {before:.0f} MiB", file=sys.stderr)
@@ -375,8 +395,14 @@ def parse_args() -> argparse.Namespace:
                         "smtp (the old recipe; see bench/README.md)")
     parser.add_argument("--memory", action="store_true",
                         help="also 200 sessions x 25 MB to tidepost: its peak RSS")
+    parser.add_argument("--memory-sessions", type=int, default=200,
+                        help="sessions (and 25 MB messages) of the --memory run")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the --memory run")
     parser.add_argument("--dir", help="where the spools go (default: a temporary folder)")
     args = parser.parse_args()
+    if args.memory_only:
+        args.memory, args.sizes = True, ""
     if args.quick:
         args.messages, args.repeat = 1000, 1
     return args
@@ -400,7 +426,7 @@ def main() -> int:
         print(f"postfix recipe: {args.postfix_recipe}")
     lines = []
     try:
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size in (int(s) for s in args.sizes.split(",") if s):
             for reuse in (r == "yes" for r in args.reuse.split(",")):
                 for sessions in (int(s) for s in args.sessions.split(",")):
                     tp_runs, pf_runs = [], []
@@ -422,9 +448,10 @@ def main() -> int:
         print("msg/s: stored messages / seconds of the smtp-source run; cpu: CPU-seconds "
               "per 1,000 messages, all processes of the instance; ratio: tidepost/postfix")
         if args.memory:
-            peak, run = memory_run(base, 200, 25_000_000)
-            print(f"memory: 200 sessions x 25 MB at once: tidepost peak RSS {peak:.0f} MiB, "
-                  f"{run.stored} of 200 stored in {run.seconds:.1f} s")
+            peak, run = memory_run(base, args.memory_sessions, 25_000_000)
+            print(f"memory: {args.memory_sessions} sessions x 25 MB at once: tidepost peak "
+                  f"RSS {peak:.0f} MiB, {run.stored} of {args.memory_sessions} stored in "
+                  f"{run.seconds:.1f} s")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
