@@ -203,6 +203,7 @@ class Writer:
 
 class Directory:
     """Local domain relay.test (users alice, postmaster); customers .fleet.test."""
+    transfers = None  # this fake takes no XTIDEPOST transfers
 
     def is_local_domain(self, domain: str) -> bool:
         return domain in ("", "relay.test")

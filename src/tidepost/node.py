@@ -46,6 +46,7 @@ from tidepost.startup import Startup, close_startup, prepare_daemon
 from tidepost.submission.aliases import Aliases, load_aliases_file
 from tidepost.submission.local import LocalSubmitter
 from tidepost.submission.submit import ClientInfo, Submission
+from tidepost.submission.transfers import TransferKeys
 from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.node")
@@ -88,7 +89,8 @@ def build(config: Config, clock: Clock | None = None,
     agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route),
                           owner_writer=owner_writer, meter=meter)
     manager = Manager(config, queue, router, agents, clock, this_runner(), meter=meter)
-    submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
+    submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued,
+                            transfers=TransferKeys.load(config.spool_path))
     manager.notices.submit = notice_submitter(submission)
     return Parts(config, queue, router, aliases, manager, submission, meter)
 

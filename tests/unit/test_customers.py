@@ -29,6 +29,7 @@ domains = ["*"]
 
 
 class Directory:
+    transfers = None  # this fake takes no XTIDEPOST transfers
     def __init__(self, router):
         self.router = router
 

@@ -40,6 +40,7 @@ class Writer:
 
 
 class Directory:
+    transfers = None  # this fake takes no XTIDEPOST transfers
     def is_local_domain(self, domain):
         return domain in ("", "relay.test")
 

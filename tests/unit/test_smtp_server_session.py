@@ -32,6 +32,7 @@ class ListWriter:
 
 class Recorder:
     """A submission accepting everything, with no routes but local ones."""
+    transfers = None  # this fake takes no XTIDEPOST transfers
 
     def __init__(self):
         self.submitted = []

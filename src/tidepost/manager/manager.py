@@ -54,6 +54,10 @@ log = logging.getLogger("tidepost.manager")
 CAUSE_MEMORY = 120.0     # seconds a release or flush explains the attempts that follow
 LEASE_SECONDS = 3600.0   # longer than any single delivery; dead runners are detected sooner
 IN_FLIGHT_PER_SLOT = 20  # claimed recipients per delivery slot, to keep claims ahead of work
+# Transfer keys (exactly-once receipt) outlive queue.lifetime by this much: a
+# sender's last retry comes up to its own lifetime after the first attempt.
+TRANSFER_MARGIN = 86400.0
+TRANSFER_SWEEP = 3600.0  # how often old transfer keys are dropped
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Manager(RouteStates):
         self._in_flight: set[int] = set()
         self._warned: set[int] = set()
         self._last_seen_id = 0
+        self._transfers_swept = float("-inf")  # when old transfer keys were last dropped
         self._last_change = 0  # the queue's change log, read up to here
         self._daemon = False
         self._loaded = False  # the daemon has read the hold states
@@ -330,8 +335,17 @@ class Manager(RouteStates):
                 await self._poll_new()
                 await self._poll_changes()
                 await self._recover_orphans()
+                await self._forget_old_transfers()
             except Exception:  # noqa: BLE001 - polling must go on
                 log.exception("polling the queue failed")
+
+    async def _forget_old_transfers(self) -> None:
+        """Drop transfer keys past the message lifetime and its margin (hourly)."""
+        now = self._clock.now()
+        if now - self._transfers_swept < TRANSFER_SWEEP:
+            return
+        self._transfers_swept = now
+        await self._queue.forget_transfers(now - self._config.queue.lifetime - TRANSFER_MARGIN)
 
     async def _recover_orphans(self) -> None:
         """Take back recipients leased by a runner that died (a killed `tidepost flush`)."""
