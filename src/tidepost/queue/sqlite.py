@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from tidepost.address import Address
-from tidepost.errors import AlreadyQueued, QueueError
+from tidepost.errors import AlreadyQueued, QueueError, QueueFull
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
 from tidepost.queue import sqlite_views as views
@@ -228,19 +228,27 @@ class _Writer:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     if isinstance(exc, sqlite3.Error):
-                        exc = QueueError(f"queue write failed: {exc}")
+                        exc = write_error(exc)
                     results.append((None, exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            error = QueueError(f"queue write failed: {exc}")
+            with contextlib.suppress(sqlite3.Error):  # a full disk may refuse that too
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            error = write_error(exc)
             results = [(None, error)] * len(batch)
         for (_, future, loop), (value, error) in zip(batch, results):
             try:
                 loop.call_soon_threadsafe(_resolve, future, value, error)
             except RuntimeError:
                 pass  # the caller's event loop is gone; nobody waits for this answer
+
+
+def write_error(exc: sqlite3.Error) -> QueueError:
+    """The QueueError for a failed write: QueueFull when the disk or quota is full."""
+    full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or \
+        "disk is full" in str(exc)
+    return (QueueFull if full else QueueError)(f"queue write failed: {exc}")
 
 
 def _resolve(future: asyncio.Future, value: Any, error: BaseException | None) -> None:

@@ -10,8 +10,8 @@ a line over 1000 octets including CRLF (554 5.6.0).
 the Received header (protocol per RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA...).
 `submit_message(submission, transaction, body, session)` hands a message
 that passed them to the submission and returns the reply: 250 with the queue
-id only once it is committed, the submission's own refusal, or 451 4.3.0
-for any failure (the message is then not acknowledged).  A transaction with
+id only once it is committed, the submission's own refusal, 452 4.3.1
+when the spool's file system is full, or 451 4.3.0 for any other failure (the message is then not acknowledged).  A transaction with
 a transfer id (XTIDEPOST TRANSFER) is submitted with its transfer keys: a
 repeat gets the 250 of the earlier copy, and nothing is stored again.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from tidepost.errors import QueueFull
 from tidepost.model import Envelope
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.reader import MessageData
@@ -57,6 +58,9 @@ async def submit_message(submission: Submission, transaction: Transaction, body:
         queue_id = await submission.submit(envelope, body, client_info(session))
     except SubmissionRejected as exc:
         return S.rejected(exc.code, exc.status, exc.text)
+    except QueueFull as exc:
+        log.error("message from %s not queued: %s", session.peer_ip or "local", exc)
+        return S.S452_NO_SPACE
     except Exception:
         log.exception("submission failed for a message from %s", session.peer_ip)
         return S.S451_LOCAL_ERROR
