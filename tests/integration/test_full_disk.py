@@ -86,9 +86,7 @@ def small_disks(tmp_path):
 def test_a_full_spool_refuses_with_452_and_recovers(tidepost_node, small_disks):
     spool, mail = small_disks
     node = tidepost_node(start=False)
-    node.config_path.write_text(node.config_path.read_text().replace(
-        str(node.spool), str(spool)))
-    node.spool = spool
+    node.move_spool(spool)
     node.start()
     assert submit(node, "before")[0] == 250
     node.wait_queue_empty()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue as thread_queue
 import secrets
 import sqlite3
@@ -150,6 +151,17 @@ def migrate(conn: sqlite3.Connection) -> int:
     return found
 
 
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder: a new queue's files, and the removal of the rollback journal
+    that switching to WAL used, must not depend on the file system's own timing
+    (a journal back from the dead after a power cut would undo the switch)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _statements(script: str) -> list[str]:
     """The statements of a schema script (none contains a semicolon inside)."""
     return [s.strip() for s in script.split(";") if s.strip()]
@@ -269,7 +281,8 @@ class SqliteQueue:
         self.path = path
         try:
             with contextlib.closing(connect(path)) as conn:
-                migrate(conn)
+                if migrate(conn) == 0:
+                    _sync_folder(path.parent)
         except sqlite3.Error as exc:
             raise QueueError(f"cannot open the queue {path}: {exc}") from None
         self._writer = _Writer(path)
