@@ -406,3 +406,7 @@ class Conversation:
         else:
             self.counters.messages_rejected += 1
         self.reply(outcome)
+        if outcome.code == 250:
+            # Out at once, not behind commands the client pipelined after the
+            # dot: until it arrives the client may send a second copy.
+            await self.flush()
