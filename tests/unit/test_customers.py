@@ -30,6 +30,7 @@ domains = ["*"]
 
 class Directory:
     transfers = None  # this fake takes no XTIDEPOST transfers
+    inflow = None     # and never paces intake
     def __init__(self, router):
         self.router = router
 

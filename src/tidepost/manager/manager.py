@@ -105,6 +105,8 @@ class Manager(RouteStates):
         self.gates = RouteGates(config.route, clock.now())
         self._operator_held: set[str] = set()
         self.on_result: Callable[[int, int], None] = lambda done, total: None
+        # Called with 1 for each job recorded: intake pacing (submission/inflow.py).
+        self.on_recorded: Callable[[int], None] = lambda jobs: None
         self.runner = "daemon"  # who makes the attempts, for the log: daemon, flush...
         # Called after a release and after each scheduled or batched run of a
         # route (node_relay.py: ETRN to the route's upstreams).
@@ -280,9 +282,17 @@ class Manager(RouteStates):
         self._loaded = True
         log.info("queue loaded: %d recipients", len(entries))
 
+    def _room(self) -> int:
+        """Recipients that may still be claimed before the delivery slots are full."""
+        return self._config.delivery.max_concurrency * IN_FLIGHT_PER_SLOT - len(self._in_flight)
+
+    def behind(self) -> bool:
+        """True while delivery is behind intake: slots full and due mail waiting."""
+        return self._daemon and self._room() <= 0 and self.scheduler.has_due(self._clock.now())
+
     async def _schedule_once(self, stopping: asyncio.Event) -> None:
         """Dispatch what is due, or sleep until something may be."""
-        room = self._config.delivery.max_concurrency * IN_FLIGHT_PER_SLOT - len(self._in_flight)
+        room = self._room()
         decision = self.scheduler.next_batch(self._clock.now(), room) if room > 0 else None
         if isinstance(decision, Batch):
             await self._claim_and_dispatch(decision.entries, force=False)
@@ -479,6 +489,7 @@ class Manager(RouteStates):
                 self.scheduler.insert(entry)
         if new_entries:
             self._wake.set()
+        self.on_recorded(1)
 
     def _count(self, verdict: Verdict) -> None:
         """Tally a verdict for the flush report and progress display."""

@@ -289,12 +289,14 @@ class Conversation:
         else:
             self.reply(S.helo_ok(self.config.hostname))
 
-    def smtp_MAIL(self, arg: str) -> None:
-        """MAIL FROM: start a transaction."""
+    async def smtp_MAIL(self, arg: str) -> None:
+        """MAIL FROM: start a transaction (paced while delivery is behind, inflow.py)."""
         if not self.session.helo:
             return self.reply(S.S503_HELO_FIRST)
         if self.transaction is not None:
             return self.reply(S.S503_NESTED_MAIL)
+        if self.submission.inflow is not None:
+            await self.submission.inflow.pace()
         self.note(sender=path_word(arg))
         command = parse_mail(arg, self.limits.max_message_size,
                              transfers.TRANSFER in self._xtidepost_features())

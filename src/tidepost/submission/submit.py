@@ -32,6 +32,7 @@ from tidepost.queue.sqlite import new_queue_id
 from tidepost.routing.routes import Router
 from tidepost.submission.aliases import Aliases
 from tidepost.submission.headers import count_received, header_section, received_header
+from tidepost.submission.inflow import InFlow
 from tidepost.submission.transfers import TransferKeys
 
 log = logging.getLogger("tidepost.submission")
@@ -72,9 +73,10 @@ class Submission:
     def __init__(self, config: Config, queue: QueueBackend, clock: Clock,
                  router: Router, aliases: Aliases,
                  on_queued: Callable[[list[ScheduleEntry]], None] = lambda entries: None,
-                 transfers: TransferKeys | None = None):
+                 transfers: TransferKeys | None = None, inflow: InFlow | None = None):
         self._hostname = config.hostname
         self.transfers = transfers  # None: this node takes no XTIDEPOST transfers
+        self.inflow = inflow        # None: intake is never paced
         self._queue = queue
         self._clock = clock
         self.router = router
