@@ -54,6 +54,7 @@ log = logging.getLogger("tidepost.manager")
 CAUSE_MEMORY = 120.0     # seconds a release or flush explains the attempts that follow
 LEASE_SECONDS = 3600.0   # longer than any single delivery; dead runners are detected sooner
 IN_FLIGHT_PER_SLOT = 20  # claimed recipients per delivery slot, to keep claims ahead of work
+BEHIND_PER_SLOT = 5      # recipients in flight per slot past which intake is paced
 # Transfer keys (exactly-once receipt) outlive queue.lifetime by this much: a
 # sender's last retry comes up to its own lifetime after the first attempt.
 TRANSFER_MARGIN = 86400.0
@@ -287,8 +288,13 @@ class Manager(RouteStates):
         return self._config.delivery.max_concurrency * IN_FLIGHT_PER_SLOT - len(self._in_flight)
 
     def behind(self) -> bool:
-        """True while delivery is behind intake: slots full and due mail waiting."""
-        return self._daemon and self._room() <= 0 and self.scheduler.has_due(self._clock.now())
+        """True while delivery is behind intake: more in flight than the slots keep
+        busy (BEHIND_PER_SLOT a slot), or every slot full and due mail waiting."""
+        if not self._daemon:
+            return False
+        slots = self._config.delivery.max_concurrency
+        return len(self._in_flight) >= slots * BEHIND_PER_SLOT or (
+            self._room() <= 0 and self.scheduler.has_due(self._clock.now()))
 
     async def _schedule_once(self, stopping: asyncio.Event) -> None:
         """Dispatch what is due, or sleep until something may be."""

@@ -209,7 +209,7 @@ class SqliteQueue:
 
     async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
         """Queue one message durably; returns after the group COMMIT."""
-        return await self._writer.run(lambda conn: _insert(conn, message))
+        return await self._writer.run(lambda conn: _insert(conn, message), acknowledged=True)
 
     async def known_transfers(self, keys: Sequence[str]) -> dict[str, str]:
         """Queue ids stored under the known ones among `keys`."""

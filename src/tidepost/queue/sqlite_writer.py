@@ -12,7 +12,10 @@ caller still learns of its commit only once it is on stable storage (the
 written while the last one is being synced, not after.  That matters for
 duplicates: a kill -9 (as opposed to a power cut) loses nothing that was
 written, so a remote 250 is safe from the moment its outcome reaches the
-WAL, which no longer waits behind other sessions' fsyncs.
+WAL, which no longer waits behind other sessions' fsyncs.  Submissions a
+client waits to hear a 250 for wait instead (`run(acknowledged=True)`):
+written just before the sync that makes them durable, the window in which
+a crash leaves them stored but unacknowledged is one fsync.
 
 Checkpoints: the writer's connection never checkpoints (`wal_autocheckpoint
 = 0`), since a checkpoint under `synchronous=OFF` would not sync the
@@ -53,23 +56,38 @@ class Writer:
         self._path = path
         self._wal = Path(f"{path}-wal")
         self._connect = connect
-        self._ops: thread_queue.SimpleQueue = thread_queue.SimpleQueue()
+        self._waiting = threading.Condition()
+        self._ops: list[tuple] = []      # (op, future, loop, acknowledged), under _waiting
+        self._stopping = False
+        self._unsynced = 0               # batches written, not yet fsync'd
         self._synced: thread_queue.SimpleQueue = thread_queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write, name="queue-writer", daemon=True)
         self._syncer = threading.Thread(target=self._sync, name="queue-sync", daemon=True)
         self._thread.start()
         self._syncer.start()
 
-    def run(self, op: Callable[[sqlite3.Connection], Any]) -> asyncio.Future:
-        """Schedule `op` in the next transaction; the future resolves once it is durable."""
+    def run(self, op: Callable[[sqlite3.Connection], Any],
+            acknowledged: bool = False) -> asyncio.Future:
+        """Schedule `op` in the next transaction; the future resolves once it is durable.
+
+        `acknowledged`: a client hears of this commit (a 250 after DATA), and
+        until it does, a crash makes it send a second copy.  Such an op is
+        written only when no sync is under way, just before the one that
+        makes it durable, so that window is one fsync long.  Other ops (a
+        remote 250's outcome above all) are written at once.
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._ops.put((op, future, loop))
+        with self._waiting:
+            self._ops.append((op, future, loop, acknowledged))
+            self._waiting.notify_all()
         return future
 
     def stop(self) -> None:
         """Finish what is queued, then end both threads."""
-        self._ops.put(None)
+        with self._waiting:
+            self._stopping = True
+            self._waiting.notify_all()
         self._thread.join()
         self._syncer.join()
 
@@ -82,7 +100,10 @@ class Writer:
         conn.execute("PRAGMA wal_autocheckpoint=0")  # and checkpoints, synced
         try:
             while (batch := self._next_batch()) is not None:
-                self._synced.put((batch, _commit(conn, batch)))
+                results = _commit(conn, batch)
+                with self._waiting:
+                    self._unsynced += 1
+                self._synced.put((batch, results))
         finally:
             self._synced.put(None)
             with contextlib.suppress(sqlite3.Error):
@@ -90,21 +111,22 @@ class Writer:
             conn.close()
 
     def _next_batch(self) -> Batch | None:
-        """Every operation waiting (at least one), or None when told to stop."""
-        first = self._ops.get()
-        if first is None:
-            return None
-        batch = [first]
-        while len(batch) < BATCH_LIMIT:
-            try:
-                item = self._ops.get_nowait()
-            except thread_queue.Empty:
-                break
-            if item is None:
-                self._ops.put(None)
-                break
-            batch.append(item)
-        return batch
+        """The ops to write now (at least one), or None when stopped with none left.
+
+        Every op waiting, but acknowledged ones only while nothing waits for
+        a sync (see `run`).
+        """
+        with self._waiting:
+            while True:
+                idle = self._unsynced == 0 or self._stopping
+                batch = [item for item in self._ops if idle or not item[3]][:BATCH_LIMIT]
+                if batch:
+                    taken = {id(item) for item in batch}
+                    self._ops = [item for item in self._ops if id(item) not in taken]
+                    return [item[:3] for item in batch]
+                if self._stopping and not self._ops:
+                    return None
+                self._waiting.wait()
 
     # -- the sync thread ----------------------------------------------------
 
@@ -126,6 +148,9 @@ class Writer:
                     if item is not None:
                         done.append(item)
                 self._report(done, self._fsync_wal())
+                with self._waiting:
+                    self._unsynced -= len(done)
+                    self._waiting.notify_all()
                 self._checkpoint(checkpoints)
         finally:
             checkpoints.close()
