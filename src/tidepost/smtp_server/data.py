@@ -11,9 +11,10 @@ the Received header (protocol per RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA...).
 `submit_message(submission, transaction, body, session)` hands a message
 that passed them to the submission and returns the reply: 250 with the queue
 id only once it is committed, the submission's own refusal, 452 4.3.1
-when the spool's file system is full, or 451 4.3.0 for any other failure (the message is then not acknowledged).  A transaction with
-a transfer id (XTIDEPOST TRANSFER) is submitted with its transfer keys: a
-repeat gets the 250 of the earlier copy, and nothing is stored again.
+when the spool's file system is full, or 451 4.3.0 for any other failure
+(the message is then not acknowledged).  A transaction with a transfer id
+(XTIDEPOST TRANSFER) is submitted with its transfer keys: a repeat gets
+the 250 of the earlier copy, and nothing is stored again.
 """
 
 from __future__ import annotations
