@@ -34,7 +34,7 @@ from tidepost.manager.hangup import Probes
 from tidepost.manager.manager import Manager
 from tidepost.model import Envelope
 from tidepost.node_relay import RelayRole
-from tidepost.queue.backend import QueueBackend, open_queue
+from tidepost.queue.backend import QueueBackend, open_configured_queue
 from tidepost.queue.owner import this_runner
 from tidepost.resolver.cache import CACHE_FILE, CachedResolver, DnsCache
 from tidepost.resolver.resolver import Resolver
@@ -79,7 +79,8 @@ def build(config: Config, clock: Clock | None = None,
     """
     clock = clock or SystemClock()
     config.spool_path.mkdir(parents=True, exist_ok=True)
-    queue = open_queue(config.queue.backend, config.spool_path)
+    owner = this_runner()
+    queue = open_configured_queue(config, owner)
     router = Router(config)
     aliases = Aliases(config)
     meter = LinkMeter.for_spool(config.spool_path, clock)
@@ -87,7 +88,7 @@ def build(config: Config, clock: Clock | None = None,
     # the agents: the lambda looks `manager` up when it is called.
     agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route),
                           owner_writer=owner_writer, meter=meter)
-    manager = Manager(config, queue, router, agents, clock, this_runner(), meter=meter)
+    manager = Manager(config, queue, router, agents, clock, owner, meter=meter)
     submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
     manager.notices.submit = notice_submitter(submission)
     return Parts(config, queue, router, aliases, manager, submission, meter)

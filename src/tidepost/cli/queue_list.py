@@ -28,7 +28,7 @@ from typing import TextIO
 from tidepost.cli.queue_filters import Filters, read_view, selection_for
 from tidepost.cli.queue_view import QueueView, span
 from tidepost.config.schema import Config
-from tidepost.queue.backend import QueueRow, open_queue
+from tidepost.queue.backend import QueueRow, open_configured_queue
 
 MIN_WIDTH = 80
 ELLIPSIS = "…"
@@ -228,7 +228,7 @@ async def list_queue(config: Config, filters: Filters, as_json: bool = False,
                      count_only: bool = False, out: TextIO | None = None) -> int:
     """Print the selected recipients (or their number); exit 0."""
     out = out or sys.stdout
-    queue = open_queue(config.queue.backend, config.spool_path)
+    queue = open_configured_queue(config)
     try:
         view = await read_view(queue, config)
         selection = await selection_for(queue, view, filters)

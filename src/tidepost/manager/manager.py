@@ -38,6 +38,7 @@ from tidepost.manager.gates import RouteGates
 from tidepost.manager.hangup import DrainWatch
 from tidepost.manager.notices import Notices, SizeNotices
 from tidepost.manager.route_states import RouteStates
+from tidepost.manager.watch import QueueWatch
 from tidepost.manager.settle import add_dsns, settle
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
@@ -90,7 +91,7 @@ class Manager(RouteStates):
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
         self._warned: set[int] = set()
-        self._last_seen_id = 0
+        self._watch = QueueWatch(queue)  # new mail from other processes and nodes
         self._last_change = 0  # the queue's change log, read up to here
         self._daemon = False
         self._loaded = False  # the daemon has read the hold states
@@ -268,10 +269,9 @@ class Manager(RouteStates):
         await self.caps.load()
         # Before the walk: a change made meanwhile is then read twice, never missed.
         self._last_change, _ = await self._queue.changes_since(0)
-        entries = await self._queue.walk()
+        entries = await self._watch.everything()
         for entry in entries:
             self.scheduler.insert(entry)
-        self._last_seen_id = max((e.recipient_id for e in entries), default=0)
         self._loaded = True
         log.info("queue loaded: %d recipients", len(entries))
 
@@ -324,12 +324,17 @@ class Manager(RouteStates):
 
     async def _poll_forever(self, stopping: asyncio.Event) -> None:
         """Pick up mail queued, and leases left, by other processes, every poll interval."""
+        await self._watch.listen()
         while not stopping.is_set():
-            await asyncio.sleep(self._config.queue.poll_interval)
+            heard = await self._watch.wait(self._config.queue.poll_interval)
             try:
                 await self._poll_new()
-                await self._poll_changes()
-                await self._recover_orphans()
+                if not heard or heard & {"changes", "holds"}:
+                    await self._poll_changes()
+                if "holds" in heard:
+                    await self.follow_holds()
+                if not heard:  # on the timer only: notices come with every commit elsewhere
+                    await self._recover_orphans()
             except Exception:  # noqa: BLE001 - polling must go on
                 log.exception("polling the queue failed")
 
@@ -341,14 +346,12 @@ class Manager(RouteStates):
             await self._poll_new(since=0)
 
     async def _poll_new(self, since: int | None = None) -> None:
-        """Insert QUEUED recipients the scheduler has not seen yet."""
-        entries = await self._queue.entries_since(self._last_seen_id if since is None else since)
+        """Insert QUEUED recipients the scheduler has not seen yet (since=0: look at all)."""
+        entries = await (self._watch.news() if since is None else self._watch.everything())
         fresh = [e for e in entries
                  if e.recipient_id not in self.scheduler and e.recipient_id not in self._in_flight]
         for entry in fresh:
             self.scheduler.insert(entry)
-        if entries:
-            self._last_seen_id = max(self._last_seen_id, entries[-1].recipient_id)
         if fresh:
             self._wake.set()
 

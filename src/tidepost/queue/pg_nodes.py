@@ -82,10 +82,13 @@ class Nodes:
         await self._pool.execute("UPDATE nodes SET stopped = true, heartbeat = $2 "
                                  "WHERE owner = $1", owner, time.time())
 
-    async def silent(self, now: float) -> set[str]:
-        """Owners of nodes that stopped or whose heartbeat is older than the timeout."""
+    async def silent(self) -> set[str]:
+        """Owners of nodes that stopped or whose heartbeat is older than the timeout.
+
+        By the wall clock, as the heartbeats are written (not the caller's clock).
+        """
         rows = await self._pool.fetch("SELECT owner FROM nodes WHERE stopped OR heartbeat < $1",
-                                      now - self.timeout)
+                                      time.time() - self.timeout)
         return {row[0] for row in rows}
 
     async def rows(self) -> list[NodeRow]:

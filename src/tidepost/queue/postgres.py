@@ -36,7 +36,7 @@ from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingG
 from tidepost.queue.pg_insert import GroupCommit, insert_messages, known_transfers, \
     with_queue_id
 from tidepost.queue.pg_loop import LoopThread, relay_to
-from tidepost.queue.pg_nodes import Nodes
+from tidepost.queue.pg_nodes import NodeRow, Nodes
 from tidepost.queue.pg_schema import migrate
 from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 
@@ -72,6 +72,7 @@ class PostgresQueue:
         self._thread = LoopThread("queue-postgres")
         self._owner = owner  # this node's runner, "" for a CLI command
         self._listeners: list[Callable[[str], None]] = []
+        self._closed = False
         try:
             self._thread.run(self._open(node, node_timeout))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -100,6 +101,10 @@ class PostgresQueue:
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 raise QueueError(f"queue database: {exc}") from None
         return self._thread.call(guarded())
+
+    async def cluster_nodes(self) -> list[NodeRow]:
+        """Every node of the cluster with its recipients in flight (`tidepost status`)."""
+        return await self._call(self.nodes.rows())
 
     # -- wake-ups -----------------------------------------------------------
 
@@ -249,8 +254,8 @@ class PostgresQueue:
                 if cursor is None:
                     condition, args = "true", []
                 else:
-                    condition = ("m.committed >= pg_snapshot_xmin($2::pg_snapshot) AND NOT "
-                                 "pg_visible_in_snapshot(m.committed, $2::pg_snapshot)")
+                    condition = ("m.committed >= pg_snapshot_xmin($2::text::pg_snapshot) AND NOT "
+                                 "pg_visible_in_snapshot(m.committed, $2::text::pg_snapshot)")
                     args = [cursor]
                 rows = await conn.fetch(
                     "SELECT r.id, r.message_id, r.domain, r.next_try, m.size FROM messages m "
@@ -264,7 +269,7 @@ class PostgresQueue:
         async def op() -> int:
             owners = [row[0] for row in await self._pool.fetch(
                 "SELECT DISTINCT lease_owner FROM recipients WHERE state = $1", CLAIMED)]
-            silent = await self.nodes.silent(now)
+            silent = await self.nodes.silent()
             dead = [o for o in owners if o in silent or not is_alive(o)]
             status = await self._pool.execute(
                 "UPDATE recipients SET state = $1, lease_owner = NULL, lease_until = NULL, "
@@ -390,7 +395,11 @@ class PostgresQueue:
                             "AND id = ANY($3::int8[])", next_try, QUEUED, list(recipient_ids))
 
     async def close(self) -> None:
-        """Finish pending writes, leave the cluster and close the connections."""
+        """Finish pending writes, leave the cluster and close the connections (once)."""
+        if self._closed:
+            return
+        self._closed = True
+
         async def op() -> None:
             await self._writer.close()
             if self._owner:
