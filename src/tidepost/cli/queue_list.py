@@ -217,7 +217,7 @@ class JsonWriter(Writer):
             "arrival": row.arrival, "size": row.size, "route": route, "state": shown.value,
             "state_text": text, "stored_state": row.state, "attempts": row.attempts,
             "next_try": row.next_try, "last_error": row.last_error,
-            "recipient_id": row.recipient_id}))
+            "recipient_id": row.recipient_id, "node": row.node}))
 
     def finish(self, everything: bool) -> None:
         """Nothing closes a JSON-lines stream but the last lines."""

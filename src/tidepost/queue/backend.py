@@ -92,6 +92,7 @@ class QueueRow:
     last_error: str
     message_id: int
     recipient_id: int
+    node: str = ""   # in flight in a cluster: the node delivering it (else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,9 @@ NOTICE_CHANNEL = "tidepost_queue"  # LISTEN/NOTIFY channel of the cluster's wake
 ROW_COLUMNS = (
     "m.queue_id, m.arrival, m.size, m.sender, "
     "r.local || CASE WHEN r.domain='' THEN '' ELSE '@' || r.domain END, "
-    "r.domain, r.state, r.attempts, r.next_try, r.last_error, m.id, r.id")
+    "r.domain, r.state, r.attempts, r.next_try, r.last_error, m.id, r.id, "
+    "CASE WHEN r.state = 'claimed' THEN coalesce((SELECT n.node FROM nodes n "
+    "WHERE n.owner = r.lease_owner), '') ELSE '' END")
 SOURCE = "recipients r JOIN messages m ON m.id = r.message_id"
 UNDELIVERED_STATES = [s.value for s in (QUEUED, CLAIMED, HELD)]
 
@@ -155,8 +157,13 @@ def _changed(picked: list[tuple[int, int, str]]) -> list[Changed]:
     return [Changed(queue_id, n) for queue_id, n in counts.items()]
 
 
-async def _log_changes(conn: asyncpg.Connection, ids: list[int], now: float) -> None:
-    """Note recipients in the change log (in commit order: see the module docstring)."""
+async def log_changes(conn: asyncpg.Connection, ids: list[int], now: float) -> None:
+    """Note recipients in the change log (in commit order: see the module docstring).
+
+    Admin releases and requeues, and in a cluster also the recipients that
+    became QUEUED again after a claim (a deferral, a dead node's lease), so
+    that every node's scheduler learns them (QueueBackend.changes_since).
+    """
     if not ids:
         return
     await conn.execute("SELECT pg_advisory_xact_lock($1)", CHANGE_LOCK)
@@ -180,7 +187,7 @@ async def release(conn: asyncpg.Connection, selection: Selection, now: float) ->
     ids = [p[0] for p in picked]
     await conn.execute("UPDATE recipients SET state = $1, next_try = $2 "
                        "WHERE id = ANY($3::int8[])", QUEUED.value, now, ids)
-    await _log_changes(conn, ids, now)
+    await log_changes(conn, ids, now)
     return _changed(picked)
 
 
@@ -190,7 +197,7 @@ async def requeue(conn: asyncpg.Connection, selection: Selection, now: float) ->
     ids = [p[0] for p in picked]
     await conn.execute("UPDATE recipients SET next_try = $1 WHERE id = ANY($2::int8[])",
                        now, ids)
-    await _log_changes(conn, ids, now)
+    await log_changes(conn, ids, now)
     return _changed(picked)
 
 

@@ -22,6 +22,7 @@ serves the daemon's loop and CLI commands alike.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator, Callable, Coroutine, Sequence
 
 import asyncpg
@@ -219,7 +220,10 @@ class PostgresQueue:
                 await conn.execute(
                     "SELECT 1 FROM messages WHERE id IN (SELECT message_id FROM recipients "
                     "WHERE id = ANY($1::int8[])) ORDER BY id FOR UPDATE", ids)
-                await _apply_updates(conn, owner, updates)
+                requeued = await _apply_updates(conn, owner, updates)
+                # In the change log, so that every node knows them again (a node
+                # whose claim lost to this one dropped them from its scheduler).
+                await views.log_changes(conn, requeued, time.time())
                 await conn.execute("UPDATE messages SET warned = true WHERE id = ANY($1::int8[])",
                                    list(warned))
                 entries = [e for batch in (await insert_messages(conn, dsns, owner)
@@ -271,12 +275,16 @@ class PostgresQueue:
                 "SELECT DISTINCT lease_owner FROM recipients WHERE state = $1", CLAIMED)]
             silent = await self.nodes.silent()
             dead = [o for o in owners if o in silent or not is_alive(o)]
-            status = await self._pool.execute(
-                "UPDATE recipients SET state = $1, lease_owner = NULL, lease_until = NULL, "
-                "uncertain = true, next_try = least(next_try, $2) "
-                "WHERE state = $3 AND (lease_owner = ANY($4::text[]) OR lease_until < $2)",
-                QUEUED, now, CLAIMED, dead)
-            return int(status.split()[-1])
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "UPDATE recipients SET state = $1, lease_owner = NULL, lease_until = NULL, "
+                    "uncertain = true, next_try = least(next_try, $2) "
+                    "WHERE state = $3 AND (lease_owner = ANY($4::text[]) OR lease_until < $2) "
+                    "RETURNING id", QUEUED, now, CLAIMED, dead)
+                # Every node must see them again, not only this one: a node that
+                # lost an ETRN's claim to the dead one has forgotten them.
+                await views.log_changes(conn, [row[0] for row in rows], now)
+            return len(rows)
         return await self._call(op())
 
     async def release_claims(self, owner: str) -> int:
@@ -435,8 +443,11 @@ def _claim_result(rows: list, infos: list, not_due: list) -> ClaimResult:
 
 
 async def _apply_updates(conn: asyncpg.Connection, owner: str,
-                         updates: Sequence[RecipientUpdate]) -> None:
-    """Write each outcome held by `owner`: final state, or QUEUED again with its next try."""
+                         updates: Sequence[RecipientUpdate]) -> list[int]:
+    """Write each outcome held by `owner`: final state, or QUEUED again with its next try.
+
+    Returns the ids of the recipients queued again.
+    """
     ids, states, attempted, errors, next_tries = [], [], [], [], []
     for update in updates:
         outcome = update.outcome
@@ -451,15 +462,16 @@ async def _apply_updates(conn: asyncpg.Connection, owner: str,
         else:
             states.append(QUEUED)
             attempted.append(int(outcome.attempted))
-    await conn.execute(
+    rows = await conn.fetch(
         "UPDATE recipients r SET state = u.state, lease_owner = NULL, lease_until = NULL, "
         "attempts = r.attempts + u.attempted, last_error = u.error, "
         "next_try = coalesce(u.next_try, r.next_try), "
         "uncertain = CASE WHEN u.next_try IS NULL THEN r.uncertain ELSE false END "
         "FROM unnest($1::int8[], $2::text[], $3::int[], $4::text[], $5::float8[]) "
         "AS u(id, state, attempted, error, next_try) "
-        "WHERE r.id = u.id AND r.lease_owner = $6 AND r.state = $7",
+        "WHERE r.id = u.id AND r.lease_owner = $6 AND r.state = $7 RETURNING r.id, r.state",
         ids, states, attempted, errors, next_tries, owner, CLAIMED)
+    return [row[0] for row in rows if row[1] == QUEUED]
 
 
 async def _drop_finished(conn: asyncpg.Connection, finished: list[int]) -> list[str]:
