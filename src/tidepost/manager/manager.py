@@ -95,6 +95,7 @@ class Manager(RouteStates):
         self._last_change = 0  # the queue's change log, read up to here
         self._daemon = False
         self._loaded = False  # the daemon has read the hold states
+        self._ready = asyncio.Event()  # set once the daemon's scheduler holds the queue
         self._report = FlushReport()
         self._dispatcher: Dispatcher | None = None
         self._route_cause: dict[str, tuple[float, str]] = {}
@@ -220,6 +221,7 @@ class Manager(RouteStates):
         gone from the scheduler, so nothing is delivered twice.
         """
         pattern = "." + domain if subdomains else domain
+        await self._until_loaded()
         await self.catch_up()
         entries = self._take_held(route, [pattern])
         if entries and self._dispatcher is not None:
@@ -235,6 +237,7 @@ class Manager(RouteStates):
         jobs run one after another on it instead of through the dispatcher.
         Claims make a concurrent ETRN or flush skip these recipients.
         """
+        await self._until_loaded()
         await self.catch_up()
         result = await self._claim(self._take_held(route, patterns), force=True)
         count = 0
@@ -252,6 +255,15 @@ class Manager(RouteStates):
         return count
 
     # -- daemon internals ---------------------------------------------------
+
+    async def _until_loaded(self) -> None:
+        """Wait for the daemon's first read of the queue (an ETRN right after start).
+
+        The SMTP port opens before the queue is loaded: an ETRN answered from
+        an empty scheduler would start nothing for mail that is held.
+        """
+        if self._daemon:
+            await self._ready.wait()
 
     async def _load(self) -> None:
         """Recover dead runners' leases, apply holds, fill the scheduler."""
@@ -273,6 +285,7 @@ class Manager(RouteStates):
         for entry in entries:
             self.scheduler.insert(entry)
         self._loaded = True
+        self._ready.set()
         log.info("queue loaded: %d recipients", len(entries))
 
     async def _schedule_once(self, stopping: asyncio.Event) -> None:
