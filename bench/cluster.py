@@ -203,7 +203,9 @@ class Environment:
         self.base = base
         self.pg = PrivateCluster().start()
         self.dns_port = free_port()
-        zone = ["test. 300 MX 10 mx.test.", "mx.test. 300 A 127.0.0.1"]
+        # A redirect zone answers every name below test. with the apex's data:
+        # each customer domain's MX is "test.", whose address is 127.0.0.1.
+        zone = ["test. 300 MX 10 test.", "test. 300 A 127.0.0.1"]
         folder = base / "dns"
         folder.mkdir()
         config = unbound_config(folder, zone, port=self.dns_port).read_text()
@@ -336,17 +338,20 @@ def measure_large(env: Environment, args) -> list[tuple[str, float]]:
             (f"ETRN cust1.test, all {domain_count} delivered", last_seconds)]
 
 
-def print_rows(rows: list[Row]) -> None:
-    print(f"{'run':<26}{'nodes':>6}{'messages':>10}{'seconds':>10}{'msg/s':>10}{'ratio':>8}")
-    reference: dict[str, float] = {}
-    for row in rows:
-        kind = row.what.split(" sqlite")[0].split(" postgresql")[0]
-        if row.what.endswith("sqlite"):
-            reference[kind] = row.rate
-        base = reference.get(kind)
-        ratio = f"{row.rate / base:.2f}" if base else "-"
-        print(f"{row.what:<26}{row.nodes:>6}{row.count:>10}{row.seconds:>10.2f}"
-              f"{row.rate:>10.1f}{ratio:>8}")
+HEADER = f"{'run':<26}{'nodes':>6}{'messages':>10}{'seconds':>10}{'msg/s':>10}{'ratio':>8}"
+
+
+def print_row(row: Row, rows: list[Row]) -> None:
+    """One line as soon as it is measured; ratio: against the SQLite node's same run."""
+    kind = row.what.rsplit(" ", 1)[0]
+    base = next((r.rate for r in rows if r.what == f"{kind} sqlite"), None)
+    ratio = f"{row.rate / base:.2f}" if base else "-"
+    print(f"{row.what:<26}{row.nodes:>6}{row.count:>10}{row.seconds:>10.2f}"
+          f"{row.rate:>10.1f}{ratio:>8}", flush=True)
+
+
+def print_scaling(rows: list[Row]) -> None:
+    """N PostgreSQL nodes against one."""
     by = {(r.what, r.nodes): r.rate for r in rows}
     for kind in ("accept", "ETRN flush"):
         one = by.get((f"{kind} postgresql", 1))
@@ -356,7 +361,13 @@ def print_rows(rows: list[Row]) -> None:
                       f"{by[(f'{kind} postgresql', nodes)] / one:.2f}")
 
 
+def on_sigterm(signum, frame) -> None:
+    """SIGTERM ends the run through the finally clauses that stop every process."""
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000, help="messages accepted per run")
     parser.add_argument("--clients", type=int, default=20, help="SMTP clients per node")
@@ -382,14 +393,14 @@ def main() -> int:
           f"{len(body)} bytes, {args.clients} clients per node; PostgreSQL "
           f"{env.pg.bin.parent.name} on this machine (fsync on)", flush=True)
     try:
+        print(HEADER, flush=True)
         for kind, measure in (("accept", measure_accept), ("flush", measure_flush)):
             if kind in skip:
                 continue
-            rows.append(measure(env, "sqlite", 1, args, body))
-            for nodes in counts:
-                print(f"  {kind}: {nodes} PostgreSQL node(s)...", file=sys.stderr)
-                rows.append(measure(env, "postgresql", nodes, args, body))
-        print_rows(rows)
+            for backend, nodes in [("sqlite", 1)] + [("postgresql", n) for n in counts]:
+                rows.append(measure(env, backend, nodes, args, body))
+                print_row(rows[-1], rows)
+        print_scaling(rows)
         if args.large:
             print(f"\nlarge queue: {args.large} held messages in PostgreSQL, 1 node")
             for what, seconds in measure_large(env, args):

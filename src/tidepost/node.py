@@ -141,7 +141,8 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    relay = RelayRole(config, parts.manager, parts.router, parts.submission, SystemClock())
+    relay = RelayRole(config, parts.manager, parts.router, parts.submission, SystemClock(),
+                      queue=parts.queue)
 
     def on_hangup() -> None:
         _reload(parts, loop)
@@ -156,6 +157,7 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     size = config.smtp.max_message_size
     submit = SubmitSocket(spool.submit_socket(config.spool_path), local, size)
     maildrop = Maildrop(spool.maildrop(config.spool_path), local, size)
+    parts.manager.serving = True  # ETRN before the queue is loaded waits for it
     await server.start(startup.bound)
     await relay.start(tls_context, startup.bound)
     parts.manager.drains.probes = drain_probes(parts, relay, server)

@@ -169,3 +169,19 @@ def test_a_25_mb_body_comes_back_whole(nodes):
 def test_an_unreachable_database_is_a_queue_error():
     with pytest.raises(QueueError, match="cannot open the queue database"):
         PostgresQueue("postgresql://nobody@127.0.0.1:9/none")
+
+
+def test_an_etrn_budget_is_shared_by_the_nodes(nodes):
+    from tidepost.smtp_server.cluster_ratelimit import ClusterRateLimiter
+    first, second = nodes(owner="mx1:1:1"), nodes(owner="mx2:2:2")
+
+    async def spread():
+        here = ClusterRateLimiter(first, "etrn", 3)
+        there = ClusterRateLimiter(second, "etrn", 3)
+        granted = [here.allow("192.0.2.7"), here.allow("192.0.2.7")]
+        await asyncio.sleep(0.2)  # the background writes
+        await there.refresh()
+        granted += [there.allow("192.0.2.7"), there.allow("192.0.2.7"),
+                    there.allow("198.51.100.1")]
+        return granted
+    assert run(spread()) == [True, True, True, False, True]  # 3 a minute, wherever asked

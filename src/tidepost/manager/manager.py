@@ -96,6 +96,9 @@ class Manager(RouteStates):
         self._daemon = False
         self._loaded = False  # the daemon has read the hold states
         self._ready = asyncio.Event()  # set once the daemon's scheduler holds the queue
+        # Set by the node before its listeners open: `run` is coming, so an
+        # ETRN that arrives first waits for the queue to be read.
+        self.serving = False
         self._report = FlushReport()
         self._dispatcher: Dispatcher | None = None
         self._route_cause: dict[str, tuple[float, str]] = {}
@@ -262,7 +265,7 @@ class Manager(RouteStates):
         The SMTP port opens before the queue is loaded: an ETRN answered from
         an empty scheduler would start nothing for mail that is held.
         """
-        if self._daemon:
+        if self._daemon or self.serving:
             await self._ready.wait()
 
     async def _load(self) -> None:

@@ -6,9 +6,9 @@ group commit of fifty SMTP sessions costs a handful of round trips, not
 fifty times four.  `GroupCommit` is the writer: submits that arrive while a
 COMMIT is in progress wait and share the next one (as the SQLite store's
 writer thread does); synchronous_commit stays on, so a submit returns only
-after the WAL is flushed.  A batch that fails as a whole (a queue id in use)
-is retried one message at a time, each in its own savepoint, so that one
-bad message does not spoil the others.
+after the WAL is flushed.  A batch whose statement fails (a queue id in
+use) is retried one message at a time, each in its own transaction, so that
+one bad message does not spoil the others.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tidepost.queue.sqlite import new_queue_id
 
 QUEUED = RecipientState.QUEUED.value
 BATCH_LIMIT = 512  # messages per group commit
+WRITERS = 2        # group commits in progress at once
 
 INSERT = f"""
 WITH m AS (
@@ -102,14 +103,20 @@ async def insert_messages(conn: asyncpg.Connection, messages: Sequence[NewMessag
 
 
 class GroupCommit:
-    """Batches concurrent submits into shared transactions on one connection."""
+    """Batches concurrent submits into shared transactions.
+
+    WRITERS transactions may be in progress at once, on connections of
+    their own: while one waits for its COMMIT's WAL flush, the next batch is
+    already being inserted, and PostgreSQL flushes both commits together.
+    """
 
     def __init__(self, pool: asyncpg.Pool, notice: str):
         self._pool = pool
         self._notice = notice
         self._waiting: list[tuple[NewMessage, asyncio.Future]] = []
         self._wanted = asyncio.Event()
-        self._task = asyncio.ensure_future(self._run())
+        self._closing = False
+        self._tasks = [asyncio.ensure_future(self._run()) for _ in range(WRITERS)]
 
     async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
         """Queue `message` in the next group commit; returns after COMMIT."""
@@ -120,36 +127,41 @@ class GroupCommit:
 
     async def close(self) -> None:
         """Finish the batches waiting, then stop."""
-        self._waiting.append((None, None))  # type: ignore[arg-type]
+        self._closing = True
         self._wanted.set()
-        await self._task
+        await asyncio.gather(*self._tasks)
 
     async def _run(self) -> None:
         while True:
-            await self._wanted.wait()
-            self._wanted.clear()
-            while self._waiting:
-                batch, self._waiting = (self._waiting[:BATCH_LIMIT],
-                                        self._waiting[BATCH_LIMIT:])
-                stop = any(message is None for message, _ in batch)
-                batch = [(m, f) for m, f in batch if m is not None]
-                if batch:
-                    await self._commit(batch)
-                if stop:
+            while not self._waiting:
+                if self._closing:
                     return
+                self._wanted.clear()
+                await self._wanted.wait()
+            batch, self._waiting = self._waiting[:BATCH_LIMIT], self._waiting[BATCH_LIMIT:]
+            await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[NewMessage, asyncio.Future]]) -> None:
-        """One transaction for the batch; one at a time in savepoints if it fails."""
+        """One transaction for the batch; one transaction per message if the batch fails.
+
+        Only a statement's failure leads to the retry one by one: a failed
+        COMMIT fails the whole batch (451 to each client; the outcome of
+        that COMMIT is unknown, and retrying could store a message twice).
+        """
         results: list[tuple[object, BaseException | None]]
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
                 try:
-                    async with conn.transaction():
-                        values = await insert_messages(conn, [m for m, _ in batch], self._notice)
-                    results = [(v, None) for v in values]
+                    values = await insert_messages(conn, [m for m, _ in batch], self._notice)
                 except (asyncpg.PostgresError, AlreadyQueued):
+                    await transaction.rollback()
                     results = [await self._one(conn, message) for message, _ in batch]
-        except (asyncpg.PostgresError, OSError) as exc:
+                else:
+                    await transaction.commit()
+                    results = [(v, None) for v in values]
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             results = [(None, QueueError(f"queue write failed: {exc}"))] * len(batch)
         for (_, future), (value, error) in zip(batch, results):
             if future.done():
@@ -161,7 +173,7 @@ class GroupCommit:
 
     async def _one(self, conn: asyncpg.Connection,
                    message: NewMessage) -> tuple[object, BaseException | None]:
-        """Insert one message in a savepoint; its entries or its error."""
+        """Insert one message in a transaction of its own; its entries or its error."""
         try:
             async with conn.transaction():
                 return (await insert_messages(conn, [message], self._notice))[0], None

@@ -6,7 +6,8 @@ nodes on one database needs:
   that a node follows new mail by snapshot (QueueBackend.queued_since),
   which sequence numbers cannot do when transactions commit out of order;
 - `nodes`: each running node's lease owner and heartbeat (queue/pg_nodes.py);
-- `cluster_state`: small shared values (rate limits) keyed by name.
+- `turn_requests`: ETRN/ATRN requests granted, for budgets shared by the
+  nodes (smtp_server/cluster_ratelimit.py).
 Bodies live in their own table, each in one row that PostgreSQL TOASTs out
 of line: no scan of `messages` or `recipients` reads a body.
 
@@ -92,7 +93,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE turn_requests (
         kind   text NOT NULL,
         client text NOT NULL,
-        at     float8 NOT NULL
+        at     float8 NOT NULL,
+        owner  text NOT NULL
     );
     CREATE INDEX turn_requests_by_client ON turn_requests(kind, client, at);
     """,

@@ -46,6 +46,7 @@ CLAIMED = RecipientState.CLAIMED.value
 HELD = RecipientState.HELD.value
 FETCH = 2000          # rows per batch of a streamed listing
 POOL_SIZE = 8         # connections per node (the writer, claims, views, the listener)
+TURN_MEMORY = 3600.0   # seconds granted ETRN/ATRN requests are kept beyond the window
 INFO_COLUMNS = "m.id, m.queue_id, m.sender, m.arrival, m.size, m.body_type, m.smtputf8, m.warned"
 
 
@@ -106,6 +107,23 @@ class PostgresQueue:
     async def cluster_nodes(self) -> list[NodeRow]:
         """Every node of the cluster with its recipients in flight (`tidepost status`)."""
         return await self._call(self.nodes.rows())
+
+    async def note_turn(self, kind: str, client: str, at: float) -> None:
+        """Count one granted ETRN/ATRN request of `client` for the cluster's budget."""
+        await self._execute("INSERT INTO turn_requests(kind, client, at, owner) "
+                            "VALUES ($1, $2, $3, $4)", kind, client, at, self._owner)
+
+    async def turn_counts(self, kind: str, since: float) -> dict[str, int]:
+        """Requests per client that the other runners granted since `since`."""
+        async def op() -> dict[str, int]:
+            async with self._pool.acquire() as conn:
+                await conn.execute("DELETE FROM turn_requests WHERE at < $1",
+                                   since - TURN_MEMORY)
+                rows = await conn.fetch(
+                    "SELECT client, count(*) FROM turn_requests WHERE kind = $1 AND at > $2 "
+                    "AND owner <> $3 GROUP BY client", kind, since, self._owner)
+            return {row[0]: row[1] for row in rows}
+        return await self._call(op())
 
     # -- wake-ups -----------------------------------------------------------
 
