@@ -392,8 +392,8 @@ class Manager(RouteStates):
 
     def _take_held(self, route: str, patterns: list[str]) -> list[ScheduleEntry]:
         """Remove and return `route`'s entries for domains matching `patterns`."""
-        entries = [e for e in self.scheduler.entries_of_route(route)
-                   if any(domain_matches(e.domain, p) for p in patterns)]
+        entries = self.scheduler.entries_in_domains(
+            route, lambda domain: any(domain_matches(domain, p) for p in patterns))
         for entry in entries:
             self.scheduler.remove(entry.recipient_id)
         return entries
