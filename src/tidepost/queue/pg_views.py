@@ -218,9 +218,11 @@ async def changes_since(conn: asyncpg.Connection, change: int
                         ) -> tuple[int, list[ScheduleEntry]]:
     """The latest change number, and QUEUED recipients changed after `change`."""
     latest = await conn.fetchval("SELECT coalesce(max(id), 0) FROM changes")
+    # The ids first: a join with the change log could scan every recipient.
+    ids = [row[0] for row in await conn.fetch(
+        "SELECT DISTINCT recipient_id FROM changes WHERE id > $1 AND id <= $2", change, latest)]
     rows = await conn.fetch(
         "SELECT r.id, r.message_id, r.domain, r.next_try, m.size FROM recipients r "
-        "JOIN messages m ON m.id = r.message_id WHERE r.state = $1 AND r.id IN "
-        "(SELECT recipient_id FROM changes WHERE id > $2 AND id <= $3) ORDER BY r.id",
-        QUEUED.value, change, latest)
+        "JOIN messages m ON m.id = r.message_id WHERE r.state = $1 AND r.id = ANY($2::int8[]) "
+        "ORDER BY r.id", QUEUED.value, ids)
     return max(latest, change), [ScheduleEntry(*row) for row in rows]

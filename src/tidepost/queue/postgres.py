@@ -86,7 +86,11 @@ class PostgresQueue:
 
     async def _open(self, node: str, node_timeout: float) -> None:
         """On the store's loop: connect, migrate, start the writer and the node record."""
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=POOL_SIZE)
+        # Custom plans always: the queries' parameters (a snapshot's oldest
+        # transaction, a list of ids) decide between an index and a scan.
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=POOL_SIZE,
+            server_settings={"plan_cache_mode": "force_custom_plan"})
         async with self._pool.acquire() as conn:
             await migrate(conn)
         self._writer = GroupCommit(self._pool, self._owner or "cli")
@@ -276,9 +280,13 @@ class PostgresQueue:
                 if cursor is None:
                     condition, args = "true", []
                 else:
-                    condition = ("m.committed >= pg_snapshot_xmin($2::text::pg_snapshot) AND NOT "
-                                 "pg_visible_in_snapshot(m.committed, $2::text::pg_snapshot)")
-                    args = [cursor]
+                    # The lower bound as a value, not an expression, so that the
+                    # planner sees how few messages are that new and uses the index.
+                    oldest = await conn.fetchval(
+                        "SELECT pg_snapshot_xmin($1::text::pg_snapshot)::text", cursor)
+                    condition = ("m.committed >= $2::text::xid8 AND NOT "
+                                 "pg_visible_in_snapshot(m.committed, $3::text::pg_snapshot)")
+                    args = [oldest, cursor]
                 rows = await conn.fetch(
                     "SELECT r.id, r.message_id, r.domain, r.next_try, m.size FROM messages m "
                     "JOIN recipients r ON r.message_id = m.id "
