@@ -23,6 +23,7 @@ delivery.destination_concurrency, route.*.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -289,6 +290,10 @@ class Manager(RouteStates):
             self.scheduler.insert(entry)
         self._loaded = True
         self._ready.set()
+        # The entries just read live as long as their mail waits (a relay may
+        # hold 1,000,000): out of the cyclic collector's sight, whose full
+        # passes over them otherwise stall the daemon for seconds.
+        gc.freeze()
         log.info("queue loaded: %d recipients", len(entries))
 
     async def _schedule_once(self, stopping: asyncio.Event) -> None:
