@@ -57,6 +57,7 @@ from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconn
 from tidepost.smtp_server.rejections import log_reject, path_word
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Counters, Session, Transaction
+from tidepost.submission import transfers
 from tidepost.submission.submit import Submission
 
 log = logging.getLogger("tidepost.smtp_server")
@@ -243,7 +244,21 @@ class Conversation:
                     "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self._tls_available() and not self.session.tls:
             keywords.append("STARTTLS")
+        if self._xtidepost_features():
+            keywords.append(" ".join((transfers.EXTENSION, *self._xtidepost_features())))
         return keywords
+
+    def _xtidepost_features(self) -> tuple[str, ...]:
+        """The XTIDEPOST feature words this client may use (docs/EXTENSIONS.md).
+
+        TRANSFER only for clients whose transfers have a namespace
+        (relay_networks or authenticated) and when this node keeps keys.
+        """
+        features: tuple[str, ...] = ()
+        if self.submission.transfers is not None and transfers.namespace(
+                self.session.authenticated, self.session.may_relay) is not None:
+            features += (transfers.TRANSFER,)
+        return features
 
     def check_recipient(self, rcpt: Address) -> Reply:
         """Policy hook: the reply to RCPT TO for a parsed recipient."""
@@ -274,17 +289,21 @@ class Conversation:
         else:
             self.reply(S.helo_ok(self.config.hostname))
 
-    def smtp_MAIL(self, arg: str) -> None:
-        """MAIL FROM: start a transaction."""
+    async def smtp_MAIL(self, arg: str) -> None:
+        """MAIL FROM: start a transaction (paced while delivery is behind, inflow.py)."""
         if not self.session.helo:
             return self.reply(S.S503_HELO_FIRST)
         if self.transaction is not None:
             return self.reply(S.S503_NESTED_MAIL)
+        if self.submission.inflow is not None:
+            await self.submission.inflow.pace()
         self.note(sender=path_word(arg))
-        command = parse_mail(arg, self.limits.max_message_size)
+        command = parse_mail(arg, self.limits.max_message_size,
+                             transfers.TRANSFER in self._xtidepost_features())
         if isinstance(command, Reply):
             return self.reply(command)
-        self.transaction = Transaction(command.sender, command.body_type, command.smtputf8)
+        self.transaction = Transaction(command.sender, command.body_type, command.smtputf8,
+                                       transfer_id=command.transfer_id)
         self.reply(S.S250_SENDER_OK)
 
     def smtp_RCPT(self, arg: str) -> None:
@@ -389,3 +408,7 @@ class Conversation:
         else:
             self.counters.messages_rejected += 1
         self.reply(outcome)
+        if outcome.code == 250:
+            # Out at once, not behind commands the client pipelined after the
+            # dot: until it arrives the client may send a second copy.
+            await self.flush()
