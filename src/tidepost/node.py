@@ -34,7 +34,7 @@ from tidepost.manager.hangup import Probes
 from tidepost.manager.manager import Manager
 from tidepost.model import Envelope
 from tidepost.node_relay import RelayRole
-from tidepost.queue.backend import QueueBackend, open_queue
+from tidepost.queue.backend import QueueBackend, open_configured_queue
 from tidepost.queue.owner import this_runner
 from tidepost.resolver.cache import CACHE_FILE, CachedResolver, DnsCache
 from tidepost.resolver.resolver import Resolver
@@ -83,7 +83,8 @@ def build(config: Config, clock: Clock | None = None,
     """
     clock = clock or SystemClock()
     config.spool_path.mkdir(parents=True, exist_ok=True)
-    queue = open_queue(config.queue.backend, config.spool_path)
+    owner = this_runner()
+    queue = open_configured_queue(config, owner)
     router = Router(config)
     aliases = Aliases(config)
     meter = LinkMeter.for_spool(config.spool_path, clock)
@@ -91,7 +92,7 @@ def build(config: Config, clock: Clock | None = None,
     # the agents: the lambda looks `manager` up when it is called.
     agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route),
                           owner_writer=owner_writer, meter=meter)
-    manager = Manager(config, queue, router, agents, clock, this_runner(), meter=meter)
+    manager = Manager(config, queue, router, agents, clock, owner, meter=meter)
     inflow = InFlow(config.queue.in_flow_delay, manager.behind)
     manager.on_recorded = inflow.delivered
     submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued,
@@ -170,7 +171,8 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    relay = RelayRole(config, parts.manager, parts.router, parts.submission, SystemClock())
+    relay = RelayRole(config, parts.manager, parts.router, parts.submission, SystemClock(),
+                      queue=parts.queue)
 
     def on_hangup() -> None:
         _reload(parts, loop)
@@ -185,6 +187,7 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     size = config.smtp.max_message_size
     submit = SubmitSocket(spool.submit_socket(config.spool_path), local, size)
     maildrop = Maildrop(spool.maildrop(config.spool_path), local, size)
+    parts.manager.serving = True  # ETRN before the queue is loaded waits for it
     await server.start(startup.bound)
     await relay.start(tls_context, startup.bound)
     parts.manager.drains.probes = drain_probes(parts, relay, server)

@@ -40,6 +40,7 @@ from tidepost.smtp_client.turn import UpstreamPlan, UpstreamRequests
 from tidepost.smtp_server.credentials import Credentials, CredentialsError
 from tidepost.smtp_server.listeners import SmtpServer
 from tidepost.smtp_server.session import Conversation
+from tidepost.smtp_server.cluster_ratelimit import ClusterRateLimiter
 from tidepost.smtp_server.ratelimit import RateLimiter
 from tidepost.smtp_server.turn import TURN_WINDOW, RelayConversation, RelayServices
 from tidepost.submission.submit import Submission
@@ -53,7 +54,7 @@ class RelayRole:
     """The relay role's parts of one running node."""
 
     def __init__(self, config: Config, manager: Manager, router: Router,
-                 submission: Submission, clock: Clock):
+                 submission: Submission, clock: Clock, queue: Any = None):
         self.config = config
         self.clock = clock
         self.manager = manager
@@ -61,8 +62,10 @@ class RelayRole:
         self.submission = submission
         self.credentials = _load_credentials(config)
         # One budget each: an ETRN burst never refuses the same client's ATRN.
-        self.etrn_limiter = RateLimiter(config.relay.etrn_rate, TURN_WINDOW)
-        self.atrn_limiter = RateLimiter(config.relay.atrn_rate, TURN_WINDOW)
+        # In a cluster (a PostgreSQL queue), budgets the nodes share.
+        self.etrn_limiter = _limiter(queue, "etrn", config.relay.etrn_rate)
+        self.atrn_limiter = _limiter(queue, "atrn", config.relay.atrn_rate)
+        self._budgets: list[asyncio.Task] = []
         self.upstreams = UpstreamRequests(config.hostname, config.delivery, manager.meter)
         self._servers: list[SmtpServer] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -102,8 +105,8 @@ class RelayRole:
 
     def pending(self, patterns: list[str]) -> int:
         """Recipients held for `patterns` (ATRN: 453 when none)."""
-        return sum(1 for e in self.manager.scheduler.entries_of_route(CUSTOMERS_ROUTE)
-                   if any(domain_matches(e.domain, p) for p in patterns))
+        return len(self.manager.scheduler.entries_in_domains(
+            CUSTOMERS_ROUTE, lambda domain: any(domain_matches(domain, p) for p in patterns)))
 
     async def deliver_over(self, patterns: list[str], smtp: SmtpSession) -> int:
         """ATRN: deliver the held mail for `patterns` on the customer's connection."""
@@ -133,6 +136,9 @@ class RelayRole:
             await self.manager.hold(CUSTOMERS_ROUTE, "customer mail waits for its customer")
         if self.config.relay.customer_domains_file:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._budgets = [asyncio.get_running_loop().create_task(limiter.run())
+                         for limiter in (self.etrn_limiter, self.atrn_limiter)
+                         if isinstance(limiter, ClusterRateLimiter)]
         if self.active and self.config.relay.odmr_listen:
             smtp = dataclasses.replace(self.config.smtp, listen=self.config.relay.odmr_listen)
             server = SmtpServer(dataclasses.replace(self.config, smtp=smtp), self.submission,
@@ -158,9 +164,10 @@ class RelayRole:
         for server in self._servers:
             server.close()
             await server.wait_closed()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        for task in [self._watcher, *self._budgets]:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.upstreams.close()
 
     async def _watch(self) -> None:
@@ -195,3 +202,10 @@ def _load_credentials(config: Config) -> Credentials | None:
         return Credentials.load(config.relay.credentials_file)
     except CredentialsError as exc:
         raise ConfigError([f"relay.credentials_file: {exc}"]) from None
+
+
+def _limiter(queue: Any, kind: str, limit: int) -> RateLimiter | ClusterRateLimiter:
+    """The ETRN or ATRN budget: shared through the queue in a cluster, else this node's."""
+    if queue is not None and hasattr(queue, "note_turn"):
+        return ClusterRateLimiter(queue, kind, limit, TURN_WINDOW)
+    return RateLimiter(limit, TURN_WINDOW)

@@ -58,10 +58,14 @@ def final(outcome) -> RecipientUpdate:
     return RecipientUpdate(outcome, None)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgresql"])
 def queue(request, tmp_path):
     """Each queue store, opened by name as the daemon opens it."""
-    store = open_queue(request.param, tmp_path)
+    if request.param == "postgresql":
+        from tidepost.queue.postgres import PostgresQueue
+        store = PostgresQueue(request.getfixturevalue("pg_dsn"))
+    else:
+        store = open_queue(request.param, tmp_path)
     yield store
     run(store.close())
 

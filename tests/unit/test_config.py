@@ -119,3 +119,13 @@ def test_the_reserve_must_leave_connections_for_others():
     [problem] = problems("[smtp]\nmax_connections = 10\n")
     assert problem == ("site.toml:1: smtp.reserved_connections: 20 leaves no connection "
                        "for other clients (smtp.max_connections is 10)")
+
+
+def test_the_postgresql_queue_needs_a_database():
+    found = problems('[queue]\nbackend = "postgresql"\n')
+    assert found == ["site.toml:1: queue.dsn: backend postgresql needs the database "
+                     "(postgresql://user@host:port/database)"]
+    config = parse_config('[queue]\nbackend = "postgresql"\ndsn = "postgresql://t@db/t"\n'
+                          'node = "mx1"\nnode_timeout = "10s"\n', "site.toml")
+    assert (config.queue.dsn, config.queue.node, config.queue.node_timeout) == \
+        ("postgresql://t@db/t", "mx1", 10.0)

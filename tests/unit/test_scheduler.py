@@ -91,3 +91,17 @@ def test_take_route_returns_due_entries_even_while_held():
     assert queue.next_batch(20, 10) == Batch([entry(3, "lan.test", 10)])
     assert queue.take_route("uplink", 20) == [entry(1, "example.test", 10)]
     assert queue.is_held("uplink") and len(queue) == 1
+
+
+def test_entries_in_domains_finds_one_domains_entries_and_forgets_those_that_left():
+    queue = make_queue()
+    for rid, domain in enumerate(["a.example", "b.example", "a.example", "x.b.example"], 1):
+        queue.insert(entry(rid, domain, 100.0))
+    wanted = queue.entries_in_domains  # every domain here is on route uplink
+    assert [e.recipient_id for e in wanted("uplink", lambda d: d == "a.example")] == [1, 3]
+    assert wanted("lan", lambda d: d == "a.example") == []
+    queue.remove(1)
+    assert [e.recipient_id for e in wanted("uplink", lambda d: d == "a.example")] == [3]
+    batch = queue.next_batch(200.0, 10)  # handed out: no longer in the scheduler
+    assert isinstance(batch, Batch) and len(batch.entries) == 3
+    assert wanted("uplink", lambda d: True) == []

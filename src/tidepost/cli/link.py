@@ -20,7 +20,7 @@ from tidepost.cli.common import EX_NOPERM, add_config_option, config_or_exit, \
     spool_owner_or_exit, subcommand
 from tidepost.config.schema import Config
 from tidepost.control.client import request
-from tidepost.queue.backend import open_queue
+from tidepost.queue.backend import open_configured_queue
 from tidepost.cli.plan import show_plan
 from tidepost.cli.routes_view import ledger_table, read_snapshot, routes_table
 from tidepost.cli.usage import show_usage
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _set_offline(config: Config, route: str, held: bool) -> None:
     """Persist a hold state directly in the queue."""
-    queue = open_queue(config.queue.backend, config.spool_path)
+    queue = open_configured_queue(config)
     try:
         await queue.set_hold(route, held, time.time(), f"tidepost link {'down' if held else 'up'}")
     finally:

@@ -28,7 +28,7 @@ from rich.console import Console
 from tidepost.clock import SystemClock
 from tidepost.config.schema import Config
 from tidepost.errors import QueueError
-from tidepost.queue.backend import QueueBackend, open_queue
+from tidepost.queue.backend import QueueBackend, open_configured_queue
 from tidepost.resolver.cache import CACHE_FILE, DnsCache
 from tidepost.routing.plan import RoutePlan, plan_route, size_bounds
 from tidepost.routing.routes import Router
@@ -43,7 +43,7 @@ MAX_DNS_DOMAINS = 500  # domains whose cache entries are checked
 async def show_plan(config: Config, route: str, output: str) -> int:
     """Print the plan of `route`; 0."""
     router = Router(config)
-    queue = open_queue(config.queue.backend, config.spool_path)
+    queue = open_configured_queue(config)
     try:
         bounds = size_bounds(router)
         plan = plan_route(router, route, await queue.pending_summary(time.time(), bounds),

@@ -37,7 +37,7 @@ from tidepost.cli.queue_list import many
 from tidepost.cli.queue_view import QueueView, span
 from tidepost.config.schema import Config
 from tidepost.control.client import request
-from tidepost.queue.backend import QueueBackend, open_queue
+from tidepost.queue.backend import QueueBackend, open_configured_queue
 from tidepost.model import RecipientState
 from tidepost.queue.selection import EVERY_STATE, UNDELIVERED, Changed, Condition, Selection
 from tidepost.submission.headers import header_section
@@ -66,7 +66,7 @@ async def change(config: Config, action: str, filters: Filters, by: str = "") ->
     takes it before it may have become the spool's account.
     """
     setup_logging(config)
-    queue = open_queue(config.queue.backend, config.spool_path)
+    queue = open_configured_queue(config)
     try:
         view = await read_view(queue, config)
         selection = await selection_for(queue, view, filters)
@@ -109,7 +109,7 @@ def _report(action: str, changed: list[Changed], idle: list[str], unknown: list[
 
 async def show_messages(config: Config, queue_ids: list[str], body: bool) -> int:
     """Print each named message; exit 1 when one is not in the queue."""
-    queue = open_queue(config.queue.backend, config.spool_path)
+    queue = open_configured_queue(config)
     status = 0
     try:
         view = await read_view(queue, config)

@@ -28,7 +28,7 @@ from typing import TextIO
 from tidepost.cli.queue_filters import Filters, read_view, selection_for
 from tidepost.cli.queue_view import QueueView, span
 from tidepost.config.schema import Config
-from tidepost.queue.backend import QueueRow, open_queue
+from tidepost.queue.backend import QueueRow, open_configured_queue
 
 MIN_WIDTH = 80
 ELLIPSIS = "…"
@@ -217,7 +217,7 @@ class JsonWriter(Writer):
             "arrival": row.arrival, "size": row.size, "route": route, "state": shown.value,
             "state_text": text, "stored_state": row.state, "attempts": row.attempts,
             "next_try": row.next_try, "last_error": row.last_error,
-            "recipient_id": row.recipient_id}))
+            "recipient_id": row.recipient_id, "node": row.node}))
 
     def finish(self, everything: bool) -> None:
         """Nothing closes a JSON-lines stream but the last lines."""
@@ -228,7 +228,7 @@ async def list_queue(config: Config, filters: Filters, as_json: bool = False,
                      count_only: bool = False, out: TextIO | None = None) -> int:
     """Print the selected recipients (or their number); exit 0."""
     out = out or sys.stdout
-    queue = open_queue(config.queue.backend, config.spool_path)
+    queue = open_configured_queue(config)
     try:
         view = await read_view(queue, config)
         selection = await selection_for(queue, view, filters)

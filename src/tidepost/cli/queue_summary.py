@@ -23,7 +23,7 @@ from tidepost.cli.queue_filters import Filters, read_view, selection_for
 from tidepost.cli.queue_list import output_width, shorten
 from tidepost.cli.queue_view import QueueView
 from tidepost.config.schema import Config
-from tidepost.queue.backend import open_queue
+from tidepost.queue.backend import open_configured_queue
 from tidepost.queue.selection import Tally
 
 MINUTE = 60.0
@@ -83,7 +83,7 @@ async def summarise(config: Config, filters: Filters, by: str = "domain", top: i
                     out: TextIO | None = None) -> int:
     """Print the summary table; exit 0."""
     out = out or sys.stdout
-    queue = open_queue(config.queue.backend, config.spool_path)
+    queue = open_configured_queue(config)
     try:
         view = await read_view(queue, config)
         selection = await selection_for(queue, view, filters)

@@ -79,7 +79,8 @@ class QueueView:
         `route` is the recipient's route when the caller has it already.
         """
         if row.state == _CLAIMED:
-            return Shown.IN_FLIGHT, "in flight"
+            # A cluster's listing names the node delivering it (queue/postgres.py).
+            return Shown.IN_FLIGHT, f"in flight ({row.node})" if row.node else "in flight"
         if row.state == _HELD:
             return Shown.HELD, "held (message)"
         route = route or self.route_of(row.domain, row.size)

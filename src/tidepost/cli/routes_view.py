@@ -16,7 +16,7 @@ from rich.table import Table
 from tidepost.cli.queue_view import QueueView, size_bounds, span
 from tidepost.config.schema import CUSTOMERS_ROUTE, Config
 from tidepost.manager.gates import RouteGates
-from tidepost.queue.backend import HoldState, open_queue
+from tidepost.queue.backend import HoldState, open_configured_queue
 from tidepost.queue.selection import Selection, Tally
 from tidepost.routing.ledger import last_activations
 from tidepost.routing.routes import Router
@@ -84,7 +84,7 @@ class Snapshot:
 async def read_snapshot(config: Config) -> Snapshot:
     """Read holds and per-domain counts, closing the queue again."""
     router = Router(config)
-    queue = open_queue(config.queue.backend, config.spool_path)
+    queue = open_configured_queue(config)
     try:
         holds = await queue.holds()
         tallies = await queue.tally(Selection(), "domain", size_bounds(config))

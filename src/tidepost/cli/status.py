@@ -22,6 +22,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from tidepost.cli.cluster_view import nodes_table, read_nodes
 from tidepost.cli.common import add_config_option, config_or_exit, spool_owner_or_exit, \
     subcommand
 from tidepost.cli.queue_view import span
@@ -59,10 +60,13 @@ async def show(config: Config, as_json: bool = False) -> int:
     """Routes, customer domains (on a relay), the DNS cache and the ledger."""
     snap = await read_snapshot(config)
     cache = read_statistics(config.spool_path / CACHE_FILE, snap.now)
+    nodes = await read_nodes(config) if config.queue.backend == "postgresql" else []
     if as_json:
-        print(json.dumps(status_document(config, snap, cache), indent=1))
+        print(json.dumps({**status_document(config, snap, cache), "nodes": nodes}, indent=1))
         return 0
     console = Console()
+    if nodes:
+        console.print(nodes_table(nodes, snap.now))
     console.print(routes_table(snap))
     if snap.router.customers:
         console.print(_customers_table(customer_states(config, snap), snap.now))

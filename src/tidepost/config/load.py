@@ -147,6 +147,9 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
         builder.error("smtp.reserved_connections",
                       f"{smtp.reserved_connections} leaves no connection for other clients "
                       f"(smtp.max_connections is {smtp.max_connections})")
+    if config.queue.backend == "postgresql" and not config.queue.dsn:
+        builder.error("queue.dsn", "backend postgresql needs the database "
+                      "(postgresql://user@host:port/database)")
     relay = _relay(config.relay, builder)
     if relay.customer_domains or relay.customer_domains_file:
         routes = (*routes, CUSTOMERS)

@@ -136,7 +136,17 @@ class QueueConfig:
     """[queue]: the durable store and retry policy."""
 
     backend: str = field(default="sqlite", metadata=meta(
-        "queue store", choices=("sqlite", "memory")))
+        "queue store: sqlite (one node, in the spool), postgresql (a cluster of nodes "
+        "on one database, docs/CLUSTER.md), memory (tests)",
+        choices=("sqlite", "memory", "postgresql")))
+    dsn: str = field(default="", metadata=meta(
+        "backend postgresql: the database, as a libpq URI "
+        "(postgresql://user@host:port/database); required for that backend"))
+    node: str = field(default="", metadata=meta(
+        "backend postgresql: this node's name in `tidepost status` (default: the host name)"))
+    node_timeout: float = field(default=30.0, metadata=meta(
+        "backend postgresql: a node silent this long is dead and its deliveries in flight "
+        "return to the other nodes", low=3, high=3600, kind="duration"))
     lifetime: float = field(default=5 * 86400.0, metadata=meta(
         "give up and bounce after this long in the queue", low=60, kind="duration"))
     delay_warning: float = field(default=4 * 3600.0, metadata=meta(

@@ -23,6 +23,7 @@ delivery.destination_concurrency, route.*.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -38,6 +39,7 @@ from tidepost.manager.gates import RouteGates
 from tidepost.manager.hangup import DrainWatch
 from tidepost.manager.notices import Notices, SizeNotices
 from tidepost.manager.route_states import RouteStates
+from tidepost.manager.watch import QueueWatch
 from tidepost.manager.settle import add_dsns, settle
 from tidepost.model import DeliveryJob, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
@@ -95,11 +97,15 @@ class Manager(RouteStates):
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
         self._warned: set[int] = set()
-        self._last_seen_id = 0
+        self._watch = QueueWatch(queue)  # new mail from other processes and nodes
         self._transfers_swept = float("-inf")  # when old transfer keys were last dropped
         self._last_change = 0  # the queue's change log, read up to here
         self._daemon = False
         self._loaded = False  # the daemon has read the hold states
+        self._ready = asyncio.Event()  # set once the daemon's scheduler holds the queue
+        # Set by the node before its listeners open: `run` is coming, so an
+        # ETRN that arrives first waits for the queue to be read.
+        self.serving = False
         self._report = FlushReport()
         self._dispatcher: Dispatcher | None = None
         self._route_cause: dict[str, tuple[float, str]] = {}
@@ -227,6 +233,7 @@ class Manager(RouteStates):
         gone from the scheduler, so nothing is delivered twice.
         """
         pattern = "." + domain if subdomains else domain
+        await self._until_loaded()
         await self.catch_up()
         entries = self._take_held(route, [pattern])
         if entries and self._dispatcher is not None:
@@ -242,6 +249,7 @@ class Manager(RouteStates):
         jobs run one after another on it instead of through the dispatcher.
         Claims make a concurrent ETRN or flush skip these recipients.
         """
+        await self._until_loaded()
         await self.catch_up()
         result = await self._claim(self._take_held(route, patterns), force=True)
         count = 0
@@ -260,6 +268,15 @@ class Manager(RouteStates):
 
     # -- daemon internals ---------------------------------------------------
 
+    async def _until_loaded(self) -> None:
+        """Wait for the daemon's first read of the queue (an ETRN right after start).
+
+        The SMTP port opens before the queue is loaded: an ETRN answered from
+        an empty scheduler would start nothing for mail that is held.
+        """
+        if self._daemon or self.serving:
+            await self._ready.wait()
+
     async def _load(self) -> None:
         """Recover dead runners' leases, apply holds, fill the scheduler."""
         now = self._clock.now()
@@ -276,11 +293,15 @@ class Manager(RouteStates):
         await self.caps.load()
         # Before the walk: a change made meanwhile is then read twice, never missed.
         self._last_change, _ = await self._queue.changes_since(0)
-        entries = await self._queue.walk()
+        entries = await self._watch.everything()
         for entry in entries:
             self.scheduler.insert(entry)
-        self._last_seen_id = max((e.recipient_id for e in entries), default=0)
         self._loaded = True
+        self._ready.set()
+        # The entries just read live as long as their mail waits (a relay may
+        # hold 1,000,000): out of the cyclic collector's sight, whose full
+        # passes over them otherwise stall the daemon for seconds.
+        gc.freeze()
         log.info("queue loaded: %d recipients", len(entries))
 
     def _room(self) -> int:
@@ -345,13 +366,18 @@ class Manager(RouteStates):
 
     async def _poll_forever(self, stopping: asyncio.Event) -> None:
         """Pick up mail queued, and leases left, by other processes, every poll interval."""
+        await self._watch.listen()
         while not stopping.is_set():
-            await asyncio.sleep(self._config.queue.poll_interval)
+            heard = await self._watch.wait(self._config.queue.poll_interval)
             try:
                 await self._poll_new()
-                await self._poll_changes()
-                await self._recover_orphans()
-                await self._forget_old_transfers()
+                if not heard or heard & {"changes", "holds"}:
+                    await self._poll_changes()
+                if "holds" in heard:
+                    await self.follow_holds()
+                if not heard:  # on the timer only: notices come with every commit elsewhere
+                    await self._recover_orphans()
+                    await self._forget_old_transfers()
             except Exception:  # noqa: BLE001 - polling must go on
                 log.exception("polling the queue failed")
 
@@ -371,14 +397,12 @@ class Manager(RouteStates):
             await self._poll_new(since=0)
 
     async def _poll_new(self, since: int | None = None) -> None:
-        """Insert QUEUED recipients the scheduler has not seen yet."""
-        entries = await self._queue.entries_since(self._last_seen_id if since is None else since)
+        """Insert QUEUED recipients the scheduler has not seen yet (since=0: look at all)."""
+        entries = await (self._watch.news() if since is None else self._watch.everything())
         fresh = [e for e in entries
                  if e.recipient_id not in self.scheduler and e.recipient_id not in self._in_flight]
         for entry in fresh:
             self.scheduler.insert(entry)
-        if entries:
-            self._last_seen_id = max(self._last_seen_id, entries[-1].recipient_id)
         if fresh:
             self._wake.set()
 
@@ -403,8 +427,8 @@ class Manager(RouteStates):
 
     def _take_held(self, route: str, patterns: list[str]) -> list[ScheduleEntry]:
         """Remove and return `route`'s entries for domains matching `patterns`."""
-        entries = [e for e in self.scheduler.entries_of_route(route)
-                   if any(domain_matches(e.domain, p) for p in patterns)]
+        entries = self.scheduler.entries_in_domains(
+            route, lambda domain: any(domain_matches(domain, p) for p in patterns))
         for entry in entries:
             self.scheduler.remove(entry.recipient_id)
         return entries

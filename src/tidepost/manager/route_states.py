@@ -86,6 +86,23 @@ class RouteStates:
         self._wake.set()
         return count
 
+    async def follow_holds(self) -> None:
+        """Apply the route holds another node of a cluster stored (its NOTIFY said so).
+
+        Only this node's scheduler changes: the store already holds the state.
+        """
+        held = await self.held_routes()
+        for route in held - self._operator_held:
+            self._operator_held.add(route)
+            self.scheduler.hold(route)
+            log.info("route %s held by another node", route)
+        for route in self._operator_held - held:
+            self._operator_held.discard(route)
+            if route not in self.gates and not self.caps.holds(route):
+                self.scheduler.release(route, self._clock.now())
+            log.info("route %s released by another node", route)
+        self._wake.set()
+
     def due_on(self, route: str) -> int:
         """Mail on `route` that goes as soon as it can: due, claimed or in delivery."""
         if self.caps.holds(route) or route in self._operator_held:

@@ -14,8 +14,9 @@ which the store evaluates in its own query; listings are streamed, and
 each admin change is one transaction.  A recipient an admin holds is
 HELD: no claim hands it out until it is released.
 
-Implementations: `sqlite` (default, `queue/sqlite.py`) and `memory`
-(`queue/memory.py`, for tests and benchmarks).  The contract they share is
+Implementations: `sqlite` (default, `queue/sqlite.py`), `postgresql`
+(`queue/postgres.py`: several nodes on one database, docs/CLUSTER.md) and
+`memory` (`queue/memory.py`, for tests and benchmarks).  The contract they share is
 tests/contract/test_queue_backend.py.
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol, Sequence
 
 from tidepost.address import Address
+from tidepost.config.schema import Config
 from tidepost.errors import ConfigError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import Outcome
@@ -90,6 +92,7 @@ class QueueRow:
     last_error: str
     message_id: int
     recipient_id: int
+    node: str = ""   # in flight in a cluster: the node delivering it (else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,3 +280,23 @@ def open_queue(name: str, spool: Path) -> QueueBackend:
         from tidepost.queue.memory import MemoryQueue
         return MemoryQueue()
     raise ConfigError([f"queue.backend: unknown queue backend {name!r}"])
+
+
+def open_configured_queue(config: Config, owner: str = "") -> QueueBackend:
+    """The queue `config` names: the one place that opens the configured backend.
+
+    `owner` is given by a running node (`tidepost serve`): with PostgreSQL it
+    joins the cluster under that lease owner and keeps a heartbeat.  CLI
+    commands open the queue without one.
+    """
+    queue = config.queue
+    if queue.backend == "postgresql":
+        try:
+            from tidepost.queue.postgres import PostgresQueue
+        except ImportError:
+            raise ConfigError(["queue.backend: postgresql needs asyncpg "
+                               "(pip install 'tidepost[postgresql]')"]) from None
+        return PostgresQueue(queue.dsn, owner=owner,
+                             node=queue.node or config.hostname,
+                             node_timeout=queue.node_timeout)
+    return open_queue(queue.backend, config.spool_path)

@@ -41,10 +41,14 @@ class RamQueue:
         self._heap: list[tuple[float, int]] = []
         self._held_routes: set[str] = set()
         self._parked: dict[str, set[int]] = {}
+        # Recipient ids by domain: an ETRN for one domain costs that domain's
+        # entries, not a pass over the whole queue (1,000,000 held, say).
+        self._by_domain: dict[str, set[int]] = {}
 
     def insert(self, entry: ScheduleEntry) -> None:
         """Add or reschedule a recipient."""
         self._entries[entry.recipient_id] = entry
+        self._by_domain.setdefault(entry.domain, set()).add(entry.recipient_id)
         heapq.heappush(self._heap, (entry.next_try, entry.recipient_id))
 
     def remove(self, recipient_id: int) -> None:
@@ -53,6 +57,15 @@ class RamQueue:
         if entry is not None:
             route = self._route_of(entry) or ""
             self._parked.get(route, set()).discard(recipient_id)
+            self._forget_domain(entry)
+
+    def _forget_domain(self, entry: ScheduleEntry) -> None:
+        """Drop `entry` from the domain index (it left the scheduler)."""
+        ids = self._by_domain.get(entry.domain)
+        if ids is not None:
+            ids.discard(entry.recipient_id)
+            if not ids:
+                del self._by_domain[entry.domain]
 
     def __contains__(self, recipient_id: int) -> bool:
         return recipient_id in self._entries
@@ -94,10 +107,19 @@ class RamQueue:
                 self._parked.setdefault(route, set()).add(recipient_id)
                 continue
             del self._entries[recipient_id]
+            self._forget_domain(entry)
             due.append(entry)
         if due:
             return Batch(due)
         return Sleep(self._heap[0][0] - now if self._heap else None)
+
+    def entries_in_domains(self, route: str, wanted: Callable[[str], bool]
+                           ) -> list[ScheduleEntry]:
+        """Entries on `route` whose domain is `wanted`: O(domains + their entries)."""
+        found = [self._entries[i] for domain, ids in self._by_domain.items() if wanted(domain)
+                 for i in ids]
+        return sorted((e for e in found if self._route_of(e) == route),
+                      key=lambda e: e.recipient_id)
 
     def has_due(self, now: float) -> bool:
         """True when the earliest entry is due (it may be stale, or parked: a hint)."""

@@ -1,0 +1,185 @@
+"""Queueing messages in PostgreSQL: many messages in one statement, one COMMIT.
+
+`insert_messages` stores a batch of messages (with bodies, recipients and
+transfer keys) in a single statement built on `unnest` of arrays, so a
+group commit of fifty SMTP sessions costs a handful of round trips, not
+fifty times four.  `GroupCommit` is the writer: submits that arrive while a
+COMMIT is in progress wait and share the next one (as the SQLite store's
+writer thread does); synchronous_commit stays on, so a submit returns only
+after the WAL is flushed.  A batch whose statement fails (a queue id in
+use) is retried one message at a time, each in its own transaction, so that
+one bad message does not spoil the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import asyncpg
+
+from tidepost.errors import AlreadyQueued, QueueError
+from tidepost.model import RecipientState, ScheduleEntry
+from tidepost.queue.backend import NewMessage
+from tidepost.queue.pg_views import NOTICE_CHANNEL
+from tidepost.queue.sqlite import new_queue_id
+
+QUEUED = RecipientState.QUEUED.value
+BATCH_LIMIT = 512  # messages per group commit
+WRITERS = 2        # group commits in progress at once
+
+INSERT = f"""
+WITH m AS (
+    INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::int8[], $5::text[],
+                         $6::bool[])
+    RETURNING id, queue_id, size
+), b AS (
+    INSERT INTO bodies(message_id, body)
+    SELECT m.id, x.body FROM unnest($1::text[], $7::bytea[]) AS x(queue_id, body)
+    JOIN m USING (queue_id)
+), t AS (
+    INSERT INTO transfers(key, queue_id, received)
+    SELECT * FROM unnest($8::text[], $9::text[], $10::float8[])
+), r AS (
+    INSERT INTO recipients(message_id, local, domain, state, next_try)
+    SELECT m.id, x.local, x.domain, '{QUEUED}', x.next_try
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::float8[], $15::int[])
+         AS x(queue_id, local, domain, next_try, n)
+    JOIN m USING (queue_id) ORDER BY m.id, x.n
+    RETURNING id, message_id, domain, next_try
+)
+SELECT r.id, r.message_id, r.domain, r.next_try, m.size, m.queue_id
+FROM r JOIN m ON m.id = r.message_id CROSS JOIN (SELECT pg_notify('{NOTICE_CHANNEL}', $16)) n
+ORDER BY r.id
+"""
+
+
+def with_queue_id(message: NewMessage) -> NewMessage:
+    """The message with its queue id chosen, if submission left it empty."""
+    if message.queue_id:
+        return message
+    return NewMessage(message.sender, message.recipients, message.body, message.arrival,
+                      message.body_type, message.smtputf8, new_queue_id(),
+                      message.transfer_keys)
+
+
+async def known_transfers(conn: asyncpg.Connection, keys: Sequence[str]) -> dict[str, str]:
+    """{key: queue id} for the stored ones among `keys`."""
+    rows = await conn.fetch("SELECT key, queue_id FROM transfers WHERE key = ANY($1::text[])",
+                            list(keys))
+    return {row[0]: row[1] for row in rows}
+
+
+async def insert_messages(conn: asyncpg.Connection, messages: Sequence[NewMessage],
+                          notice: str = "queued") -> list[list[ScheduleEntry]]:
+    """Insert messages (queue ids chosen) in one statement; entries per message.
+
+    Transfer keys already stored raise AlreadyQueued before anything is written.
+    """
+    keys = [k for m in messages for k in m.transfer_keys]
+    if keys:
+        known = await known_transfers(conn, keys)
+        if known:
+            key, earlier = next(iter(known.items()))
+            raise AlreadyQueued(key, earlier)
+    rcpts = [(m.queue_id, r, n) for m in messages for n, r in enumerate(m.recipients)]
+    rows = await conn.fetch(
+        INSERT,
+        [m.queue_id for m in messages], [str(m.sender) for m in messages],
+        [m.arrival for m in messages], [len(m.body) for m in messages],
+        [m.body_type.value for m in messages], [m.smtputf8 for m in messages],
+        [m.body for m in messages],
+        keys, [m.queue_id for m in messages for _ in m.transfer_keys],
+        [m.arrival for m in messages for _ in m.transfer_keys],
+        [q for q, _, _ in rcpts], [r.local for _, r, _ in rcpts],
+        [r.domain for _, r, _ in rcpts],
+        [m.arrival for m in messages for _ in m.recipients],
+        [n for _, _, n in rcpts], notice)
+    entries: dict[str, list[ScheduleEntry]] = {m.queue_id: [] for m in messages}
+    for rid, mid, domain, next_try, size, queue_id in rows:
+        entries[queue_id].append(ScheduleEntry(rid, mid, domain, next_try, size))
+    return [entries[m.queue_id] for m in messages]
+
+
+class GroupCommit:
+    """Batches concurrent submits into shared transactions.
+
+    WRITERS transactions may be in progress at once, on connections of
+    their own: while one waits for its COMMIT's WAL flush, the next batch is
+    already being inserted, and PostgreSQL flushes both commits together.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, notice: str):
+        self._pool = pool
+        self._notice = notice
+        self._waiting: list[tuple[NewMessage, asyncio.Future]] = []
+        self._wanted = asyncio.Event()
+        self._closing = False
+        self._tasks = [asyncio.ensure_future(self._run()) for _ in range(WRITERS)]
+
+    async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
+        """Queue `message` in the next group commit; returns after COMMIT."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((with_queue_id(message), future))
+        self._wanted.set()
+        return await future
+
+    async def close(self) -> None:
+        """Finish the batches waiting, then stop."""
+        self._closing = True
+        self._wanted.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _run(self) -> None:
+        while True:
+            while not self._waiting:
+                if self._closing:
+                    return
+                self._wanted.clear()
+                await self._wanted.wait()
+            batch, self._waiting = self._waiting[:BATCH_LIMIT], self._waiting[BATCH_LIMIT:]
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[NewMessage, asyncio.Future]]) -> None:
+        """One transaction for the batch; one transaction per message if the batch fails.
+
+        Only a statement's failure leads to the retry one by one: a failed
+        COMMIT fails the whole batch (451 to each client; the outcome of
+        that COMMIT is unknown, and retrying could store a message twice).
+        """
+        results: list[tuple[object, BaseException | None]]
+        try:
+            async with self._pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    values = await insert_messages(conn, [m for m, _ in batch], self._notice)
+                except (asyncpg.PostgresError, AlreadyQueued):
+                    await transaction.rollback()
+                    results = [await self._one(conn, message) for message, _ in batch]
+                else:
+                    await transaction.commit()
+                    results = [(v, None) for v in values]
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            results = [(None, QueueError(f"queue write failed: {exc}"))] * len(batch)
+        for (_, future), (value, error) in zip(batch, results):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+    async def _one(self, conn: asyncpg.Connection,
+                   message: NewMessage) -> tuple[object, BaseException | None]:
+        """Insert one message in a transaction of its own; its entries or its error."""
+        try:
+            async with conn.transaction():
+                return (await insert_messages(conn, [message], self._notice))[0], None
+        except AlreadyQueued as exc:
+            return None, exc
+        except asyncpg.UniqueViolationError:
+            return None, QueueError(f"queue id {message.queue_id} is already in use")
+        except asyncpg.PostgresError as exc:
+            return None, QueueError(f"queue write failed: {exc}")
