@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from tidepost.config.schema import DeliveryConfig
 from tidepost.errors import ConnectFailed, TempFailure
 from tidepost.smtp_client.pipeline import Pipeline
-from tidepost.smtp_client.replies import SERVICE_NOT_AVAILABLE, Reply, read_reply
+from tidepost.smtp_client.replies import (MAX_REPLY_LINES, SERVICE_NOT_AVAILABLE, Reply,
+                                         read_reply)
 from tidepost.usage.wire import WireCounts, read_counts
 
 QUIT_TIMEOUT = 10.0  # seconds; a server slow to say goodbye costs us nothing
@@ -104,10 +105,11 @@ class SmtpSession:
         value = self.extensions.get("SIZE", "")
         return int(value) if value.isdigit() else 0
 
-    async def read_reply(self, timeout: float | None = None) -> Reply:
+    async def read_reply(self, timeout: float | None = None,
+                         max_lines: int = MAX_REPLY_LINES) -> Reply:
         """Read one reply; a 421 or any I/O failure raises TempFailure."""
         try:
-            reply = await read_reply(self.reader, timeout or self.command_timeout)
+            reply = await read_reply(self.reader, timeout or self.command_timeout, max_lines)
         except TempFailure as failure:
             self.broken = True
             raise TempFailure(failure.status, f"{failure.reason} with {self.peer}",

@@ -8,9 +8,10 @@ since every non-CRLF end-of-data variant contains one), NUL (554 5.6.0),
 a line over 1000 octets including CRLF (554 5.6.0).
 `client_info(session)` builds the `ClientInfo` the submission records in
 the Received header (protocol per RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA...).
-`submit_message(submission, transaction, body, session)` hands a message
-that passed them to the submission and returns the reply: 250 with the queue
-id only once it is committed, the submission's own refusal, or 451 4.3.0
+`submit_message(submission, transaction, body, session, transfer_keys)`
+hands a message that passed them to the submission and returns the reply:
+250 with the queue id only once it is committed (or when a transfer key
+shows it was queued before: XBATCH's exactly-once receipt), the submission's own refusal, or 451 4.3.0
 for any failure (the message is then not acknowledged).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+from tidepost.errors import AlreadyQueued
 from tidepost.model import Envelope
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.reader import MessageData
@@ -42,12 +44,15 @@ def content_problem(data: MessageData) -> Reply | None:
 
 
 async def submit_message(submission: Submission, transaction: Transaction, body: bytes,
-                         session: Session) -> Reply:
-    """Queue the message; the reply reflects its commit."""
+                         session: Session, transfer_keys: tuple[str, ...] = ()) -> Reply:
+    """Queue the message; the reply reflects its commit (a known transfer: 250 too)."""
     envelope = Envelope(transaction.sender, tuple(transaction.recipients),
                         transaction.body_type, transaction.smtputf8)
     try:
-        queue_id = await submission.submit(envelope, body, client_info(session))
+        keys = {"transfer_keys": transfer_keys} if transfer_keys else {}  # plain SMTP: none
+        queue_id = await submission.submit(envelope, body, client_info(session), **keys)
+    except AlreadyQueued as repeat:  # a repeat between tidepost nodes: acknowledged again
+        return S.queued(repeat.queue_id)
     except SubmissionRejected as exc:
         return S.rejected(exc.code, exc.status, exc.text)
     except Exception:

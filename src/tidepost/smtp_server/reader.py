@@ -15,6 +15,9 @@ a command or after end-of-data stay there for the next command.
   stay in the body and are reported as bare CR/LF for the caller to reject.
   Once the message certainly exceeds `max_size`, the body is dropped and only
   a 4-octet tail is kept to find the terminator.
+- `read_octets(n)` reads exactly n octets (an XBATCH chunk, docs/BATCH.md);
+  `examine(body, max_size)` reports the same problems as read_data for a
+  message that came as is, without dot-stuffing.
 
 Every read from the stream waits at most `idle_timeout` seconds (None: no
 limit) and then raises `TimeoutError`; a closed stream raises
@@ -30,6 +33,7 @@ must keep up `min_data_rate` octets/s over each `data_rate_window`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -202,6 +206,15 @@ class SmtpReader:
         start = asyncio.get_running_loop().time()
         return DataPace(self.min_data_rate, self.data_rate_window, start)
 
+    async def read_octets(self, count: int) -> bytes:
+        """Exactly `count` octets (an XBATCH chunk), at the DATA rate's pace."""
+        pace = self._pace()
+        while len(self._buffer) < count:
+            await self._fill_paced(pace)
+        octets = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return octets
+
     async def read_data(self, max_size: int) -> MessageData:
         """Read a DATA section up to CRLF "." CRLF; see the module docstring."""
         work = bytearray(b"\r\n")  # the CRLF that ended the DATA command
@@ -230,18 +243,22 @@ class SmtpReader:
 def inspect(raw: bytes, max_size: int) -> MessageData:
     """Dot-unstuff `raw` (which starts with CRLF) and report its problems."""
     body = raw.replace(b"\r\n.", b"\r\n")[2:]
-    raw = raw[2:]
-    crlf = raw.count(b"\r\n")
-    bare_cr = raw.count(b"\r") != crlf
-    bare_lf = raw.count(b"\n") != crlf
+    found = examine(raw[2:], max_size)  # the problems of the text as it was sent
+    return dataclasses.replace(found, body=body if len(body) <= max_size else b"",
+                               size=len(body), too_big=len(body) > max_size)
+
+
+def examine(body: bytes, max_size: int) -> MessageData:
+    """The problems of a message received as is (no dot-stuffing: XBATCH)."""
+    crlf = body.count(b"\r\n")
     return MessageData(
         body=body if len(body) <= max_size else b"",
         size=len(body),
         too_big=len(body) > max_size,
-        bare_cr=bare_cr,
-        bare_lf=bare_lf,
-        nul=b"\0" in raw,
-        long_line=_has_long_line(raw),
+        bare_cr=body.count(b"\r") != crlf,
+        bare_lf=body.count(b"\n") != crlf,
+        nul=b"\0" in body,
+        long_line=_has_long_line(body),
     )
 
 

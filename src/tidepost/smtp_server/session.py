@@ -51,9 +51,10 @@ from tidepost.smtp_server.access import AccessPolicy
 from tidepost.smtp_server.data import content_problem, submit_message
 from tidepost.smtp_server.outbox import Outbox, Writer
 from tidepost.smtp_server.parsing import parse_mail, parse_rcpt
+from tidepost.smtp_server.batch import BatchVerbs
 from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconnected,
                                          ClientTooSlow, CommandTimeout, LineTooLong,
-                                         SmtpReader)
+                                         MessageData, SmtpReader)
 from tidepost.smtp_server.rejections import log_reject, path_word
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Counters, Session, Transaction
@@ -75,7 +76,7 @@ def verb_name(word: bytes) -> str:
     return "UNKNOWN"
 
 
-class Conversation:
+class Conversation(BatchVerbs):
     """Serves one SMTP client over a stream and a writer."""
 
     def __init__(self, config: Config, submission: Submission, stream: ByteStream,
@@ -243,7 +244,14 @@ class Conversation:
                     "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self._tls_available() and not self.session.tls:
             keywords.append("STARTTLS")
+        features = self.xtidepost_features()
+        if features:  # tidepost-to-tidepost extensions, one keyword (docs/BATCH.md)
+            keywords.append(" ".join(["XTIDEPOST", *features]))
         return keywords
+
+    def xtidepost_features(self) -> list[str]:
+        """The feature words after XTIDEPOST in EHLO (none: no XTIDEPOST line)."""
+        return self.batch_features()
 
     def check_recipient(self, rcpt: Address) -> Reply:
         """Policy hook: the reply to RCPT TO for a parsed recipient."""
@@ -281,11 +289,18 @@ class Conversation:
         if self.transaction is not None:
             return self.reply(S.S503_NESTED_MAIL)
         self.note(sender=path_word(arg))
+        started = self.mail_verdict(arg)
+        if isinstance(started, Reply):
+            return self.reply(started)
+        self.transaction = started
+        self.reply(S.S250_SENDER_OK)
+
+    def mail_verdict(self, arg: str) -> Transaction | Reply:
+        """The transaction a MAIL argument starts, or its refusal (also for XBATCH)."""
         command = parse_mail(arg, self.limits.max_message_size)
         if isinstance(command, Reply):
-            return self.reply(command)
-        self.transaction = Transaction(command.sender, command.body_type, command.smtputf8)
-        self.reply(S.S250_SENDER_OK)
+            return command
+        return Transaction(command.sender, command.body_type, command.smtputf8)
 
     def smtp_RCPT(self, arg: str) -> None:
         """RCPT TO: add a recipient if the policy allows it."""
@@ -293,26 +308,31 @@ class Conversation:
         self.note(recipient=path_word(arg))
         if transaction is None:
             return self.reply(S.S503_MAIL_FIRST)
+        self.reply(self.rcpt_verdict(transaction, arg))
+
+    def rcpt_verdict(self, transaction: Transaction, arg: str) -> Reply:
+        """The reply to a RCPT argument; an accepted recipient joins `transaction`."""
         rcpt = parse_rcpt(arg)
         if isinstance(rcpt, Reply):
-            return self.reply(rcpt)
+            return rcpt
         if not rcpt.is_ascii and not transaction.smtputf8:
-            return self.reply(S.S553_NEEDS_SMTPUTF8)
+            return S.S553_NEEDS_SMTPUTF8
         if len(transaction.recipients) >= self.limits.max_recipients:
-            return self.reply(S.S452_TOO_MANY_RECIPIENTS)
+            return S.S452_TOO_MANY_RECIPIENTS
         verdict = self.check_recipient(rcpt)
         if verdict.code == 250:
             transaction.recipients.append(rcpt)
             self.counters.recipients_accepted += 1
         else:
             self.counters.recipients_rejected += 1
-        self.reply(verdict)
+        return verdict
 
     def smtp_RSET(self, arg: str) -> None:
         """RSET: abandon the transaction."""
         if arg:
             return self.reply(S.S501_SYNTAX)
         self.transaction = None
+        self.batch_reset()
         self.reply(S.S250_OK)
 
     def smtp_NOOP(self, arg: str) -> None:
@@ -380,12 +400,17 @@ class Conversation:
         await self.flush()
         data = await self._reader.read_data(self.limits.max_message_size)
         self._command = "end-of-data"
+        self.reply(await self.accept_message(transaction, data))
+
+    async def accept_message(self, transaction: Transaction, data: MessageData,
+                             transfer_keys: tuple[str, ...] = ()) -> Reply:
+        """Check a received message and queue it; the final reply (also for XBATCH)."""
         outcome = content_problem(data)
         if outcome is None:
             outcome = await submit_message(self.submission, transaction, data.body,
-                                           self.session)
+                                           self.session, transfer_keys)
         if outcome.code == 250:
             self.counters.messages_accepted += 1
         else:
             self.counters.messages_rejected += 1
-        self.reply(outcome)
+        return outcome

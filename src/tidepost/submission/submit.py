@@ -91,6 +91,10 @@ class Submission:
         """True when some route serves `domain`."""
         return self.router.route_of(domain) is not None
 
+    async def known_transfers(self, keys: list[str]) -> dict[str, str]:
+        """The queue ids of those transfer keys that are stored (a repeat's answer)."""
+        return await self._queue.known_transfers(keys)
+
     async def submit(self, envelope: Envelope, body: bytes, client: ClientInfo,
                      transfer_keys: tuple[str, ...] = ()) -> str:
         """Queue `body` for the envelope durably; return the queue id after commit.
