@@ -17,7 +17,8 @@ be decoded as soon as it has arrived while the dictionary is kept from one
 message to the next (that is where many small messages gain most).
 
 `BatchEncoder` builds the stream: `message(...)` yields compressed octets,
-`flush()` ends a chunk.  `BatchDecoder.feed(chunk)` yields `Event`s (Begin,
+`flush()` ends a chunk (or makes what zlib holds back visible, so that the
+sender can cut chunks of a given compressed size: `unflushed` counts it).  `BatchDecoder.feed(chunk)` yields `Event`s (Begin,
 Envelope, Data, End) and raises `StreamError` on anything malformed:
 a corrupt or truncated deflate stream, a line over LINE_LIMIT, a DATA piece
 over PIECE_LIMIT or past the message's declared total, a record out of
@@ -89,6 +90,7 @@ class BatchEncoder:
         self._zlib = zlib.compressobj(level)
         self.raw = 0          # uncompressed octets fed so far
         self.compressed = 0   # compressed octets produced so far
+        self.unflushed = 0    # uncompressed octets fed since the last flush
 
     def message(self, transfer_id: str, offset: int, body: bytes, mail: str,
                 rcpts: list[str], piece: int = PIECE_LIMIT // 4) -> Iterator[bytes]:
@@ -108,11 +110,13 @@ class BatchEncoder:
         """Everything fed so far, decodable by the receiver (the end of a chunk)."""
         out = self._zlib.flush(zlib.Z_SYNC_FLUSH)
         self.compressed += len(out)
+        self.unflushed = 0
         return out
 
     def _feed(self, data: bytes) -> bytes:
         """Compress `data`; what zlib gives back now (it may keep some)."""
         self.raw += len(data)
+        self.unflushed += len(data)
         out = self._zlib.compress(data)
         self.compressed += len(out)
         return out

@@ -9,7 +9,9 @@ from the server's outcome lines exactly as the SMTP replies would have
 been (transaction.reply_outcome): a refused RCPT bounces or defers that
 recipient, the final reply decides the rest.
 
-- A chunk goes out when it is full, or when nothing waits to be encoded and
+- A chunk goes out when it is full (within chunk_size / 8: zlib is flushed
+  every chunk_size / 8 raw octets, so it never holds more back than that),
+  or when nothing waits to be encoded and
   no chunk is waiting for its reply (an idle link gets what there is at once;
   a busy one gets fuller chunks).  At most MESSAGES_PER_CHUNK records end in
   one chunk, so that one reply stays small.
@@ -86,6 +88,9 @@ class BatchSender:
                  memory_budget: int = 4 * 1024 * 1024):
         self.session = session
         self.chunk_size = chunk_size
+        # Raw octets per DATA piece and between flushes: a chunk ends within a
+        # step of chunk_size, and blocks stay long enough to compress well.
+        self._step = max(1024, chunk_size // 8)
         self.memory_budget = memory_budget
         self.encoder = BatchEncoder()
         self.octets_resumed = 0            # octets not sent because the server held them
@@ -143,9 +148,12 @@ class BatchSender:
                 self.octets_resumed += item.sent_from
             self._take(item)
             for octets in self.encoder.message(item.transfer_id, item.sent_from, item.tx.body,
-                                               _mail_line(item.tx), _rcpt_lines(item.tx)):
+                                               _mail_line(item.tx), _rcpt_lines(item.tx),
+                                               piece=self._step):
                 pending += octets
-                if len(pending) >= self.chunk_size:
+                if self.encoder.unflushed >= self._step:
+                    pending += self.encoder.flush()  # zlib holds no more than a step back
+                if len(pending) >= self.chunk_size - self._step:
                     await self._send_chunk(pending, chunk)
                     pending, chunk = bytearray(), _ChunkSent()
             chunk.ended.append(item.transfer_id)
