@@ -94,6 +94,7 @@ class BatchSender:
         self.memory_budget = memory_budget
         self.encoder = BatchEncoder()
         self.octets_resumed = 0            # octets not sent because the server held them
+        self.messages = 0                  # records whose outcome arrived
         self._waiting: deque[_Outbound] = deque()
         self._flight: dict[str, _Outbound] = {}   # taken, outcome not yet known
         self._unready: deque[_Outbound] = deque()  # taken, on_taken not yet called
@@ -118,7 +119,12 @@ class BatchSender:
         return await item.done
 
     async def close(self) -> None:
-        """Stop the tasks; whatever still waits is Deferred."""
+        """Stop the tasks; whatever still waits is Deferred.  Logs what the stream carried."""
+        if self._tasks:
+            raw, compressed = self.encoder.raw, self.encoder.compressed
+            log.info("XTIDEPOST BATCH with %s: %d messages, %d octets sent as %d (%.0f%%), "
+                     "%d octets resumed", self.session.peer, self.messages, raw, compressed,
+                     100.0 * compressed / max(raw, 1), self.octets_resumed)
         self._fail(TempFailure("4.4.2", f"batch stream with {self.session.peer} closed"))
         for task in self._tasks:
             task.cancel()
@@ -220,6 +226,7 @@ class BatchSender:
         for transfer in chunk.ended:
             item = self._flight.pop(transfer, None)
             if item is not None and not item.done.done():
+                self.messages += 1
                 item.done.set_result(self._result(item, lines.get(transfer, [])))
 
     def _result(self, item: _Outbound, lines: list[tuple[str, Reply]]) -> TransactionResult:
