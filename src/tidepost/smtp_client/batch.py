@@ -253,13 +253,21 @@ class BatchSender:
             await loop  # type: ignore[misc]
         except TempFailure as failure:
             self._fail(failure)
-            self.session.close()
+            self._abort()
         except asyncio.CancelledError:
             raise
         except Exception as error:  # never leave a sender waiting for ever
             log.exception("batch stream with %s failed", self.session.peer)
             self._fail(TempFailure("4.3.0", f"internal error: {error!r}"))
-            self.session.close()
+            self._abort()
+
+    def _abort(self) -> None:
+        """Drop the connection at once: unacknowledged chunks are not worth the link
+        (the next session resumes), and a mended link must not carry them late."""
+        transport = getattr(self.session.writer, "transport", None)
+        if transport is not None:
+            transport.abort()
+        self.session.close()
 
     def _fail(self, failure: TempFailure) -> None:
         """Defer every transaction without an outcome; later sends defer at once."""
