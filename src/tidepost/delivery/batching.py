@@ -10,12 +10,17 @@ recipients, on_taken)` sends one transaction of a job on it, under the
 job's transfer id.  Jobs then overlap `DEPTH` deep: the dispatcher's gate
 is not needed for exactly-once, since the receiver recognises a repeated
 transfer id.  `close()` ends the sender; the caller says QUIT.
+`SharedBatches` lets an agent's sessions to one tidepost peer share one
+batch connection.
 Config keys read: delivery.batch_chunk_size, delivery.batch_window.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from tidepost.config.schema import DeliveryConfig
 from tidepost.model import DeliveryJob, QueuedRecipient
@@ -63,3 +68,62 @@ class BatchChannel:
         sender, self._sender = self._sender, None
         if sender is not None:
             await sender.close()
+
+
+class SharedBatches:
+    """Batch connections shared by an agent's sessions to one destination.
+
+    The dispatcher runs several workers per destination, each with its own
+    session; to a tidepost peer one connection carries them all (one
+    compressed stream, no competing TCP connections on a thin link).  While
+    nobody knows yet whether a destination speaks XTIDEPOST BATCH, its
+    sessions dial one at a time (`first_dial`); once one has found out, a
+    batch peer's connection is `shared` and the others `join` it, and a
+    plain SMTP peer's sessions dial in parallel as before.
+    """
+
+    def __init__(self) -> None:
+        self._shared: dict[tuple[str, ...], _Shared] = {}
+        self._plain: set[tuple[str, ...]] = set()
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+
+    def first_dial(self, key: tuple[str, ...]) -> asyncio.Lock | contextlib.nullcontext:
+        """What a session holds while it dials: a lock until the peer's kind is known."""
+        if key in self._plain:
+            return contextlib.nullcontext()
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def join(self, key: tuple[str, ...]) -> tuple[SmtpSession, BatchChannel] | None:
+        """The shared connection to `key` and its channel, if one is usable."""
+        shared = self._shared.get(key)
+        if shared is None or not shared.channel.usable(shared.smtp):
+            self._shared.pop(key, None)
+            return None
+        shared.users += 1
+        return shared.smtp, shared.channel
+
+    def found(self, key: tuple[str, ...], smtp: SmtpSession, channel: BatchChannel) -> None:
+        """A session dialled `key`: share it if it is a batch peer, else remember it is not."""
+        if channel.usable(smtp):
+            self._shared[key] = _Shared(smtp, channel, users=1)
+        else:
+            self._plain.add(key)
+            self._locks.pop(key, None)
+
+    def leave(self, key: tuple[str, ...], smtp: SmtpSession) -> bool:
+        """A session is done with `smtp`; True when it was the last (it closes it)."""
+        shared = self._shared.get(key)
+        if shared is None or shared.smtp is not smtp:
+            return True
+        shared.users -= 1
+        if shared.users > 0:
+            return False
+        del self._shared[key]
+        return True
+
+
+@dataclass(slots=True)
+class _Shared:
+    smtp: SmtpSession
+    channel: BatchChannel
+    users: int

@@ -53,7 +53,7 @@ from tidepost.clock import Clock
 from tidepost.config.schema import CUSTOMERS_ROUTE, DeliveryConfig, RouteConfig
 from tidepost.delivery.agent import Overlap
 from tidepost.delivery.batching import DEPTH as BATCH_DEPTH
-from tidepost.delivery.batching import BatchChannel
+from tidepost.delivery.batching import BatchChannel, SharedBatches
 from tidepost.errors import ConnectFailed, DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, Verdict, bounced, deferred, not_attempted
@@ -85,6 +85,7 @@ class SmtpAgent:
         self.is_held = is_held
         self.ledger = ledger
         self.meter = meter  # link accounting: bytes, connections, round trips per route
+        self.batches = SharedBatches()  # one connection per tidepost peer, for all workers
 
     def session(self, route: RouteConfig | None, nexthop: str) -> SmtpAgentSession:
         """A not yet connected session for `nexthop` on `route`."""
@@ -143,6 +144,8 @@ class SmtpAgentSession:
     async def close(self) -> None:
         """Say QUIT and drop the connection, if one is open; never raises."""
         smtp, self._smtp = self._smtp, None
+        if smtp is not None and not self.agent.batches.leave(self._key(), smtp):
+            return  # other sessions still send on this shared batch connection
         await self._batch.close()
         if smtp is not None:
             try:
@@ -238,12 +241,25 @@ class SmtpAgentSession:
             if self._smtp is not None and _usable(self._smtp):
                 return self._smtp
             if self._smtp is not None:
+                self.agent.batches.leave(self._key(), self._smtp)
                 self._smtp.close()
                 self._smtp = None
-            hops = await self._next_hops()
-            self._smtp = await self._dial(hops)
-            self._connections += 1
+            async with self.agent.batches.first_dial(self._key()):
+                joined = self.agent.batches.join(self._key()) if self._batch.enabled else None
+                if joined is not None:
+                    self._smtp, self._batch = joined
+                    return self._smtp
+                hops = await self._next_hops()
+                self._smtp = await self._dial(hops)
+                self._connections += 1
+                if self._batch.enabled:
+                    self.agent.batches.found(self._key(), self._smtp, self._batch)
             return self._smtp
+
+    def _key(self) -> tuple[str, ...]:
+        """The destination, as shared batch connections know it."""
+        return (self.route.name if self.route else "", self.target.host,
+                str(self.target.port))
 
     async def _next_hops(self) -> list[NextHop]:
         """Resolve the destination once per session; a permanent answer sticks."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Coroutine, Protocol
 
 from tidepost import batchcodec as codec
 from tidepost.smtp_server import replies as S
@@ -39,6 +39,7 @@ from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Transaction
 
 TEXT_LIMIT = 200  # characters of a reply's text in an outcome line
+SUBMITS_AT_ONCE = 32  # complete messages of one chunk queued side by side
 
 
 class BatchChecks(Protocol):
@@ -88,24 +89,38 @@ class InboundBatch:
         self._message: _Message | None = None
 
     async def take(self, chunk: bytes) -> list[str]:
-        """Decode one chunk; the outcome lines of the messages it completed."""
+        """Decode one chunk; the outcome lines of the messages it completed.
+
+        The messages a chunk completes are submitted side by side (their
+        commits can share an fsync), SUBMITS_AT_ONCE at most, and answered
+        in stream order once all are done.
+        """
+        ends: list[asyncio.Task[list[str]]] = []
         lines: list[str] = []
         try:
             for event in self.decoder.feed(chunk):
-                lines += await self._on_event(event)
+                end = await self._on_event(event)
+                if end is not None:
+                    ends.append(asyncio.ensure_future(end))
+                if len(ends) >= SUBMITS_AT_ONCE:
+                    lines += _joined(await asyncio.gather(*ends))
+                    ends = []
         except codec.StreamError:
             self.broken = True
             self._message = None
             raise
+        finally:
+            done = await asyncio.gather(*ends, return_exceptions=True)
+        lines += _joined([d for d in done if isinstance(d, list)])
         await self._keep_open_message()
         self.chunks += 1
         return lines
 
-    async def _on_event(self, event: codec.Event) -> list[str]:
-        """Advance the open message by one decoded event."""
+    async def _on_event(self, event: codec.Event) -> Coroutine[Any, Any, list[str]] | None:
+        """Advance the open message by one decoded event; a complete one's submission."""
         if isinstance(event, codec.Begin):
             self._message = await self._begin(event)
-            return []
+            return None
         message = self._message
         assert message is not None  # the decoder orders the events
         if isinstance(event, codec.Envelope):
@@ -115,8 +130,8 @@ class InboundBatch:
                 message.body += event.octets
         else:
             self._message = None
-            return await self._end(message)
-        return []
+            return self._end(message)
+        return None
 
     async def _begin(self, begin: codec.Begin) -> _Message:
         """MSG: a new message, or the rest of one held from an earlier session."""
@@ -200,6 +215,10 @@ class InboundBatch:
             self.partials.sync([message.transfer_id])
         await asyncio.to_thread(write)
         message.synced = len(message.body)
+
+
+def _joined(groups: list[list[str]]) -> list[str]:
+    return [line for group in groups for line in group]
 
 
 def _argument(line: str) -> str:
