@@ -272,6 +272,8 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--codecs-only", action="store_true")
+    parser.add_argument("--runs", default="batch,smtp", help="comma list of batch, smtp")
+    parser.add_argument("--keep", metavar="DIR", help="keep the runs' folders (logs) here")
     args = parser.parse_args()
     messages = mail(args.messages, args.mix, args.seed)
     raw = sum(len(d) for _, d in messages)
@@ -283,13 +285,15 @@ def main() -> int:
         if problem:
             print(problem, file=sys.stderr)
             return 1
-        runs = [("tidepost batch", lambda t, f: TidepostSite(t, f, batch=True)),
-                ("tidepost smtp", lambda t, f: TidepostSite(t, f, batch=False))]
+        runs = [(f"tidepost {kind}", lambda t, f, batch=kind == "batch":
+                 TidepostSite(t, f, batch=batch)) for kind in args.runs.split(",")]
         if args.postfix:
             runs.append(("postfix", lambda t, f: PostfixSite(
                 t, f, f"relayhost = [{ISP_ADDRESS}]:{RELAY_PORT}\n")))
         rows = []
         with tempfile.TemporaryDirectory(prefix="tidepost-batch-", dir="/var/tmp") as base:
+            base = args.keep or base
+            Path(base).mkdir(parents=True, exist_ok=True)
             Path(base).chmod(0o755)  # Postfix's daemons run as user postfix
             for profile in args.profiles.split(","):
                 for name, make_site in runs:

@@ -15,8 +15,9 @@ recipient, the final reply decides the rest.
   no chunk is waiting for its reply (an idle link gets what there is at once;
   a busy one gets fuller chunks).  At most MESSAGES_PER_CHUNK records end in
   one chunk, so that one reply stays small.
-- Resume: a message larger than a chunk is preceded by `XRESUME tid`, and
-  only the octets the server does not hold are sent (`MSG tid offset`).
+- Resume: a message larger than a chunk that was tried before is preceded
+  by `XRESUME tid`, and only the octets the server does not hold are sent
+  (`MSG tid offset`).
 - Memory: a message's body is kept until its outcome arrives; `on_taken`
   (the dispatcher's next job may start) is called only while the bodies in
   flight stay under `memory_budget` octets.
@@ -146,7 +147,7 @@ class BatchSender:
                 await self._wake.wait()
                 continue
             item = self._waiting.popleft()
-            if len(item.tx.body) > self.chunk_size:
+            if _may_be_held(item.tx, self.chunk_size):
                 if pending or chunk.ended:  # not stuck behind the XRESUME round trip
                     await self._send_chunk(pending, chunk)
                     pending, chunk = bytearray(), _ChunkSent()
@@ -295,6 +296,16 @@ class BatchSender:
         return TransactionResult([deferred(r.recipient_id, failure.status,
                                            f"{failure.reason} (XBATCH)", host)
                                   for r in tx.recipients], replied=False, completed=False)
+
+
+def _may_be_held(tx: Transaction, chunk_size: int) -> bool:
+    """True when the server may hold part of this message: worth an XRESUME round trip.
+
+    Only a message larger than a chunk that was tried before can have been
+    cut off in an earlier session; asking for the others would stall the
+    stream a round trip each for nothing.
+    """
+    return len(tx.body) > chunk_size and any(r.attempts or r.uncertain for r in tx.recipients)
 
 
 def _mail_line(tx: Transaction) -> str:
