@@ -33,6 +33,7 @@ from tidepost import batchcodec as codec
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.batch_inbound import InboundBatch
 from tidepost.smtp_server.batch_partials import FOLDER, PartialStore
+from tidepost.smtp_server.rejections import log_reject
 from tidepost.smtp_server.replies import Reply
 
 log = logging.getLogger("tidepost.smtp_server.batch")
@@ -72,6 +73,12 @@ class BatchVerbs:
     async def known_transfers(self, keys: list[str]) -> dict[str, str]:
         """Transfer keys an earlier session stored, with their queue ids."""
         return await self.submission.known_transfers(keys) if keys else {}
+
+    def batch_refused(self, command: str, reply: Reply, sender: str | None,
+                      recipient: str | None) -> None:
+        """The mail log's `reject` line for a refusal inside a batch (command XBATCH MAIL...)."""
+        log_reject(f"XBATCH {command}", self.session.peer_ip, self.session.helo, reply,
+                   sender=sender, recipient=recipient)
 
     def _partials(self) -> PartialStore:
         """The spool's store of partly received messages."""

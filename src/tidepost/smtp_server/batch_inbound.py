@@ -35,6 +35,7 @@ from tidepost import batchcodec as codec
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.batch_partials import PartialStore
 from tidepost.smtp_server.reader import MessageData, examine
+from tidepost.smtp_server.rejections import path_word
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Transaction
 
@@ -53,6 +54,9 @@ class BatchChecks(Protocol):
                              transfer_keys: tuple[str, ...] = ()) -> Reply: ...
 
     async def known_transfers(self, keys: list[str]) -> dict[str, str]: ...
+
+    def batch_refused(self, command: str, reply: Reply, sender: str | None,
+                      recipient: str | None) -> None: ...
 
     @property
     def max_message_size(self) -> int: ...
@@ -153,9 +157,11 @@ class InboundBatch:
         """MAIL and RCPT lines through the conversation's checks; known recipients noted."""
         if message.refusal is not None:
             return
+        sender = path_word(_argument(envelope.mail))
         started = self.checks.mail_verdict(_argument(envelope.mail))
         if isinstance(started, Reply):
             message.refusal = started
+            self.checks.batch_refused("MAIL", started, sender, None)
             return
         for index, line in enumerate(envelope.rcpts):
             before = len(started.recipients)
@@ -165,6 +171,8 @@ class InboundBatch:
                 message.keys[address] = (transfer_key(message.transfer_id, address), index)
             else:
                 message.lines.append(_line(message.transfer_id, str(index), verdict))
+                self.checks.batch_refused("RCPT", verdict, sender,
+                                          path_word(_argument(line)))
         message.transaction = started
         await self._answer_known(message)
 
@@ -197,6 +205,10 @@ class InboundBatch:
             final = await self.checks.accept_message(transaction, data, keys)
         # Every recipient refused or queued before: the `*` line then applies to none.
         final = final or S.S554_NO_VALID_RECIPIENTS
+        pending = transaction.recipients if transaction is not None else []
+        if final.code >= 400 and (pending or message.refusal is not None):
+            first = f"<{pending[0]}>" if pending else None
+            self.checks.batch_refused("end-of-data", final, None, first)
         return [*message.lines, _line(message.transfer_id, "*", final)]
 
     async def _keep_open_message(self) -> None:
