@@ -40,6 +40,8 @@ from tidepost.resolver.cache import CACHE_FILE, CachedResolver, DnsCache
 from tidepost.resolver.resolver import Resolver
 from tidepost.routing.ledger import LEDGER_FILE, Ledger
 from tidepost.routing.routes import LOCAL_ROUTE, Router
+from tidepost.smtp_client.loops import OwnEndpoints
+from tidepost.smtp_server.binding import parse_listen
 from tidepost.smtp_server.listeners import SmtpServer
 from tidepost.smtp_server.tls import context_from_config
 from tidepost.startup import Startup, close_startup, prepare_daemon
@@ -119,8 +121,15 @@ def build_agents(config: Config, clock: Clock, is_held: Callable[[str], bool] | 
         LOCAL_ROUTE: MaildirAgent(config.local.maildir, config.spool_path, config.hostname,
                                   owner_writer, config.local.system_users),
         "smtp": SmtpAgent(config.delivery, resolver, config.hostname, clock,
-                          is_held=is_held, ledger=ledger, meter=meter),
+                          is_held=is_held, ledger=ledger, meter=meter,
+                          own_endpoints=own_endpoints(config)),
     }
+
+
+def own_endpoints(config: Config) -> OwnEndpoints:
+    """Where this node listens for SMTP: a next hop there would loop back to us."""
+    return OwnEndpoints(parse_listen(entry)
+                        for entry in (*config.smtp.listen, *config.relay.odmr_listen))
 
 
 def run_daemon(config: Config) -> None:

@@ -165,3 +165,60 @@ def test_resolver_timeout_is_temp_failure_4_4_3():
     with pytest.raises(TempFailure) as caught:
         asyncio.run(resolver.addresses("d.test"))
     assert caught.value.status == "4.4.3"
+
+
+# -- our own host among the MX hosts (RFC 5321 5.1) ------------------------------------
+
+OURS = {"192.0.2.25"}
+
+
+def hops_not_ours(resolver, domain: str) -> list[NextHop]:
+    """next_hops with 192.0.2.25 as this host's address."""
+    return asyncio.run(next_hops(resolver, domain, 5, random.Random(1), OURS.__contains__))
+
+
+def test_as_a_backup_mx_we_hand_the_mail_to_the_better_hosts_only():
+    resolver = FakeResolver(
+        {"d.test": [(10, "primary.d.test"), (20, "us.d.test"), (20, "peer.d.test"),
+                    (30, "worse.d.test")]},
+        {"primary.d.test": ["192.0.2.1"], "us.d.test": ["2001:db8::9", "192.0.2.25"],
+         "peer.d.test": ["192.0.2.2"], "worse.d.test": ["192.0.2.3"]})
+    assert hops_not_ours(resolver, "d.test") == [NextHop("primary.d.test", ["192.0.2.1"])]
+    assert [h.host for h in hops(resolver, "d.test")][-1] == "worse.d.test"  # no `ours`
+
+
+def test_mail_looping_back_to_us_fails_permanently():
+    resolver = FakeResolver(
+        {"first.test": [(10, "us.test"), (20, "backup.test")],
+         "alone.test": [(5, "us.test")]},
+        {"us.test": ["192.0.2.25"], "backup.test": ["192.0.2.2"],
+         "implicit.test": ["192.0.2.25"]})
+    for domain in ("first.test", "alone.test", "implicit.test", "[192.0.2.25]"):
+        with pytest.raises(PermFailure) as failure:
+            hops_not_ours(resolver, domain)
+        assert failure.value.status == "5.4.6"
+        assert failure.value.reason == f"mail for {domain} loops back to myself"
+    with pytest.raises(PermFailure, match=r"mail for \[us.test\] loops back to myself"):
+        asyncio.run(host_hops(resolver, "us.test", OURS.__contains__))
+    assert asyncio.run(host_hops(resolver, "backup.test", OURS.__contains__)) == [
+        NextHop("backup.test", ["192.0.2.2"])]
+
+
+def test_our_endpoints_are_listen_addresses_and_with_a_wildcard_the_interfaces(tmp_path):
+    from tidepost.smtp_client.loops import OwnEndpoints, local_addresses
+    fib = tmp_path / "fib_trie"
+    fib.write_text("Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.1.2.3\n        /32 host LOCAL\n"
+                   "     |-- 10.1.2.255\n        /32 link BROADCAST\n"
+                   "Local:\n     |-- 127.0.0.1\n        /32 host LOCAL\n")
+    inet6 = tmp_path / "if_inet6"
+    inet6.write_text("00000000000000000000000000000001 01 80 10 80       lo\n"
+                     "20010db8000000000000000000000009 02 40 00 80     eth0\n")
+    assert local_addresses(fib, inet6) == {"10.1.2.3", "127.0.0.1", "::1", "2001:db8::9"}
+    own = OwnEndpoints([("127.0.0.1", 2525), (None, 25), ("::1", 587)], fib, inet6)
+    assert ("127.0.0.1", 2525) in own and ("127.0.0.2", 2525) not in own
+    assert ("10.1.2.3", 25) in own and ("2001:db8::9", 25) in own
+    assert ("::ffff:10.1.2.3", 25) in own and ("10.1.2.3", 26) not in own
+    assert ("10.1.2.255", 25) not in own and ("192.0.2.1", 25) not in own
+    assert ("0:0::1", 587) in own
+    assert own.ours(2525)("127.0.0.1") and not own.ours(25)("127.0.0.2")
+    assert local_addresses(tmp_path / "none", tmp_path / "none6") == set()

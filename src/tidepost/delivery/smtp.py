@@ -59,6 +59,7 @@ from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, Verdict, bounced, deferred, not_attempted
 from tidepost.resolver.resolver import Lookups
 from tidepost.routing.ledger import Ledger
+from tidepost.smtp_client.loops import OwnEndpoints
 from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, next_hops,
                                      parse_smarthost)
 from tidepost.smtp_client.session import Peer, SmtpSession, open_session
@@ -74,7 +75,8 @@ class SmtpAgent:
     def __init__(self, delivery_config: DeliveryConfig, resolver: MxResolver,
                  helo_name: str, clock: Clock, *, rng: random.Random | None = None,
                  is_held: Callable[[str], bool] | None = None,
-                 ledger: Ledger | None = None, meter: LinkMeter | None = None):
+                 ledger: Ledger | None = None, meter: LinkMeter | None = None,
+                 own_endpoints: OwnEndpoints | None = None):
         self.config = delivery_config
         # With is_held or a ledger, the resolver must be a resolver.Lookups
         # (it is given a per-session guard); test fakes need only mx/addresses.
@@ -85,6 +87,7 @@ class SmtpAgent:
         self.is_held = is_held
         self.ledger = ledger
         self.meter = meter  # link accounting: bytes, connections, round trips per route
+        self.own_endpoints = own_endpoints  # our listeners: a next hop there is a loop
         self.batches = SharedBatches()  # one connection per tidepost peer, for all workers
 
     def session(self, route: RouteConfig | None, nexthop: str) -> SmtpAgentSession:
@@ -278,11 +281,12 @@ class SmtpAgentSession:
 
     async def _resolve(self) -> list[NextHop]:
         """MX routing for a domain or smarthost name; plain addresses for [host]."""
-        config, target = self.agent.config, self.target
+        config, target, own = self.agent.config, self.target, self.agent.own_endpoints
+        ours = own.ours(target.port) if own is not None else None
         if not target.mx_lookup:
-            return await host_hops(self._resolver, target.host)
+            return await host_hops(self._resolver, target.host, ours)
         return await next_hops(self._resolver, target.host, config.max_mx_hosts,
-                               self.agent.rng)
+                               self.agent.rng, ours)
 
     async def _dial(self, hops: Sequence[NextHop]) -> SmtpSession:
         """Dial the hosts; on an on-demand route's first dial, once more after dial_delay."""

@@ -15,6 +15,11 @@ resolver/resolver.py) and a domain or smarthost.  Output: an ordered list of
   TempFailure 4.4.3.  A domain with no MX and no address is PermFailure 5.4.4.
 - An address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]") or an IP address
   needs no DNS at all.
+- Given `ours` (address -> True when dialling it reaches this host, see
+  loops.py), our own MX host and every host not more preferred than it are
+  dropped (5.1: we are a backup MX and hand the mail to a better one); when
+  nothing is left, or a domain's own address or a bracketed host is ours,
+  PermFailure 5.4.6 "mail for DOMAIN loops back to myself", as Postfix says.
 
 Smarthosts follow Postfix: "host[:port]" is looked up like a domain (MX,
 then implicit MX); "[host]:port" skips the MX lookup.
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import NamedTuple, Protocol
 
@@ -33,6 +38,8 @@ from tidepost.errors import DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.resolver.resolver import MxAnswer, MxRecord
 
 NULL_MX = "."
+
+Ours = Callable[[str], bool]  # address -> True when it is this host's own listener
 
 
 class MxResolver(Protocol):
@@ -83,31 +90,64 @@ def literal_address(host: str) -> str | None:
 
 
 async def next_hops(resolver: MxResolver, domain: str, max_hosts: int,
-                    rng: random.Random | None = None) -> list[NextHop]:
+                    rng: random.Random | None = None, ours: Ours | None = None) -> list[NextHop]:
     """The hosts that receive mail for `domain`, in the order to try them."""
     literal = literal_address(domain)
     if literal:
-        return [NextHop(domain, [literal])]
+        return _not_ours(domain, [NextHop(domain, [literal])], ours)
     answer = await resolver.mx(domain)
     if not answer.exists:
         raise PermFailure("5.1.2", f"domain {domain} does not exist (NXDOMAIN)")
     if not answer.records:
-        return await _implicit_mx(resolver, domain)
+        return _not_ours(domain, await _implicit_mx(resolver, domain), ours)
     if [r.exchange for r in answer.records] == [NULL_MX]:
         raise PermFailure("5.1.10", "Domain does not accept mail (null MX)")
     hosts = order_mx(answer.records, rng or random.Random())[:max_hosts]
-    return await _resolve_mx_hosts(resolver, domain, hosts)
+    hops = await _resolve_mx_hosts(resolver, domain, hosts)
+    return before_ourselves(domain, hops, answer.records, ours) if ours else hops
 
 
-async def host_hops(resolver: MxResolver, host: str) -> list[NextHop]:
+async def host_hops(resolver: MxResolver, host: str, ours: Ours | None = None) -> list[NextHop]:
     """The addresses of one named host, without an MX lookup."""
     literal = literal_address(host)
     if literal:
-        return [NextHop(host, [literal])]
+        return _not_ours(f"[{host}]", [NextHop(host, [literal])], ours)
     addresses = await resolver.addresses(host)
     if not addresses:
         raise TempFailure("4.4.3", f"host {host} has no address records")
-    return [NextHop(host, addresses)]
+    return _not_ours(f"[{host}]", [NextHop(host, addresses)], ours)
+
+
+def before_ourselves(domain: str, hops: list[NextHop], records: Sequence[MxRecord],
+                     ours: Ours) -> list[NextHop]:
+    """The MX hosts more preferred than our own one (all of them when we are not listed)."""
+    preference = {}
+    for record in sorted(records, key=lambda r: r.preference, reverse=True):
+        preference[record.exchange] = record.preference  # a name's best preference wins
+    mine = [preference[hop.host] for hop in hops if _is_ours(hop, ours)]
+    if not mine:
+        return hops
+    better = [hop for hop in hops if preference[hop.host] < min(mine)]
+    if not better:
+        raise _loop(domain)
+    return better
+
+
+def _not_ours(name: str, hops: list[NextHop], ours: Ours | None) -> list[NextHop]:
+    """`hops`, unless one of them is this host."""
+    if ours is not None and any(_is_ours(hop, ours) for hop in hops):
+        raise _loop(name)
+    return hops
+
+
+def _is_ours(hop: NextHop, ours: Ours) -> bool:
+    """True when any address of `hop` is this host (then the host is us)."""
+    return any(ours(address) for address in hop.addresses)
+
+
+def _loop(name: str) -> PermFailure:
+    """The failure of mail that would come back to us."""
+    return PermFailure("5.4.6", f"mail for {name} loops back to myself")
 
 
 def order_mx(records: Sequence[MxRecord], rng: random.Random) -> list[str]:
