@@ -16,6 +16,10 @@ Topology (as test_netns_held.py): namespace "site" runs the site's
   relay in all is at most one chunk more than one uninterrupted transfer
   of the same message (measured on the link, in the same test; the chunk
   with its TCP/IP headers, and the second session's greeting).
+- Kill: the site is killed (SIGKILL) as soon as the relay has committed
+  the first messages of a release, before their answer (300 ms away on
+  the link) can reach it; restarted, it sends them again, and the relay
+  recognises the transfer ids: every message is in its Maildirs once.
 Skips unless root with `ip netns` and /dev/net/tun.
 """
 
@@ -89,14 +93,17 @@ class Node:
         self.config.write_text(config.replace("SPOOL", str(folder / "spool")))
         self.log = folder / "serve.log"
         self.daemon = None
+        self.starts = 0
 
     def argv(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *args]
 
     def start(self) -> Node:
+        self.starts += 1
         self.daemon = self.processes.start(
             self.argv(*tidepost_argv(), "serve", "-c", str(self.config)), log=self.log)
-        wait_for(lambda: self.log.exists() and "tidepost started" in self.log.read_text()
+        wait_for(lambda: self.log.exists() and
+                 self.log.read_text().count("tidepost started") >= self.starts
                  or self.daemon.poll() is not None, 20, what="tidepost serve to start")
         assert self.daemon.poll() is None, self.log.read_text()
         return self
@@ -235,3 +242,36 @@ def test_a_cut_link_resumes_from_the_last_stored_chunk(link, processes, tmp_path
     # new session's greeting, EHLO and XRESUME.
     assert sent_again <= CHUNK * 1.04 + 2048
     assert not any(partials.iterdir())
+
+
+def test_a_site_killed_before_the_answer_repeats_and_nothing_is_stored_twice(
+        link, processes, tmp_path):
+    site_ns, isp_ns, emulator = link
+    emulator.set_delay(0.3)
+    relay = Node(processes, isp_ns, tmp_path / "relay", RELAY).start()
+    site = Node(processes, site_ns, tmp_path / "site", SITE).start()
+    mail = [("bob@remote.test", b"Subject: kill %d\r\n\r\nbody %d\r\n" % (i, i))
+            for i in range(20)]
+    site.submit(mail)
+    queue = relay.folder / "spool" / "queue.sqlite"
+
+    def committed() -> int:
+        import sqlite3
+        with sqlite3.connect(queue, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    site.cli("link", "up", "uplink")
+    wait_for(lambda: committed() > 0, 30, what="the relay's first commits", interval=0.01)
+    os.killpg(site.daemon.pid, 9)  # the answer is still on the link
+    site.daemon.wait()
+    first = committed()
+    site.start()
+    site.cli("link", "up", "uplink")
+    wait_for(lambda: len(relay.maildir("bob")) >= 20, 60, what="every message at the relay")
+    time.sleep(1.5)  # a duplicate would show now
+    subjects = sorted(m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in relay.maildir("bob"))
+    print(f"\nkilled with {first} committed at the relay; after the restart "
+          f"{len(subjects)} delivered")
+    assert subjects == sorted(b"kill %d" % i for i in range(20))
+    # The messages committed before the kill were sent again (none had been recorded).
+    restarted = site.log.read_text().split("tidepost started")[-1]
+    assert first > 0 and restarted.count("delivered to=") == 20

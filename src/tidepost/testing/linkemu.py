@@ -156,6 +156,13 @@ class LinkEmulator:
         with self._lock:
             return {name: (d.packets, d.bytes) for name, d in self._directions.items()}
 
+    def set_delay(self, delay: float) -> None:
+        """Change the one-way delay for the packets sent from now on."""
+        with self._lock:
+            self.delay = delay
+            for direction in self._directions.values():
+                direction.delay = delay
+
     def cut_after(self, a_to_b_bytes: int) -> None:
         """Cut the link (both ways, every packet lost) once a to b has carried this much."""
         with self._lock:
