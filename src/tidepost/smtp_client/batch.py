@@ -197,6 +197,7 @@ class BatchSender:
                 item.on_taken()
 
     def _flight_bytes(self) -> int:
+        """Octets of the message bodies sent, or being sent, without their outcome."""
         return sum(len(item.tx.body) for item in self._flight.values())
 
     # -- reading ------------------------------------------------------------
