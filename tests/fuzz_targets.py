@@ -203,6 +203,8 @@ class Writer:
 
 class Directory:
     """Local domain relay.test (users alice, postmaster); customers .fleet.test."""
+    transfers = None  # this fake takes no XTIDEPOST transfers
+    inflow = None     # and never paces intake
 
     def is_local_domain(self, domain: str) -> bool:
         return domain in ("", "relay.test")

@@ -2,7 +2,8 @@
 
     TidepostError
     ├── ConfigError            bad configuration: file, line, key and reason
-    ├── QueueError             the queue store failed (disk full, corrupt)
+    ├── QueueError             the queue store failed (I/O error, corrupt)
+    │   └── QueueFull          its file system is full: try again later (452 4.3.1)
     ├── AlreadyQueued          a transfer key was stored before: a repeat, not new mail
     └── DeliveryError          a delivery step failed; carries an RFC 3463 status
         ├── TempFailure        4xx, becomes Deferred
@@ -31,6 +32,10 @@ class ConfigError(TidepostError):
 
 class QueueError(TidepostError):
     """The queue store could not do what was asked."""
+
+
+class QueueFull(QueueError):
+    """The queue's file system (or quota) is full; nothing was stored."""
 
 
 class AlreadyQueued(TidepostError):

@@ -46,8 +46,10 @@ from tidepost.smtp_server.listeners import SmtpServer
 from tidepost.smtp_server.tls import context_from_config
 from tidepost.startup import Startup, close_startup, prepare_daemon
 from tidepost.submission.aliases import Aliases, load_aliases_file
+from tidepost.submission.inflow import InFlow
 from tidepost.submission.local import LocalSubmitter
 from tidepost.submission.submit import ClientInfo, Submission
+from tidepost.submission.transfers import TransferKeys
 from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.node")
@@ -90,7 +92,10 @@ def build(config: Config, clock: Clock | None = None,
     agents = build_agents(config, clock, is_held=lambda route: manager.is_held(route),
                           owner_writer=owner_writer, meter=meter)
     manager = Manager(config, queue, router, agents, clock, this_runner(), meter=meter)
-    submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued)
+    inflow = InFlow(config.queue.in_flow_delay, manager.behind)
+    manager.on_recorded = inflow.delivered
+    submission = Submission(config, queue, clock, router, aliases, on_queued=manager.queued,
+                            transfers=TransferKeys.load(config.spool_path), inflow=inflow)
     manager.notices.submit = notice_submitter(submission)
     return Parts(config, queue, router, aliases, manager, submission, meter)
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 import collections
 import os
 import random
-import re
-import smtplib
-import threading
-import time
 
 import pytest
+
+import kill_harness as harness
+from kill_harness import TOKEN
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
@@ -35,105 +34,27 @@ KILLS = int(os.environ.get("TIDEPOST_CRASH_KILLS", "8"))
 KILL_WINDOW = 0.25  # s before a kill in which a delivered copy may go unrecorded (seen: <10 ms)
 CLOCK_SLACK = 0.05  # file times against time.time() in the test
 CLIENTS = 3
-TOKEN = re.compile(rb"^token (\S+)\r?$", re.M)
-PADDING = ("x" * 76 + "\r\n") * 40  # about 3 KiB per message
+DESTINATION_CONCURRENCY = 10  # the default of delivery.destination_concurrency
 ZONE = ["example.test. MX 10 mx1.example.test.", "mx1.example.test. A 127.0.0.2"]
 
 
-class Submitter(threading.Thread):
-    """Sends messages over one reused SMTP connection until stopped; records 250s."""
-
-    def __init__(self, port: int, name: str, recipients: list[str], rng: random.Random):
-        super().__init__(name=name, daemon=True)
-        self.port, self.recipients, self.rng = port, recipients, rng
-        self.acknowledged: dict[str, tuple[str, ...]] = {}  # token -> recipients accepted
-        self.unsure: dict[str, tuple[str, ...]] = {}        # sent, no 250 seen
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        """Submit until told to stop; reconnect after every failure."""
-        client, number = None, 0
-        while not self.stopping.is_set():
-            number += 1
-            token = f"{self.name}-{number}"
-            recipients = tuple(self.rng.sample(self.recipients, self.rng.choice((1, 1, 2))))
-            try:
-                client = client or smtplib.SMTP("127.0.0.1", self.port,
-                                                 local_hostname="client.test", timeout=10)
-                refused = client.sendmail("bob@site.test", list(recipients), message(token))
-                self.acknowledged[token] = tuple(r for r in recipients if r not in refused)
-            except (OSError, smtplib.SMTPException):
-                self.unsure[token] = recipients
-                if client is not None:
-                    client.close()
-                client = None
-                time.sleep(0.05)
-        if client is not None:
-            try:
-                client.quit()
-            except (OSError, smtplib.SMTPException):
-                client.close()
+def submit_while_killing(node, recipients: list[str], seed: int):
+    """The harness's run: CLIENTS submitters, KILLS kills of `node`."""
+    return harness.submit_while_killing(lambda: node.port, [node], recipients, seed, KILLS,
+                                        clients=CLIENTS)
 
 
-def message(token: str) -> bytes:
-    """A ~3 KiB message carrying `token` on a line of its own."""
-    return (f"From: bob@site.test\r\nSubject: crash {token}\r\n\r\n"
-            f"token {token}\r\n{PADDING}").encode()
+def bounded(result: harness.Tally) -> None:
+    """Each kill can cost at most one repeat per connection in flight.
 
-
-def kill_and_restart(node, rng: random.Random, kills: int) -> list[float]:
-    """SIGKILL the daemon `kills` times at random moments, restarting it each time.
-
-    Returns the wall-clock time of each kill.
+    A client has one transaction open at a time, so at most CLIENTS
+    messages per kill are stored without their 250; the daemon has at most
+    destination_concurrency connections, each with one delivery between
+    the remote 250 and its record (pipeline_depth 1), so at most that many
+    duplicates per kill.
     """
-    times = []
-    for _ in range(kills):
-        time.sleep(rng.uniform(0.3, 1.0))
-        times.append(time.time())
-        node.kill()
-        node.start()
-    return times
-
-
-def submit_while_killing(node, recipients: list[str],
-                         seed: int) -> tuple[list[Submitter], list[float]]:
-    """Run the submitters while the daemon is killed and restarted; they end stopped.
-
-    Returns the submitters and the times of the kills.
-    """
-    rng = random.Random(seed)
-    clients = [Submitter(node.port, f"c{i}", recipients, random.Random(seed + i + 1))
-               for i in range(CLIENTS)]
-    for client in clients:
-        client.start()
-    try:
-        kills = kill_and_restart(node, rng, KILLS)
-        time.sleep(0.5)  # some mail submitted to the last, undisturbed daemon too
-    finally:
-        for client in clients:
-            client.stopping.set()
-        for client in clients:
-            client.join(30)
-    return clients, kills
-
-
-def acknowledged(clients: list[Submitter]) -> dict[str, tuple[str, ...]]:
-    """Every token that got a 250, with its accepted recipients."""
-    return {t: r for c in clients for t, r in c.acknowledged.items()}
-
-
-def submitted(clients: list[Submitter]) -> dict[str, tuple[str, ...]]:
-    """Every token ever sent, acknowledged or not."""
-    return {**{t: r for c in clients for t, r in c.unsure.items()}, **acknowledged(clients)}
-
-
-def report(name: str, clients: list[Submitter], delivered: collections.Counter) -> None:
-    """Print what happened, for the test log."""
-    acked = acknowledged(clients)
-    duplicates = sum(n - 1 for n in delivered.values() if n > 1)
-    print(f"{name}: {len(acked)} messages acknowledged, "
-          f"{sum(len(c.unsure) for c in clients)} without a 250, "
-          f"{sum(delivered.values())} deliveries, {duplicates} duplicates")
+    assert result.stored_without_250 <= CLIENTS * result.kills
+    assert result.duplicates <= DESTINATION_CONCURRENCY * result.kills
 
 
 def excused(arrivals: list[float], kills: list[float]) -> bool:
@@ -155,20 +76,18 @@ def seed() -> int:
 def test_local_mail_survives_sigkill_exactly_once(tidepost_node, seed):
     node = tidepost_node()
     users = ["alice", "carol", "dave"]
-    clients, _ = submit_while_killing(node, [f"{u}@site.test" for u in users], seed)
+    run = submit_while_killing(node, [f"{u}@site.test" for u in users], seed)
     node.wait_queue_empty(timeout=60)
 
-    delivered = collections.Counter(
-        (f"{user}@site.test", token.decode())
-        for user in users for m in node.maildir(user) for token in TOKEN.findall(m))
-    report("local", clients, delivered)
-    acked = acknowledged(clients)
-    assert acked, "no message was acknowledged at all"
-    missing = [(r, t) for t, rs in acked.items() for r in rs if delivered[(r, t)] != 1]
-    assert missing == [], f"acknowledged but not delivered exactly once: {missing[:20]}"
+    delivered = harness.copies_of(([f"{user}@site.test"], m)
+                                  for user in users for m in node.maildir(user))
+    result = harness.tally(run, delivered)
+    print(result.line("local"))
+    assert result.acknowledged, "no message was acknowledged at all"
+    assert result.lost == [], f"acknowledged but not delivered: {result.lost[:20]}"
     assert [k for k, n in delivered.items() if n > 1] == []
-    sent = submitted(clients)
-    assert [k for k in delivered if k[1] not in sent or k[0] not in sent[k[1]]] == []
+    assert result.strangers == 0
+    bounded(result)
     assert node.maildir("bob") == []  # no DSN came back to the sender
     assert node.stop() == 0
 
@@ -177,20 +96,17 @@ def test_remote_mail_survives_sigkill(tidepost_node, unbound, smtp_sink, sink_po
     sink = smtp_sink("127.0.0.2", sink_port)
     node = tidepost_node(dns=unbound(ZONE), smtp_port=sink_port)
     rcpts = [f"user{i}@example.test" for i in range(5)]
-    clients, kills = submit_while_killing(node, rcpts, seed)
+    run = submit_while_killing(node, rcpts, seed)
+    kills = run.kills
     node.wait_queue_empty(timeout=60)
 
     messages = sink.messages()
-    delivered = collections.Counter(
-        (rcpt, token.decode())
-        for m in messages for token in TOKEN.findall(m.body) for rcpt in m.recipients)
-    report("remote", clients, delivered)
-    acked = acknowledged(clients)
-    assert acked, "no message was acknowledged at all"
-    missing = [(r, t) for t, rs in acked.items() for r in rs if not delivered[(r, t)]]
-    assert missing == [], f"acknowledged but never delivered: {missing[:20]}"
-    sent = submitted(clients)
-    assert [k for k in delivered if k[1] not in sent or k[0] not in sent[k[1]]] == []
+    result = harness.tally(run, harness.copies_of((m.recipients, m.body) for m in messages))
+    print(result.line("remote"))
+    assert result.acknowledged, "no message was acknowledged at all"
+    assert result.lost == [], f"acknowledged but never delivered: {result.lost[:20]}"
+    assert result.strangers == 0
+    bounded(result)
     # A duplicate is excusable only when the receiver's 250 for the earlier copy came
     # just before a kill, before the queue could record it (RFC 1047), and the later
     # copy came after that kill.  Two copies from one daemon's lifetime are a bug.

@@ -382,6 +382,7 @@ class TidepostNode:
         self.config_path = folder / "tidepost.toml"
         self.log_path = folder / "serve.log"
         self.process: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}  # set for the daemon on top of ours (LD_PRELOAD...)
         self.config = merged({
             "hostname": "site.test",
             "spool": str(self.spool),
@@ -413,7 +414,8 @@ class TidepostNode:
         with open(self.log_path, "ab") as log:
             log.write(f"---- tidepost serve started at {time.time():.3f}\n".encode())
         self.process = self.processes.start(
-            [*tidepost_argv(), "serve", "-c", str(self.config_path)], log=self.log_path)
+            [*tidepost_argv(), "serve", "-c", str(self.config_path)], log=self.log_path,
+            env={**os.environ, **self.env})
         return self.wait_listening(timeout) if wait else self
 
     def wait_listening(self, timeout: float = 20.0) -> TidepostNode:
@@ -429,6 +431,12 @@ class TidepostNode:
         """SIGTERM and wait for a clean exit; its exit status."""
         assert self.process is not None, "never started"
         return self.processes.stop(self.process, timeout)
+
+    def move_spool(self, spool: Path) -> None:
+        """Use `spool` from the next start on."""
+        self.config["spool"] = str(spool)
+        self.config_path.write_text(to_toml(self.config))
+        self.spool = spool
 
     def kill(self) -> None:
         """SIGKILL: the crash the queue must survive."""

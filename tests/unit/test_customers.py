@@ -29,6 +29,8 @@ domains = ["*"]
 
 
 class Directory:
+    transfers = None  # this fake takes no XTIDEPOST transfers
+    inflow = None     # and never paces intake
     def __init__(self, router):
         self.router = router
 

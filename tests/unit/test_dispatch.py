@@ -6,7 +6,7 @@ from tidepost.address import Address
 from tidepost.clock import SystemClock
 from tidepost.manager.dispatch import Dispatcher
 from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient
-from tidepost.outcomes import delivered
+from tidepost.outcomes import deferred, delivered
 from tidepost.routing.routes import Destination
 from tidepost.scheduler.backoff import Backoff
 
@@ -122,3 +122,51 @@ def test_a_pipelining_session_overlaps_jobs_but_each_content_waits_for_the_recor
     assert session.peak == 3  # depth + 2: awaiting reply, awaiting 354, commands offered
     for n in range(1, 9):
         assert n - 1 in session.content_after[n]  # the job before was recorded first
+
+
+def test_a_dead_destination_is_dialled_again_while_jobs_keep_coming():
+    """A session that failed defers its later jobs without dialling; its worker must
+    end so that, after the backoff, a new session dials again (bench/crash.py found
+    a site deferring forever to a receiver that had long been back up)."""
+    dials = []
+    outcomes = []
+
+    def session(destination):
+        class Session:
+            destination_failed = None
+            depth = 0
+
+            async def deliver(self, job, overlap=None):
+                if self.destination_failed is not None:  # as SmtpAgentSession does
+                    return [deferred(r.recipient_id, *self.destination_failed)
+                            for r in job.recipients]
+                dials.append(asyncio.get_running_loop().time())
+                await asyncio.sleep(0.005)
+                if len(dials) == 1:  # the first dial fails; the destination is back after
+                    self.destination_failed = ("4.4.1", "connection refused")
+                    return [deferred(r.recipient_id, "4.4.1", "connection refused")
+                            for r in job.recipients]
+                return [delivered(r.recipient_id, "250 ok") for r in job.recipients]
+
+            async def close(self):
+                pass
+        return Session()
+
+    async def main():
+        async with asyncio.TaskGroup() as tasks:
+            async def record(job, result):  # a deferred job comes back, as a retry would
+                outcomes.append(result[0].verdict.value)
+                if result[0].verdict.value == "deferred" and len(outcomes) < 3000:
+                    await asyncio.sleep(0.001)
+                    dispatcher.submit(job, Destination("uplink", "relay.test"))
+
+            dispatcher = Dispatcher(
+                tasks, SystemClock(), Backoff(min_backoff=0.05, max_backoff=0.05), session,
+                concurrency_of=lambda destination: 1, load_body=lambda mid: _body(),
+                on_done=record, max_concurrency=10)
+            for n in range(20):
+                dispatcher.submit(job(n, "relay.test"), Destination("uplink", "relay.test"))
+            await dispatcher.wait_idle()
+    asyncio.run(main())
+    assert len(dials) >= 2, "the destination was never tried again"
+    assert "delivered" in outcomes

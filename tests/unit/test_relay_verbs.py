@@ -40,6 +40,8 @@ class Writer:
 
 
 class Directory:
+    transfers = None  # this fake takes no XTIDEPOST transfers
+    inflow = None     # and never paces intake
     def is_local_domain(self, domain):
         return domain in ("", "relay.test")
 

@@ -29,6 +29,8 @@ from tidepost.submission.submit import SubmissionRejected
 
 class FakeSubmission:
     """Records submissions; local users alice and postmaster; routes as given."""
+    transfers = None  # this fake takes no XTIDEPOST transfers
+    inflow = None     # and never paces intake
 
     def __init__(self, routes: tuple[str, ...] = ("*",)):
         self.routes = routes

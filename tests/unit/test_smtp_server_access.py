@@ -14,6 +14,8 @@ from tidepost.smtp_server.access import AccessPolicy
 
 class Directory:
     """Local domains local.example and [192.0.2.9]; user alice; routes for .example."""
+    transfers = None  # this fake takes no XTIDEPOST transfers
+    inflow = None     # and never paces intake
 
     def is_local_domain(self, domain: str) -> bool:
         """The two local domains, and the domainless postmaster."""

@@ -32,6 +32,8 @@ class ListWriter:
 
 class Recorder:
     """A submission accepting everything, with no routes but local ones."""
+    transfers = None  # this fake takes no XTIDEPOST transfers
+    inflow = None     # and never paces intake
 
     def __init__(self):
         self.submitted = []

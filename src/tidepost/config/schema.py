@@ -154,6 +154,11 @@ class QueueConfig:
     poll_interval: float = field(default=5.0, metadata=meta(
         "how often the daemon looks for mail queued by other processes", low=0.1,
         high=3600, kind="duration"))
+    in_flow_delay: float = field(default=1.0, metadata=meta(
+        "while delivery is behind (over 5 recipients per delivery slot in flight, or "
+        "every slot busy with due mail waiting), each SMTP transaction waits up to this "
+        "long at MAIL FROM for a delivery to finish, as Postfix's in_flow_delay; "
+        "0 disables", low=0, high=10, kind="duration"))
 
 
 @dataclass(frozen=True)

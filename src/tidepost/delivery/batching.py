@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from tidepost.config.schema import DeliveryConfig
 from tidepost.model import DeliveryJob, QueuedRecipient
-from tidepost.smtp_client.batch import BatchSender, offers_batch, transfer_id
+from tidepost.submission.transfers import transfer_id
+from tidepost.smtp_client.batch import BatchSender, offers_batch
 from tidepost.smtp_client.session import SmtpSession
 from tidepost.smtp_client.transaction import Transaction, TransactionResult
 
@@ -60,7 +61,8 @@ class BatchChannel:
         """One transaction of `job` (those `recipients`) on the batch stream, and its result."""
         transaction = Transaction(job.message.sender, recipients, job.body,
                                   job.message.body_type, job.message.smtputf8)
-        transfer = transfer_id(self.helo_name, job.message.queue_id, recipients)
+        # The id plain SMTP's XTRANSFER would give it: a repeat is known whichever way.
+        transfer = transfer_id(job.message.queue_id, job.message.arrival)
         return transaction, await sender.send(transaction, transfer, on_taken)
 
     async def close(self) -> None:

@@ -64,6 +64,7 @@ from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, nex
                                      parse_smarthost)
 from tidepost.smtp_client.session import Peer, SmtpSession, open_session
 from tidepost.smtp_client.transaction import Transaction, TransactionResult, run_transaction
+from tidepost.submission.transfers import transfer_id
 from tidepost.usage.meter import LinkMeter
 
 log = logging.getLogger("tidepost.delivery.smtp")
@@ -199,7 +200,8 @@ class SmtpAgentSession:
                 outcomes += result.outcomes
                 continue
             transaction = Transaction(job.message.sender, chunk, job.body,
-                                      job.message.body_type, job.message.smtputf8)
+                                      job.message.body_type, job.message.smtputf8,
+                                      transfer_id(job.message.queue_id, job.message.arrival))
             chunk_outcomes, smtp = await self._transact(
                 smtp, transaction, first_of_job=start == 0,
                 gate=overlap.gate if start == 0 else None,

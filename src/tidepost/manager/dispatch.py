@@ -17,6 +17,9 @@ has been measured.
 When a session reports `destination_failed` (no MX host answered), the
 destination is marked dead for a backoff interval that doubles with each
 consecutive failure; until then its jobs are deferred without connecting.
+The worker whose session failed ends, and a new one (with a new session)
+takes the destination's remaining jobs, so a destination that never runs
+out of jobs is still dialled again once its backoff is over.
 Config keys read (through the constructor): delivery.max_concurrency,
 delivery.destination_concurrency, route.concurrency.
 """
@@ -129,6 +132,11 @@ class Dispatcher:
                     await session.close()
         finally:
             queue.workers -= 1
+            if queue.jobs and not queue.workers:
+                # Left because its session failed: a fresh worker and session take
+                # the rest (deferred at once while the destination is dead).
+                queue.workers += 1
+                self._tasks.create_task(self._work(destination, queue))
             if not queue.workers and not queue.jobs:
                 self._queues.pop(destination, None)
             if not self._queues:
@@ -151,7 +159,11 @@ class Dispatcher:
             while True:
                 running = [(task, o) for task, o in running if not task.done()]
                 depth = session.depth
-                if queue.jobs and _may_start(running, depth):
+                # A session that found its destination dead defers every later
+                # job without dialling: with a steady flow of jobs it would never
+                # end, and the destination never be tried again.  Leave it.
+                failed = session.destination_failed is not None
+                if queue.jobs and not failed and _may_start(running, depth):
                     gate = recorded[-depth] if 0 < depth <= len(recorded) else None
                     overlap = Overlap(gate, wake)
                     task = tasks.create_task(self._run_job(destination, session,

@@ -54,6 +54,11 @@ log = logging.getLogger("tidepost.manager")
 CAUSE_MEMORY = 120.0     # seconds a release or flush explains the attempts that follow
 LEASE_SECONDS = 3600.0   # longer than any single delivery; dead runners are detected sooner
 IN_FLIGHT_PER_SLOT = 20  # claimed recipients per delivery slot, to keep claims ahead of work
+BEHIND_PER_SLOT = 5      # recipients in flight per slot past which intake is paced
+# Transfer keys (exactly-once receipt) outlive queue.lifetime by this much: a
+# sender's last retry comes up to its own lifetime after the first attempt.
+TRANSFER_MARGIN = 86400.0
+TRANSFER_SWEEP = 3600.0  # how often old transfer keys are dropped
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Manager(RouteStates):
         self._in_flight: set[int] = set()
         self._warned: set[int] = set()
         self._last_seen_id = 0
+        self._transfers_swept = float("-inf")  # when old transfer keys were last dropped
         self._last_change = 0  # the queue's change log, read up to here
         self._daemon = False
         self._loaded = False  # the daemon has read the hold states
@@ -100,6 +106,8 @@ class Manager(RouteStates):
         self.gates = RouteGates(config.route, clock.now())
         self._operator_held: set[str] = set()
         self.on_result: Callable[[int, int], None] = lambda done, total: None
+        # Called with 1 for each job recorded: intake pacing (submission/inflow.py).
+        self.on_recorded: Callable[[int], None] = lambda jobs: None
         self.runner = "daemon"  # who makes the attempts, for the log: daemon, flush...
         # Called after a release and after each scheduled or batched run of a
         # route (node_relay.py: ETRN to the route's upstreams).
@@ -284,9 +292,22 @@ class Manager(RouteStates):
         self._loaded = True
         log.info("queue loaded: %d recipients", len(entries))
 
+    def _room(self) -> int:
+        """Recipients that may still be claimed before the delivery slots are full."""
+        return self._config.delivery.max_concurrency * IN_FLIGHT_PER_SLOT - len(self._in_flight)
+
+    def behind(self) -> bool:
+        """True while delivery is behind intake: more in flight than the slots keep
+        busy (BEHIND_PER_SLOT a slot), or every slot full and due mail waiting."""
+        if not self._daemon:
+            return False
+        slots = self._config.delivery.max_concurrency
+        return len(self._in_flight) >= slots * BEHIND_PER_SLOT or (
+            self._room() <= 0 and self.scheduler.has_due(self._clock.now()))
+
     async def _schedule_once(self, stopping: asyncio.Event) -> None:
         """Dispatch what is due, or sleep until something may be."""
-        room = self._config.delivery.max_concurrency * IN_FLIGHT_PER_SLOT - len(self._in_flight)
+        room = self._room()
         decision = self.scheduler.next_batch(self._clock.now(), room) if room > 0 else None
         if isinstance(decision, Batch):
             await self._claim_and_dispatch(decision.entries, force=False)
@@ -339,8 +360,17 @@ class Manager(RouteStates):
                 await self._poll_new()
                 await self._poll_changes()
                 await self._recover_orphans()
+                await self._forget_old_transfers()
             except Exception:  # noqa: BLE001 - polling must go on
                 log.exception("polling the queue failed")
+
+    async def _forget_old_transfers(self) -> None:
+        """Drop transfer keys past the message lifetime and its margin (hourly)."""
+        now = self._clock.now()
+        if now - self._transfers_swept < TRANSFER_SWEEP:
+            return
+        self._transfers_swept = now
+        await self._queue.forget_transfers(now - self._config.queue.lifetime - TRANSFER_MARGIN)
 
     async def _recover_orphans(self) -> None:
         """Take back recipients leased by a runner that died (a killed `tidepost flush`)."""
@@ -474,6 +504,7 @@ class Manager(RouteStates):
                 self.scheduler.insert(entry)
         if new_entries:
             self._wake.set()
+        self.on_recorded(1)
 
     def _count(self, verdict: Verdict) -> None:
         """Tally a verdict for the flush report and progress display."""

@@ -5,8 +5,11 @@ log is fsync'd, so a committed message survives a crash or power loss.
 
 Group commit: all writes go through one writer thread, which takes every
 operation waiting for it and runs them in a single transaction (each inside
-its own SAVEPOINT, so one failure does not spoil the others).  Twenty
-concurrent SMTP sessions therefore share one fsync instead of paying twenty.
+its own SAVEPOINT, so one failure does not spoil the others), and a sync
+thread that fsyncs the WAL for every transaction written meanwhile before
+their callers hear of them (sqlite_writer.py).  Twenty concurrent SMTP
+sessions therefore share one fsync instead of paying twenty, and a write
+never waits behind another transaction's fsync.
 Reads run on a second thread with its own connection; nothing here blocks the
 event loop.  Other processes (`tidepost sendmail`, `tidepost flush`) open the
 same file; SQLite's locking and the busy timeout serialise them.
@@ -16,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue as thread_queue
+import os
 import secrets
 import sqlite3
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
@@ -33,6 +35,7 @@ from tidepost.queue import sqlite_views as views
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingGroup,
                                     QueueRow, RecipientUpdate, Recorded)
 from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
+from tidepost.queue.sqlite_writer import Writer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -106,7 +109,6 @@ SCHEMA_VERSION = 1 + len(MIGRATIONS)
 QUEUED = RecipientState.QUEUED.value
 CLAIMED = RecipientState.CLAIMED.value
 HELD = RecipientState.HELD.value
-BATCH_LIMIT = 512      # operations per group commit
 CHUNK = 500            # ids per IN (...) list
 FETCH = 2000           # rows per batch handed from the reader thread to a listing
 
@@ -150,6 +152,17 @@ def migrate(conn: sqlite3.Connection) -> int:
     return found
 
 
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder: a new queue's files, and the removal of the rollback journal
+    that switching to WAL used, must not depend on the file system's own timing
+    (a journal back from the dead after a power cut would undo the switch)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _statements(script: str) -> list[str]:
     """The statements of a schema script (none contains a semicolon inside)."""
     return [s.strip() for s in script.split(";") if s.strip()]
@@ -170,89 +183,6 @@ def _marks(ids: Sequence[int]) -> str:
     return ",".join("?" * len(ids))
 
 
-class _Writer:
-    """The writer thread: runs queued operations in group-committed transactions."""
-
-    def __init__(self, path: Path):
-        self._path = path
-        self._ops: thread_queue.SimpleQueue = thread_queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
-        self._thread.start()
-
-    def run(self, op: Callable[[sqlite3.Connection], Any]) -> asyncio.Future:
-        """Schedule `op` in the next transaction; the future resolves after COMMIT."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._ops.put((op, future, loop))
-        return future
-
-    def stop(self) -> None:
-        """Finish what is queued, then end the thread."""
-        self._ops.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        """Thread body: batch, execute, commit, report."""
-        conn = connect(self._path)
-        try:
-            while True:
-                first = self._ops.get()
-                if first is None:
-                    return
-                batch = [first]
-                while len(batch) < BATCH_LIMIT:
-                    try:
-                        item = self._ops.get_nowait()
-                    except thread_queue.Empty:
-                        break
-                    if item is None:
-                        self._ops.put(None)
-                        break
-                    batch.append(item)
-                self._commit(conn, batch)
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list) -> None:
-        """Run a batch in one transaction; each op inside its own savepoint."""
-        results: list[tuple[Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, _, _ in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    results.append((op(conn), None))
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # reported to that op's caller only
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if isinstance(exc, sqlite3.Error):
-                        exc = QueueError(f"queue write failed: {exc}")
-                    results.append((None, exc))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            error = QueueError(f"queue write failed: {exc}")
-            results = [(None, error)] * len(batch)
-        for (_, future, loop), (value, error) in zip(batch, results):
-            try:
-                loop.call_soon_threadsafe(_resolve, future, value, error)
-            except RuntimeError:
-                pass  # the caller's event loop is gone; nobody waits for this answer
-
-
-def _resolve(future: asyncio.Future, value: Any, error: BaseException | None) -> None:
-    """Complete a future from the loop thread unless its waiter gave up."""
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
-
-
 class SqliteQueue:
     """QueueBackend on one SQLite file (see module docstring)."""
 
@@ -261,10 +191,11 @@ class SqliteQueue:
         self.path = path
         try:
             with contextlib.closing(connect(path)) as conn:
-                migrate(conn)
+                if migrate(conn) == 0:
+                    _sync_folder(path.parent)
         except sqlite3.Error as exc:
             raise QueueError(f"cannot open the queue {path}: {exc}") from None
-        self._writer = _Writer(path)
+        self._writer = Writer(path, connect)
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
         self._reader: sqlite3.Connection | None = None
 
@@ -278,7 +209,7 @@ class SqliteQueue:
 
     async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
         """Queue one message durably; returns after the group COMMIT."""
-        return await self._writer.run(lambda conn: _insert(conn, message))
+        return await self._writer.run(lambda conn: _insert(conn, message), acknowledged=True)
 
     async def known_transfers(self, keys: Sequence[str]) -> dict[str, str]:
         """Queue ids stored under the known ones among `keys`."""

@@ -99,6 +99,10 @@ class RamQueue:
             return Batch(due)
         return Sleep(self._heap[0][0] - now if self._heap else None)
 
+    def has_due(self, now: float) -> bool:
+        """True when the earliest entry is due (it may be stale, or parked: a hint)."""
+        return bool(self._heap) and self._heap[0][0] <= now
+
     def take_route(self, route: str, now: float) -> list[ScheduleEntry]:
         """Remove and return `route`'s due entries, held or not (a scheduled run)."""
         due = [e for e in self.entries_of_route(route) if e.next_try <= now]

@@ -37,6 +37,7 @@ from tidepost.errors import ConnectFailed, TempFailure
 from tidepost.smtp_client.pipeline import Pipeline
 from tidepost.smtp_client.replies import (MAX_REPLY_LINES, SERVICE_NOT_AVAILABLE, Reply,
                                          read_reply)
+from tidepost.submission import transfers
 from tidepost.usage.wire import WireCounts, read_counts
 
 QUIT_TIMEOUT = 10.0  # seconds; a server slow to say goodbye costs us nothing
@@ -85,6 +86,10 @@ class SmtpSession:
     def supports(self, keyword: str) -> bool:
         """True when the server announced `keyword` in its EHLO reply."""
         return keyword.upper() in self.extensions
+
+    def tidepost_features(self) -> tuple[str, ...]:
+        """The feature words of the server's XTIDEPOST keyword (upper case; none if absent)."""
+        return tuple(self.extensions.get(transfers.EXTENSION, "").upper().split())
 
     def wire(self) -> WireCounts:
         """What the connection carried so far: the kernel's counts, else our own."""

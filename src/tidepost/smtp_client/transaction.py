@@ -21,7 +21,9 @@ recipient, in order; `send_transaction` never raises for SMTP or I/O trouble.
   body when the server refuses them (greylisting does, on every retry).
 - MAIL FROM carries SIZE= when offered, BODY=8BITMIME for 8bit mail when
   offered (8bit mail to a server without 8BITMIME is sent as is, as Postfix
-  does), and SMTPUTF8 when the envelope or headers need it.  When they need
+  does), SMTPUTF8 when the envelope or headers need it, and XTRANSFER= (the
+  message's transfer id) when the server is a tidepost offering XTIDEPOST
+  TRANSFER (docs/EXTENSIONS.md): it then stores a repeat only once.  When they need
   it and the server lacks it, the affected recipients bounce with 5.6.7.
 - 2xx → Delivered, 4xx → Deferred, 5xx → Bounced; the reply to DATA, to
   the final "." or to BDAT LAST applies to every recipient accepted so far.  If the
@@ -43,6 +45,7 @@ from tidepost.errors import TempFailure
 from tidepost.model import BodyType, QueuedRecipient
 from tidepost.outcomes import Outcome, bounced, deferred, delivered
 from tidepost.smtp_client.pipeline import Turn
+from tidepost.submission import transfers
 from tidepost.smtp_client.replies import START_MAIL_INPUT, Reply
 from tidepost.smtp_client.session import Peer, SmtpSession
 
@@ -56,6 +59,7 @@ class Transaction:
     body: bytes                                # CRLF line endings, ends with CRLF
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False                     # the message was submitted with SMTPUTF8
+    transfer_id: str = ""                      # XTRANSFER= for a tidepost peer (EXTENSIONS.md)
 
 
 async def send_transaction(session: SmtpSession, tx: Transaction, *,
@@ -355,6 +359,8 @@ class _Exchange:
             params.append("BODY=8BITMIME")
         if self.utf8:
             params.append("SMTPUTF8")
+        if self.tx.transfer_id and transfers.TRANSFER in self.session.tidepost_features():
+            params.append(f"{transfers.PARAMETER}={self.tx.transfer_id}")
         return " ".join([f"MAIL FROM:<{self.tx.sender}>", *params])
 
     def settle(self, recipients: Sequence[QueuedRecipient], reply: Reply) -> None:

@@ -35,6 +35,7 @@ from tidepost.smtp_server.batch_inbound import InboundBatch
 from tidepost.smtp_server.batch_partials import FOLDER, PartialStore
 from tidepost.smtp_server.rejections import log_reject
 from tidepost.smtp_server.replies import Reply
+from tidepost.submission import transfers
 
 log = logging.getLogger("tidepost.smtp_server.batch")
 
@@ -56,6 +57,7 @@ class BatchVerbs:
     def reply_lines(self, code: int, lines: list[str]) -> None: ...
     def close_after_reply(self) -> None: ...
     async def flush(self) -> None: ...
+    def _xtidepost_features(self) -> tuple[str, ...]: ...
 
     def batch_features(self) -> list[str]:
         """`BATCH` when this server takes batch streams."""
@@ -70,9 +72,9 @@ class BatchVerbs:
         """The SIZE limit, for the batch's records."""
         return self.limits.max_message_size
 
-    async def known_transfers(self, keys: list[str]) -> dict[str, str]:
-        """Transfer keys an earlier session stored, with their queue ids."""
-        return await self.submission.known_transfers(keys) if keys else {}
+    def batch_transfers(self) -> bool:
+        """True when this client's transfer ids count (exactly once, as XTRANSFER=)."""
+        return transfers.TRANSFER in self._xtidepost_features()
 
     def batch_refused(self, command: str, reply: Reply, sender: str | None,
                       recipient: str | None) -> None:

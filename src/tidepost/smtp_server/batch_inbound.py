@@ -12,11 +12,12 @@ message `accept_message` (size, bare CR/LF, NUL, line length: the same
 
 Outcomes (docs/BATCH.md): when a record's END arrives, `take` returns its
 lines: `<tid> <i> <reply>` for recipient i (0-based) when its RCPT was
-refused or it was queued before, and `<tid> * <reply>` for every other
-recipient (the MAIL refusal, or the final reply).  Exactly once: each
-accepted recipient's transfer key `xb:<tid>:<address>` is stored with the
-message; one already stored means that recipient was queued by an earlier
-session whose answer the client never read, and it is answered 250 again.
+refused, and `<tid> * <reply>` for every other recipient (the MAIL
+refusal, or the final reply).  Exactly once: for a client that may use
+XTIDEPOST TRANSFER (relay_networks or AUTH), the record's transfer id is
+the transaction's, as XTRANSFER= would make it (submission/transfers.py):
+a repeat of recipients an earlier session queued is answered 250 again
+and not stored twice.
 Resume: at the end of every chunk the open message's octets go to its
 partial file, fsync'd before the chunk's reply; `MSG tid offset` with
 offset > 0 continues from that file (451 4.3.0 for the message when it holds
@@ -50,21 +51,15 @@ class BatchChecks(Protocol):
 
     def rcpt_verdict(self, transaction: Transaction, arg: str) -> Reply: ...
 
-    async def accept_message(self, transaction: Transaction, data: MessageData,
-                             transfer_keys: tuple[str, ...] = ()) -> Reply: ...
+    async def accept_message(self, transaction: Transaction, data: MessageData) -> Reply: ...
 
-    async def known_transfers(self, keys: list[str]) -> dict[str, str]: ...
+    def batch_transfers(self) -> bool: ...
 
     def batch_refused(self, command: str, reply: Reply, sender: str | None,
                       recipient: str | None) -> None: ...
 
     @property
     def max_message_size(self) -> int: ...
-
-
-def transfer_key(transfer_id: str, address: str) -> str:
-    """The queue's transfer key of one recipient of one transfer."""
-    return f"xb:{transfer_id}:{address}"
 
 
 @dataclass(slots=True)
@@ -78,7 +73,6 @@ class _Message:
     refusal: Reply | None = None           # for every recipient; the content is dropped
     transaction: Transaction | None = None
     lines: list[str] = field(default_factory=list)   # per-recipient outcome lines
-    keys: dict[str, tuple[str, int]] = field(default_factory=dict)  # address -> key, index
 
 
 class InboundBatch:
@@ -164,35 +158,14 @@ class InboundBatch:
             self.checks.batch_refused("MAIL", started, sender, None)
             return
         for index, line in enumerate(envelope.rcpts):
-            before = len(started.recipients)
             verdict = self.checks.rcpt_verdict(started, _argument(line))
-            if len(started.recipients) > before:
-                address = str(started.recipients[-1])
-                message.keys[address] = (transfer_key(message.transfer_id, address), index)
-            else:
+            if verdict.code != 250:
                 message.lines.append(_line(message.transfer_id, str(index), verdict))
                 self.checks.batch_refused("RCPT", verdict, sender,
                                           path_word(_argument(line)))
+        if self.checks.batch_transfers():  # exactly once, as XTRANSFER= (submission/transfers.py)
+            started.transfer_id = message.transfer_id
         message.transaction = started
-        await self._answer_known(message)
-
-    async def _answer_known(self, message: _Message) -> None:
-        """Recipients an earlier session queued: answered 250 again, not queued twice."""
-        transaction = message.transaction
-        assert transaction is not None
-        known = await self.checks.known_transfers([key for key, _ in message.keys.values()])
-        if not known:
-            return
-        kept = []
-        for address in transaction.recipients:
-            key, index = message.keys[str(address)]
-            if key not in known:
-                kept.append(address)
-                continue
-            message.lines.append(_line(message.transfer_id, str(index),
-                                       S.queued(known[key])))
-            del message.keys[str(address)]
-        transaction.recipients[:] = kept
 
     async def _end(self, message: _Message) -> list[str]:
         """END: the message's final reply for every recipient without one."""
@@ -201,9 +174,8 @@ class InboundBatch:
         final = message.refusal
         if final is None and transaction is not None and transaction.recipients:
             data = examine(bytes(message.body), self.checks.max_message_size)
-            keys = tuple(key for key, _ in message.keys.values())
-            final = await self.checks.accept_message(transaction, data, keys)
-        # Every recipient refused or queued before: the `*` line then applies to none.
+            final = await self.checks.accept_message(transaction, data)
+        # Every recipient refused: the `*` line then applies to none.
         final = final or S.S554_NO_VALID_RECIPIENTS
         pending = transaction.recipients if transaction is not None else []
         if final.code >= 400 and (pending or message.refusal is not None):

@@ -8,23 +8,27 @@ since every non-CRLF end-of-data variant contains one), NUL (554 5.6.0),
 a line over 1000 octets including CRLF (554 5.6.0).
 `client_info(session)` builds the `ClientInfo` the submission records in
 the Received header (protocol per RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA...).
-`submit_message(submission, transaction, body, session, transfer_keys)`
-hands a message that passed them to the submission and returns the reply:
-250 with the queue id only once it is committed (or when a transfer key
-shows it was queued before: XBATCH's exactly-once receipt), the submission's own refusal, or 451 4.3.0
-for any failure (the message is then not acknowledged).
+`submit_message(submission, transaction, body, session)` hands a message
+that passed them to the submission and returns the reply: 250 with the queue
+id only once it is committed, the submission's own refusal, 452 4.3.1
+when the spool's file system is full, or 451 4.3.0 for any other failure
+(the message is then not acknowledged).  A transaction with a transfer id
+(XTIDEPOST TRANSFER) is submitted with its transfer keys: a repeat gets
+the 250 of the earlier copy, and nothing is stored again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
-from tidepost.errors import AlreadyQueued
+from tidepost.errors import QueueFull
 from tidepost.model import Envelope
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.reader import MessageData
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Session, Transaction
+from tidepost.submission import transfers
 from tidepost.submission.submit import ClientInfo, Submission, SubmissionRejected
 
 log = logging.getLogger("tidepost.smtp_server")
@@ -44,20 +48,34 @@ def content_problem(data: MessageData) -> Reply | None:
 
 
 async def submit_message(submission: Submission, transaction: Transaction, body: bytes,
-                         session: Session, transfer_keys: tuple[str, ...] = ()) -> Reply:
-    """Queue the message; the reply reflects its commit (a known transfer: 250 too)."""
+                         session: Session) -> Reply:
+    """Queue the message; the reply reflects its commit."""
     envelope = Envelope(transaction.sender, tuple(transaction.recipients),
                         transaction.body_type, transaction.smtputf8)
     try:
-        keys = {"transfer_keys": transfer_keys} if transfer_keys else {}  # plain SMTP: none
-        queue_id = await submission.submit(envelope, body, client_info(session), **keys)
-    except AlreadyQueued as repeat:  # a repeat between tidepost nodes: acknowledged again
-        return S.queued(repeat.queue_id)
+        if transaction.transfer_id and submission.transfers is not None:
+            return await _submit_transfer(submission, envelope, body, session,
+                                          transaction.transfer_id)
+        queue_id = await submission.submit(envelope, body, client_info(session))
     except SubmissionRejected as exc:
         return S.rejected(exc.code, exc.status, exc.text)
+    except QueueFull as exc:
+        log.error("message from %s not queued: %s", session.peer_ip or "local", exc)
+        return S.S452_NO_SPACE
     except Exception:
         log.exception("submission failed for a message from %s", session.peer_ip)
         return S.S451_LOCAL_ERROR
+    return S.queued(queue_id)
+
+
+async def _submit_transfer(submission: Submission, envelope: Envelope, body: bytes,
+                           session: Session, transfer: str) -> Reply:
+    """Submit under the transfer's keys; a repeat is answered as its first copy was."""
+    space = transfers.namespace(session.authenticated, session.may_relay)
+    assert space is not None and submission.transfers is not None  # parse_mail checked
+    keys = submission.transfers.keys(space, transfer, envelope.recipients)
+    client = dataclasses.replace(client_info(session), transfer=transfer)
+    queue_id, _repeat = await submission.submit_transfer(envelope, body, client, keys)
     return S.queued(queue_id)
 
 

@@ -6,7 +6,8 @@ SMTPUTF8` into a `MailCommand`; `parse_rcpt(arg)` turns `TO:<c@d>` into an
 session never sees a half-parsed command.  Pure functions, no I/O.
 
 Accepted MAIL parameters (RFC 1870, 6152, 6531): SIZE=digits, BODY=7BIT or
-8BITMIME, SMTPUTF8.  RCPT takes none.  Unknown or repeated parameters get
+8BITMIME, SMTPUTF8; and XTRANSFER=id (docs/EXTENSIONS.md) when the session
+offered it (`transfers=True`).  RCPT takes none.  Unknown or repeated parameters get
 555 5.5.4, malformed ones 501 5.5.4, a declared SIZE over `max_size` 552 5.3.4.
 Angle brackets around the path are required (RFC 5321 4.1.2); a space after
 the colon is tolerated, as most servers do.
@@ -21,6 +22,7 @@ from tidepost.address import Address, AddressError, parse_path
 from tidepost.model import BodyType
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.replies import Reply
+from tidepost.submission.transfers import PARAMETER as TRANSFER_PARAMETER, valid_transfer_id
 
 # A path in angle brackets; a quoted local part may contain < > or spaces.
 _PATH = re.compile(r'\s*(<(?:"(?:[^"\\]|\\.)*"|[^<>"\s])*>)(.*)\Z', re.S)
@@ -35,10 +37,14 @@ class MailCommand:
     size: int | None = None
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
+    transfer_id: str = ""   # XTRANSFER=, exactly-once between tidepost nodes
 
 
-def parse_mail(arg: str, max_size: int) -> MailCommand | Reply:
-    """Parse the argument of MAIL (`FROM:<addr> params`) or return a refusal."""
+def parse_mail(arg: str, max_size: int, transfers: bool = False) -> MailCommand | Reply:
+    """Parse the argument of MAIL (`FROM:<addr> params`) or return a refusal.
+
+    `transfers`: XTRANSFER= is allowed (the session offered XTIDEPOST TRANSFER).
+    """
     split = split_path(arg, "FROM:")
     if split is None:
         return S.S501_MAIL_SYNTAX
@@ -46,7 +52,7 @@ def parse_mail(arg: str, max_size: int) -> MailCommand | Reply:
     params = parse_parameters(rest)
     if isinstance(params, Reply):
         return params
-    command = _mail_parameters(params, max_size)
+    command = _mail_parameters(params, max_size, transfers)
     if isinstance(command, Reply):
         return command
     try:
@@ -55,7 +61,8 @@ def parse_mail(arg: str, max_size: int) -> MailCommand | Reply:
         return S.S501_BAD_SENDER
     if not sender.is_ascii and not command.smtputf8:
         return S.S553_NEEDS_SMTPUTF8
-    return MailCommand(sender, command.size, command.body_type, command.smtputf8)
+    return MailCommand(sender, command.size, command.body_type, command.smtputf8,
+                       command.transfer_id)
 
 
 def parse_rcpt(arg: str) -> Address | Reply:
@@ -102,10 +109,12 @@ def parse_parameters(text: str) -> dict[str, str | None] | Reply:
     return params
 
 
-def _mail_parameters(params: dict[str, str | None], max_size: int) -> MailCommand | Reply:
+def _mail_parameters(params: dict[str, str | None], max_size: int,
+                     transfers: bool) -> MailCommand | Reply:
     """Check MAIL parameters; the sender field of the result is a placeholder."""
     size: int | None = None
     body_type = BodyType.SEVEN_BIT
+    transfer = ""
     for key, value in params.items():
         if key == "SIZE":
             if value is None or not value.isascii() or not value.isdigit() or len(value) > 20:
@@ -118,6 +127,10 @@ def _mail_parameters(params: dict[str, str | None], max_size: int) -> MailComman
                 body_type = BodyType((value or "").upper())
             except ValueError:
                 return S.S501_SYNTAX
+        elif key == TRANSFER_PARAMETER and transfers:
+            if not valid_transfer_id(value):
+                return S.S501_SYNTAX
+            transfer = value or ""
         elif key != "SMTPUTF8" or value is not None:
             return S.S555_UNKNOWN_PARAMETER
-    return MailCommand(Address("", ""), size, body_type, "SMTPUTF8" in params)
+    return MailCommand(Address("", ""), size, body_type, "SMTPUTF8" in params, transfer)

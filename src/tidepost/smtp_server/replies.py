@@ -20,7 +20,8 @@ Code choices that are ours, not dictated by an RFC (documented here once):
 - message content problems (bare CR/LF, NUL, lines over 1000 octets):
   554 5.6.0, "transaction failed" (RFC 5321 4.2.2, 4.2.5: 550 is about the
   mailbox, and the mailbox is fine); oversize: 552 5.3.4; submission
-  failure: 451 4.3.0;
+  failure: 451 4.3.0, but a full spool file system 452 4.3.1 (RFC 3463
+  "mail system full", as Postfix says for a full queue);
 - a client too slow (silent, a command line or DATA trickled, an untrusted
   session too long): 421 4.4.2 ("connection dropped", RFC 3463); over a
   connection limit or the error limit: 421 4.7.0 (a policy refusal).
@@ -135,6 +136,7 @@ S421_CONNECTION_RATE = Reply(421, "4.7.0", "Too many connections from your addre
 S421_TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 S421_SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 S451_LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing; message not accepted")
+S452_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage; message not accepted")
 S452_TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 S454_TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 

@@ -58,6 +58,7 @@ from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconn
 from tidepost.smtp_server.rejections import log_reject, path_word
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Counters, Session, Transaction
+from tidepost.submission import transfers
 from tidepost.submission.submit import Submission
 
 log = logging.getLogger("tidepost.smtp_server")
@@ -244,14 +245,23 @@ class Conversation(BatchVerbs):
                     "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self._tls_available() and not self.session.tls:
             keywords.append("STARTTLS")
-        features = self.xtidepost_features()
-        if features:  # tidepost-to-tidepost extensions, one keyword (docs/BATCH.md)
-            keywords.append(" ".join(["XTIDEPOST", *features]))
+        features = (*self._xtidepost_features(), *self.batch_features())
+        if features:  # tidepost-to-tidepost extensions, one keyword (docs/EXTENSIONS.md)
+            keywords.append(" ".join((transfers.EXTENSION, *features)))
         return keywords
 
-    def xtidepost_features(self) -> list[str]:
-        """The feature words after XTIDEPOST in EHLO (none: no XTIDEPOST line)."""
-        return self.batch_features()
+    def _xtidepost_features(self) -> tuple[str, ...]:
+        """The XTIDEPOST TRANSFER feature word when this client may use it (docs/EXTENSIONS.md).
+
+        TRANSFER only for clients whose transfers have a namespace
+        (relay_networks or authenticated) and when this node keeps keys;
+        BATCH (batch.py) is added beside it by `extensions`.
+        """
+        features: tuple[str, ...] = ()
+        if self.submission.transfers is not None and transfers.namespace(
+                self.session.authenticated, self.session.may_relay) is not None:
+            features += (transfers.TRANSFER,)
+        return features
 
     def check_recipient(self, rcpt: Address) -> Reply:
         """Policy hook: the reply to RCPT TO for a parsed recipient."""
@@ -282,12 +292,14 @@ class Conversation(BatchVerbs):
         else:
             self.reply(S.helo_ok(self.config.hostname))
 
-    def smtp_MAIL(self, arg: str) -> None:
-        """MAIL FROM: start a transaction."""
+    async def smtp_MAIL(self, arg: str) -> None:
+        """MAIL FROM: start a transaction (paced while delivery is behind, inflow.py)."""
         if not self.session.helo:
             return self.reply(S.S503_HELO_FIRST)
         if self.transaction is not None:
             return self.reply(S.S503_NESTED_MAIL)
+        if self.submission.inflow is not None:
+            await self.submission.inflow.pace()
         self.note(sender=path_word(arg))
         started = self.mail_verdict(arg)
         if isinstance(started, Reply):
@@ -297,10 +309,12 @@ class Conversation(BatchVerbs):
 
     def mail_verdict(self, arg: str) -> Transaction | Reply:
         """The transaction a MAIL argument starts, or its refusal (also for XBATCH)."""
-        command = parse_mail(arg, self.limits.max_message_size)
+        command = parse_mail(arg, self.limits.max_message_size,
+                             transfers.TRANSFER in self._xtidepost_features())
         if isinstance(command, Reply):
             return command
-        return Transaction(command.sender, command.body_type, command.smtputf8)
+        return Transaction(command.sender, command.body_type, command.smtputf8,
+                           transfer_id=command.transfer_id)
 
     def smtp_RCPT(self, arg: str) -> None:
         """RCPT TO: add a recipient if the policy allows it."""
@@ -400,15 +414,19 @@ class Conversation(BatchVerbs):
         await self.flush()
         data = await self._reader.read_data(self.limits.max_message_size)
         self._command = "end-of-data"
-        self.reply(await self.accept_message(transaction, data))
+        outcome = await self.accept_message(transaction, data)
+        self.reply(outcome)
+        if outcome.code == 250:
+            # Out at once, not behind commands the client pipelined after the
+            # dot: until it arrives the client may send a second copy.
+            await self.flush()
 
-    async def accept_message(self, transaction: Transaction, data: MessageData,
-                             transfer_keys: tuple[str, ...] = ()) -> Reply:
+    async def accept_message(self, transaction: Transaction, data: MessageData) -> Reply:
         """Check a received message and queue it; the final reply (also for XBATCH)."""
         outcome = content_problem(data)
         if outcome is None:
             outcome = await submit_message(self.submission, transaction, data.body,
-                                           self.session, transfer_keys)
+                                           self.session)
         if outcome.code == 250:
             self.counters.messages_accepted += 1
         else:

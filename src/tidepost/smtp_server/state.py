@@ -38,6 +38,7 @@ class Transaction:
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
     recipients: list[Address] = field(default_factory=list)
+    transfer_id: str = ""     # XTRANSFER= of a tidepost peer (docs/EXTENSIONS.md)
 
 
 @dataclass(slots=True)

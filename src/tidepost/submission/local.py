@@ -37,7 +37,7 @@ from email.utils import getaddresses
 
 from tidepost.address import Address, AddressError, parse_path
 from tidepost.config.schema import Config
-from tidepost.errors import AlreadyQueued
+from tidepost.errors import AlreadyQueued, QueueError, QueueFull
 from tidepost.model import BodyType, Envelope
 from tidepost.submission.headers import header_section
 from tidepost.submission.local_message import complete_headers, remove_bcc
@@ -189,6 +189,9 @@ class LocalSubmitter:
             return LocalResult(code, f"{exc.status} {exc.text}")
         except AlreadyQueued as repeat:
             return LocalResult(EX_OK, "queued before", repeat.queue_id)
+        except QueueError as exc:  # the message is not stored: the user may try again
+            status = "4.3.1 the spool is full" if isinstance(exc, QueueFull) else "4.3.0"
+            return LocalResult(EX_TEMPFAIL, f"{status}: message not queued ({exc})")
         return LocalResult(EX_OK, "queued", queue_id)
 
     async def notify_refused(self, submitter: Submitter, reason: str, excerpt: bytes) -> None:

@@ -25,16 +25,20 @@ from tidepost.address import Address
 from tidepost.clock import Clock
 from tidepost.eventlog import event
 from tidepost.config.schema import Config
+from tidepost.errors import AlreadyQueued
 from tidepost.model import Envelope, ScheduleEntry
 from tidepost.queue.backend import NewMessage, QueueBackend
 from tidepost.queue.sqlite import new_queue_id
 from tidepost.routing.routes import Router
 from tidepost.submission.aliases import Aliases
 from tidepost.submission.headers import count_received, header_section, received_header
+from tidepost.submission.inflow import InFlow
+from tidepost.submission.transfers import TransferKeys
 
 log = logging.getLogger("tidepost.submission")
 
 MAX_RECEIVED = 50  # more Received headers than this is a mail loop (RFC 5321 6.3)
+TRANSFER_ATTEMPTS = 3  # a concurrent repeat of the same transfer makes us look again
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]{1,250}>)")
 
 
@@ -50,6 +54,7 @@ class ClientInfo:
     uid: int | None = None     # their uid, from the kernel
     way: str = ""              # local submissions: "local" or "maildrop"
     tls: str = ""              # TLS version of the SMTP session, if any
+    transfer: str = ""         # transfer id of a tidepost peer (XTIDEPOST TRANSFER)
 
 
 class SubmissionRejected(Exception):
@@ -67,8 +72,11 @@ class Submission:
 
     def __init__(self, config: Config, queue: QueueBackend, clock: Clock,
                  router: Router, aliases: Aliases,
-                 on_queued: Callable[[list[ScheduleEntry]], None] = lambda entries: None):
+                 on_queued: Callable[[list[ScheduleEntry]], None] = lambda entries: None,
+                 transfers: TransferKeys | None = None, inflow: InFlow | None = None):
         self._hostname = config.hostname
+        self.transfers = transfers  # None: this node takes no XTIDEPOST transfers
+        self.inflow = inflow        # None: intake is never paced
         self._queue = queue
         self._clock = clock
         self.router = router
@@ -90,10 +98,6 @@ class Submission:
     def has_route(self, domain: str) -> bool:
         """True when some route serves `domain`."""
         return self.router.route_of(domain) is not None
-
-    async def known_transfers(self, keys: list[str]) -> dict[str, str]:
-        """The queue ids of those transfer keys that are stored (a repeat's answer)."""
-        return await self._queue.known_transfers(keys)
 
     async def submit(self, envelope: Envelope, body: bytes, client: ClientInfo,
                      transfer_keys: tuple[str, ...] = ()) -> str:
@@ -122,6 +126,32 @@ class Submission:
         self._on_queued(entries)
         return queue_id
 
+    async def submit_transfer(self, envelope: Envelope, body: bytes, client: ClientInfo,
+                              keys: dict[Address, str]) -> tuple[str, bool]:
+        """Queue the recipients of a transfer not stored before; (queue id, was a repeat).
+
+        `keys` maps each recipient to its transfer key (transfers.py).  The
+        recipients whose key is stored already are dropped; when none is
+        left the transfer is a repeat and the earlier queue id is returned,
+        storing nothing.  The check and the insert are not one transaction,
+        so a concurrent repeat (the same transfer on two connections) makes
+        the insert raise AlreadyQueued, and we look again.
+        """
+        for _ in range(TRANSFER_ATTEMPTS):
+            known = await self._queue.known_transfers(list(keys.values()))
+            fresh = tuple(r for r in envelope.recipients if keys[r] not in known)
+            if not fresh:
+                earlier = next(iter(known.values()))
+                event(log, earlier, "duplicate", transfer=client.transfer or None)
+                return earlier, True
+            partial = Envelope(envelope.sender, fresh, envelope.body_type, envelope.smtputf8)
+            try:
+                return await self.submit(partial, body, client, tuple(
+                    dict.fromkeys(keys[r] for r in fresh))), False
+            except AlreadyQueued:
+                continue
+        raise SubmissionRejected(451, "4.3.0", "Transfer repeated concurrently; try again")
+
     def _expand(self, recipients: tuple[Address, ...]) -> tuple[Address, ...]:
         """Expand aliases of local recipients; drop duplicates, keep order."""
         out: dict[Address, None] = {}
@@ -145,7 +175,7 @@ def log_received(queue_id: str, sender: Address, recipients: tuple[Address, ...]
           client="local" if local else f"{client.helo or 'unknown'}[{client.address}]",
           protocol=(client.way or "local") if local else client.protocol,
           tls=client.tls or None, auth=client.authenticated or None,
-          uid=client.uid, user=client.local_user or None)
+          uid=client.uid, user=client.local_user or None, transfer=client.transfer or None)
 
 
 def date_header(now: float) -> str:
