@@ -32,8 +32,9 @@ import time
 import uuid
 from pathlib import Path
 
+import sys
+
 import pytest
-from conftest import tidepost_argv, wait_for
 
 from tidepost.testing.mailmix import message_mix
 
@@ -42,6 +43,22 @@ pytestmark = pytest.mark.integration
 SITE_ADDRESS, ISP_ADDRESS = "10.77.0.1", "10.77.0.2"
 LINK = "tpbatch0"
 CHUNK = 32 * 1024
+
+
+def tidepost_argv() -> list[str]:
+    """The `tidepost` command of the Python running the tests."""
+    script = Path(sys.executable).parent / "tidepost"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tidepost.cli.main"]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll `predicate` until true; its value, or AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return value
 
 
 def _skip_unless_possible() -> None:
@@ -125,7 +142,6 @@ class Node:
                   "    s.sendmail('alice@site.test', [rcpt], data)\n"
                   "s.quit()\n")
         import pickle
-        import sys
         subprocess.run(self.argv(sys.executable, "-c", script), input=pickle.dumps(messages),
                        check=True, timeout=120)
 
