@@ -211,3 +211,17 @@ def test_resume_after_a_cut_sends_at_most_one_chunk_again(tmp_path):
     sent_again = 700_000 + second.session.written - second_before - uninterrupted
     assert sent_again <= CHUNK
     assert not (tmp_path / FOLDER / "photo1").exists()
+
+
+def test_two_jobs_of_one_message_share_its_transfer_id(tmp_path):
+    async def scenario(receiver: Receiver):
+        sender = await receiver.sender()
+        body = message(1)
+        jobs = [Transaction(Address("s", "site.test"), recipients(rcpt, first_id=n), body)
+                for n, rcpt in ((1, "alice@relay.test"), (2, "bob@relay.test"))]
+        results = await asyncio.wait_for(asyncio.gather(
+            *(sender.send(tx, "Q1.1700000000000") for tx in jobs)), 10)
+        await sender.close()
+        return results
+    results = run(scenario, tmp_path)
+    assert [r.outcomes[0].verdict for r in results] == [Verdict.DELIVERED] * 2

@@ -77,9 +77,9 @@ class _Outbound:
 
 @dataclass(slots=True)
 class _ChunkSent:
-    """A chunk whose reply is awaited: the records that ended in it."""
+    """A chunk whose reply is awaited: the records that ended in it, in order."""
 
-    ended: list[str] = field(default_factory=list)
+    ended: list[_Outbound] = field(default_factory=list)
 
 
 class BatchSender:
@@ -97,7 +97,9 @@ class BatchSender:
         self.octets_resumed = 0            # octets not sent because the server held them
         self.messages = 0                  # records whose outcome arrived
         self._waiting: deque[_Outbound] = deque()
-        self._flight: dict[str, _Outbound] = {}   # taken, outcome not yet known
+        # Taken, outcome not yet known; by identity: two jobs of one message share
+        # a transfer id (its recipients' keys tell them apart at the server).
+        self._flight: dict[int, _Outbound] = {}
         self._unready: deque[_Outbound] = deque()  # taken, on_taken not yet called
         self._expected: asyncio.Queue[_ChunkSent | asyncio.Future[int]] = asyncio.Queue()
         self._window = asyncio.Semaphore(window)
@@ -163,7 +165,7 @@ class BatchSender:
                 if len(pending) >= self.chunk_size - self._step:
                     await self._send_chunk(pending, chunk)
                     pending, chunk = bytearray(), _ChunkSent()
-            chunk.ended.append(item.transfer_id)
+            chunk.ended.append(item)
             if len(chunk.ended) >= MESSAGES_PER_CHUNK:
                 await self._send_chunk(pending, chunk)
                 pending, chunk = bytearray(), _ChunkSent()
@@ -185,7 +187,7 @@ class BatchSender:
 
     def _take(self, item: _Outbound) -> None:
         """The item is being sent: let the next job start if memory allows."""
-        self._flight[item.transfer_id] = item
+        self._flight[id(item)] = item
         self._unready.append(item)
         self._release_turns()
 
@@ -219,17 +221,34 @@ class BatchSender:
             self._release_turns()
 
     def _settle(self, chunk: _ChunkSent, reply: Reply) -> None:
-        """Resolve the records that ended in the chunk from its outcome lines."""
-        lines: dict[str, list[tuple[str, Reply]]] = {}
+        """Resolve the records that ended in the chunk from its outcome lines.
+
+        The lines come in stream order, each record's ending with its `*`
+        line, so they are matched to the records by position (and checked
+        by transfer id).
+        """
+        records = iter(chunk.ended)
+        lines: list[tuple[str, Reply]] = []
         for text in reply.lines[:-1]:
             parsed = _outcome_line(text)
-            if parsed is not None:
-                lines.setdefault(parsed[0], []).append(parsed[1:])
-        for transfer in chunk.ended:
-            item = self._flight.pop(transfer, None)
-            if item is not None and not item.done.done():
-                self.messages += 1
-                item.done.set_result(self._result(item, lines.get(transfer, [])))
+            if parsed is None:
+                continue
+            lines.append(parsed[1:])
+            if parsed[1] != "*":
+                continue
+            item = next(records, None)
+            if item is not None:
+                self._resolve(item, lines if parsed[0] == item.transfer_id else [])
+            lines = []
+        for item in records:  # no `*` line for it: a server that broke the protocol
+            self._resolve(item, [])
+
+    def _resolve(self, item: _Outbound, lines: list[tuple[str, Reply]]) -> None:
+        """Give one record its result; later calls for it change nothing."""
+        self._flight.pop(id(item), None)
+        if not item.done.done():
+            self.messages += 1
+            item.done.set_result(self._result(item, lines))
 
     def _result(self, item: _Outbound, lines: list[tuple[str, Reply]]) -> TransactionResult:
         """Outcomes per recipient: its own line, else the `*` line."""
