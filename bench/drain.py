@@ -86,9 +86,9 @@ def counting_link(site: str, isp: str, delay: float, rate: float):
             up = self._directions["a_to_b"]
             take = up.take
 
-            def peek(packet: bytes, now: float) -> None:
+            def peek(packet: bytes, now: float, down: bool = False) -> None:
                 self._peek(packet)
-                take(packet, now)
+                take(packet, now, down)
 
             up.take = peek
             return self
@@ -439,16 +439,17 @@ class TidepostSite:
 class PostfixSite:
     """A private Postfix instance in the site namespace, remote mail held."""
 
-    def __init__(self, topology: Topology, folder: Path):
+    def __init__(self, topology: Topology, folder: Path, main_cf_extra: str = ""):
         self.topology, self.folder = topology, folder
         self.conf = folder / "conf"
         self.port = POSTFIX_PORT
+        self.main_cf_extra = main_cf_extra  # e.g. a relayhost (bench/batch.py)
 
     def start(self) -> None:
         """Write main.cf and master.cf (no chroot: DNS needs /etc/resolv.conf), start."""
         folder, topo = self.folder, self.topology
         self.conf.mkdir()
-        (self.conf / "main.cf").write_text(main_cf(folder, "site.test"))
+        (self.conf / "main.cf").write_text(main_cf(folder, "site.test") + self.main_cf_extra)
         lines = []
         for line in Path("/etc/postfix/master.cf").read_text().splitlines():
             fields = line.split()

@@ -30,6 +30,7 @@ from typing import Any
 from tidepost.address import domain_matches
 from tidepost.clock import Clock
 from tidepost.config.schema import CUSTOMERS_ROUTE, Config
+from tidepost.delivery.batching import BatchChannel
 from tidepost.delivery.turnaround import TurnedSession
 from tidepost.errors import ConfigError
 from tidepost.manager.manager import Manager
@@ -110,9 +111,15 @@ class RelayRole:
 
     async def deliver_over(self, patterns: list[str], smtp: SmtpSession) -> int:
         """ATRN: deliver the held mail for `patterns` on the customer's connection."""
-        session = TurnedSession(smtp, self.config.delivery.recipients_per_transaction)
+        route = next((r for r in self.config.route if r.name == CUSTOMERS_ROUTE), None)
+        batch = BatchChannel(self.config.delivery, self.config.hostname,
+                             route is None or route.tidepost_batch)
+        session = TurnedSession(smtp, self.config.delivery.recipients_per_transaction, batch)
         cause = "ATRN " + ",".join(patterns)
-        count = await self.manager.deliver_held(CUSTOMERS_ROUTE, patterns, session, cause)
+        try:
+            count = await self.manager.deliver_held(CUSTOMERS_ROUTE, patterns, session, cause)
+        finally:
+            await session.close()
         for pattern in patterns:
             await self._remember(pattern, "ATRN", count)
         return count

@@ -81,6 +81,7 @@ def test_held_until_the_site_asks_then_delivered_exactly_once(tidepost_node, unb
                   what="the held mail to arrive at the site")
     relay.wait_queue_empty()
     assert "ETRN site.test to 127.0.0.1" in site.log_tail(400)
+    assert "XTIDEPOST BATCH with" in relay.log_tail(400)  # tidepost to tidepost
 
     again = site.cli("etrn", f"127.0.0.1:{relay.port}", "site.test", "-c",
                      str(site.config_path)).stdout.decode()
@@ -143,6 +144,7 @@ def test_odmr_atrn_delivers_over_the_same_connection(tidepost_node, unbound, tmp
     site.wait_for(lambda: len(site.maildir("dave")) == 1 and len(site.maildir("alice")) == 1,
                   what="ODMR mail in the site's Maildirs")
     relay.wait_queue_empty()
+    assert "XTIDEPOST BATCH with" in relay.log_tail(400)  # the reversed connection too
     again = subprocess.run([sys.executable, "-m", "tidepost.cli.main", "odmr",
                             f"127.0.0.1:{odmr_port}", "ship", "-c", str(site.config_path)],
                            env=env, capture_output=True, timeout=60)

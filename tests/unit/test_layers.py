@@ -11,7 +11,7 @@ PACKAGE = Path(tidepost.__file__).parent
 # Lower index = lower layer. Modules may import their own layer or below.
 LAYERS = [
     {"address", "errors", "clock", "eventlog", "accounts", "sizes"},
-    {"model", "outcomes", "testing"},
+    {"model", "outcomes", "testing", "batchcodec"},
     {"config"},
     {"queue", "scheduler", "usage"},
     {"routing"},

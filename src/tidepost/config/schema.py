@@ -83,6 +83,12 @@ class SmtpServerConfig:
     tls_certificate: str = field(default="", metadata=meta(
         "PEM certificate chain for STARTTLS; empty disables STARTTLS"))
     tls_key: str = field(default="", metadata=meta("PEM private key for STARTTLS"))
+    batch: bool = field(default=True, metadata=meta(
+        "offer XTIDEPOST BATCH to tidepost peers: many messages per round trip, "
+        "compressed, resumable (docs/BATCH.md); other clients never see it"))
+    batch_partial_lifetime: float = field(default=86400.0, metadata=meta(
+        "seconds a partly received batch message is kept in SPOOL/batch-partial for its "
+        "sender to resume", low=60, high=30 * 86400, kind="duration"))
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,12 @@ class DeliveryConfig:
         "more lets CHUNKING stream; 0: one message after another", low=0, high=16))
     starttls: str = field(default="opportunistic", metadata=meta(
         "STARTTLS when offered", choices=("opportunistic", "never")))
+    batch_chunk_size: int = field(default=32 * 1024, metadata=meta(
+        "XTIDEPOST BATCH: compressed bytes per chunk, each acknowledged once durable; a "
+        "cut link sends at most about this much again", low=4096, high=1024 * 1024,
+        kind="size"))
+    batch_window: int = field(default=4, metadata=meta(
+        "XTIDEPOST BATCH: chunks sent ahead of their acknowledgement", low=1, high=64))
     max_mx_hosts: int = field(default=5, metadata=meta(
         "MX hosts tried per attempt", low=1, high=50))
 
@@ -238,6 +250,9 @@ class RouteConfig:
     schedule: tuple[str, ...] = field(default=(), metadata=meta(
         "queue-run times, first matching rule wins: \"Mon-Fri 08:00-18:00 every 15m\", "
         "\"every 1h\"; empty: deliver as mail arrives"))
+    tidepost_batch: bool = field(default=True, metadata=meta(
+        "to a peer that offers XTIDEPOST BATCH (tidepost): send compressed batches "
+        "instead of one SMTP transaction per message; other peers get plain SMTP"))
     batch_messages: int = field(default=0, metadata=meta(
         "with a schedule: also run when this many messages wait (0: off)", low=0))
     batch_age: float = field(default=0.0, metadata=meta(

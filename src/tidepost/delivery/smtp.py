@@ -33,6 +33,9 @@ went idle since the last one.
 
 Overlap: jobs of one session pipeline on its connection (smtp_client/
 pipeline.py) up to [delivery] pipeline_depth; `depth` tells the dispatcher.
+Batches: to a peer offering XTIDEPOST BATCH (another tidepost) on a route
+with `tidepost_batch`, jobs go on the connection's batch stream instead
+(delivery/batching.py), overlapping batching.DEPTH deep.
 Accounting: each connection opened and closed, the bytes it carried after
 every transaction (the kernel's TCP counts where there are some), each
 message whose content went out and its sender, and the connection's lowest
@@ -49,6 +52,8 @@ from collections.abc import Callable, Sequence
 from tidepost.clock import Clock
 from tidepost.config.schema import CUSTOMERS_ROUTE, DeliveryConfig, RouteConfig
 from tidepost.delivery.agent import Overlap
+from tidepost.delivery.batching import DEPTH as BATCH_DEPTH
+from tidepost.delivery.batching import BatchChannel, SharedBatches
 from tidepost.errors import ConnectFailed, DeliveryError, PermFailure, RouteHeld, TempFailure
 from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, Verdict, bounced, deferred, not_attempted
@@ -84,6 +89,7 @@ class SmtpAgent:
         self.ledger = ledger
         self.meter = meter  # link accounting: bytes, connections, round trips per route
         self.own_endpoints = own_endpoints  # our listeners: a next hop there is a loop
+        self.batches = SharedBatches()  # one connection per tidepost peer, for all workers
 
     def session(self, route: RouteConfig | None, nexthop: str) -> SmtpAgentSession:
         """A not yet connected session for `nexthop` on `route`."""
@@ -112,6 +118,8 @@ class SmtpAgentSession:
         self._connections = 0
         self._transactions = 0
         self._dialling = asyncio.Lock()
+        self._batch = BatchChannel(agent.config, agent.helo_name,
+                                   route is None or route.tidepost_batch)
 
     def statistics(self) -> dict[str, int]:
         """Connections opened and transactions completed by this session."""
@@ -121,9 +129,11 @@ class SmtpAgentSession:
     def depth(self) -> int:
         """Jobs that may overlap on the connection: pipeline_depth with PIPELINING, else 0."""
         smtp = self._smtp
-        if smtp is None or not _usable(smtp) or not smtp.supports("PIPELINING"):
+        if smtp is None or not _usable(smtp):
             return 0
-        return self.agent.config.pipeline_depth
+        if self._batch.usable(smtp):
+            return BATCH_DEPTH
+        return self.agent.config.pipeline_depth if smtp.supports("PIPELINING") else 0
 
     async def deliver(self, job: DeliveryJob, overlap: Overlap | None = None) -> list[Outcome]:
         """Deliver one job; one outcome per recipient; never raises."""
@@ -138,6 +148,9 @@ class SmtpAgentSession:
     async def close(self) -> None:
         """Say QUIT and drop the connection, if one is open; never raises."""
         smtp, self._smtp = self._smtp, None
+        if smtp is not None and not self.agent.batches.leave(self._key(), smtp):
+            return  # other sessions still send on this shared batch connection
+        await self._batch.close()
         if smtp is not None:
             try:
                 await smtp.quit()
@@ -178,10 +191,17 @@ class SmtpAgentSession:
                 outcomes += _defer_all(chunk, "4.4.2", f"connection with {smtp.peer} "
                                        "was lost earlier in this delivery", smtp.peer.host)
                 continue
+            last = start + size >= len(job.recipients)
+            sender = self._batch.sender(smtp)
+            if sender is not None:  # a tidepost peer: the batch stream, no gate needed
+                sent, result = await self._batch.send(sender, job, chunk,
+                                                      overlap.mark_ready if last else None)
+                self._account(smtp, sent, result)
+                outcomes += result.outcomes
+                continue
             transaction = Transaction(job.message.sender, chunk, job.body,
                                       job.message.body_type, job.message.smtputf8,
                                       transfer_id(job.message.queue_id, job.message.arrival))
-            last = start + size >= len(job.recipients)
             chunk_outcomes, smtp = await self._transact(
                 smtp, transaction, first_of_job=start == 0,
                 gate=overlap.gate if start == 0 else None,
@@ -226,12 +246,25 @@ class SmtpAgentSession:
             if self._smtp is not None and _usable(self._smtp):
                 return self._smtp
             if self._smtp is not None:
+                self.agent.batches.leave(self._key(), self._smtp)
                 self._smtp.close()
                 self._smtp = None
-            hops = await self._next_hops()
-            self._smtp = await self._dial(hops)
-            self._connections += 1
+            async with self.agent.batches.first_dial(self._key()):
+                joined = self.agent.batches.join(self._key()) if self._batch.enabled else None
+                if joined is not None:
+                    self._smtp, self._batch = joined
+                    return self._smtp
+                hops = await self._next_hops()
+                self._smtp = await self._dial(hops)
+                self._connections += 1
+                if self._batch.enabled:
+                    self.agent.batches.found(self._key(), self._smtp, self._batch)
             return self._smtp
+
+    def _key(self) -> tuple[str, ...]:
+        """The destination, as shared batch connections know it."""
+        return (self.route.name if self.route else "", self.target.host,
+                str(self.target.port))
 
     async def _next_hops(self) -> list[NextHop]:
         """Resolve the destination once per session; a permanent answer sticks."""

@@ -41,7 +41,7 @@ from tidepost.manager.notices import Notices, SizeNotices
 from tidepost.manager.route_states import RouteStates
 from tidepost.manager.watch import QueueWatch
 from tidepost.manager.settle import add_dsns, settle
-from tidepost.model import DeliveryJob, ScheduleEntry
+from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
 from tidepost.queue.backend import ClaimResult, QueueBackend
 from tidepost.queue.owner import runner_alive
@@ -246,14 +246,16 @@ class Manager(RouteStates):
         """Deliver what `route` holds for `patterns` over `session` (ODMR); the count.
 
         The session is a connection the customer opened (RFC 2645 ATRN), so
-        jobs run one after another on it instead of through the dispatcher.
+        jobs run on it instead of through the dispatcher: one after another,
+        or up to `session.depth` at once on a batch stream (XTIDEPOST BATCH).
         Claims make a concurrent ETRN or flush skip these recipients.
         """
         await self._until_loaded()
         await self.catch_up()
         result = await self._claim(self._take_held(route, patterns), force=True)
-        count = 0
-        for message, recipients in result.claimed:
+        room = asyncio.Semaphore(max(session.depth, 1))
+
+        async def deliver(message: MessageInfo, recipients: list[QueuedRecipient]) -> None:
             job = DeliveryJob(message, recipients, route, "", cause=cause)
             try:
                 job.body = await self._queue.load_body(message.message_id)
@@ -261,8 +263,15 @@ class Manager(RouteStates):
             except Exception as exc:  # noqa: BLE001 - the claim must end in an outcome
                 outcomes = [deferred(r.recipient_id, "4.3.0", f"delivery failed: {exc}")
                             for r in recipients]
+            finally:
+                room.release()
             await self._record(job, outcomes)
-            count += len(recipients)
+
+        async with asyncio.TaskGroup() as tasks:
+            for message, recipients in result.claimed:
+                await room.acquire()
+                tasks.create_task(deliver(message, recipients))
+        count = sum(len(recipients) for _, recipients in result.claimed)
         log.info("%s on route %s: %d recipients", cause, route, count)
         return count
 

@@ -66,22 +66,23 @@ class Reply:
         return f"{self.code} {self.text}".rstrip()
 
 
-async def read_reply(reader: asyncio.StreamReader, timeout: float) -> Reply:
+async def read_reply(reader: asyncio.StreamReader, timeout: float,
+                     max_lines: int = MAX_REPLY_LINES) -> Reply:
     """Read one (possibly multi-line) reply within `timeout` seconds."""
     try:
         async with asyncio.timeout(timeout):
-            return await _read_lines(reader)
+            return await _read_lines(reader, max_lines)
     except TimeoutError:
         raise TempFailure("4.4.2", "conversation timed out") from None
     except OSError as error:
         raise TempFailure("4.4.2", f"lost connection: {error}") from None
 
 
-async def _read_lines(reader: asyncio.StreamReader) -> Reply:
+async def _read_lines(reader: asyncio.StreamReader, max_lines: int) -> Reply:
     """Read continuation lines up to the last line of a reply."""
     lines: list[str] = []
     first_code = 0
-    for _ in range(MAX_REPLY_LINES):
+    for _ in range(max_lines):
         code, last, text = parse_line(await _read_line(reader))
         if lines and code != first_code:
             raise TempFailure("4.5.0", "protocol error: reply code changed mid-reply")

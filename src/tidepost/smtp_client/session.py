@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from tidepost.config.schema import DeliveryConfig
 from tidepost.errors import ConnectFailed, TempFailure
 from tidepost.smtp_client.pipeline import Pipeline
-from tidepost.smtp_client.replies import SERVICE_NOT_AVAILABLE, Reply, read_reply
+from tidepost.smtp_client.replies import (MAX_REPLY_LINES, SERVICE_NOT_AVAILABLE, Reply,
+                                         read_reply)
 from tidepost.submission import transfers
 from tidepost.usage.wire import WireCounts, read_counts
 
@@ -109,10 +110,11 @@ class SmtpSession:
         value = self.extensions.get("SIZE", "")
         return int(value) if value.isdigit() else 0
 
-    async def read_reply(self, timeout: float | None = None) -> Reply:
+    async def read_reply(self, timeout: float | None = None,
+                         max_lines: int = MAX_REPLY_LINES) -> Reply:
         """Read one reply; a 421 or any I/O failure raises TempFailure."""
         try:
-            reply = await read_reply(self.reader, timeout or self.command_timeout)
+            reply = await read_reply(self.reader, timeout or self.command_timeout, max_lines)
         except TempFailure as failure:
             self.broken = True
             raise TempFailure(failure.status, f"{failure.reason} with {self.peer}",

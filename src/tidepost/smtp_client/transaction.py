@@ -366,7 +366,7 @@ class _Exchange:
     def settle(self, recipients: Sequence[QueuedRecipient], reply: Reply) -> None:
         """Record the outcome `reply` means for each of `recipients`."""
         for recipient in list(recipients):
-            self.record(recipient, _outcome(recipient.recipient_id, reply,
+            self.record(recipient, reply_outcome(recipient.recipient_id, reply,
                                             self.session.peer, self.stage))
         self.accepted = [r for r in self.accepted if r.recipient_id not in self.settled]
 
@@ -398,7 +398,7 @@ class _Exchange:
         return [self.settled[r.recipient_id] for r in self.tx.recipients]
 
 
-def _outcome(recipient_id: int, reply: Reply, peer: Peer, stage: str) -> Outcome:
+def reply_outcome(recipient_id: int, reply: Reply, peer: Peer, stage: str) -> Outcome:
     """Delivered, Deferred or Bounced as the reply's class says."""
     said = f"host {peer} said: {reply} (in reply to {stage})"
     if reply.code // 100 == 2:

@@ -66,6 +66,9 @@ async def odmr(peer: Peer, helo_name: str, user: str, password: str,
         reply = await _authenticate(session, user, password)
         if reply.code != 235:
             return reply
+        # We serve the reversed session ourselves (no proxy in between): say so, so
+        # a tidepost relay may send XTIDEPOST BATCH on it (docs/BATCH.md); others 5xx.
+        await session.command("XTIDEPOST BATCH")
         reply = await session.command("ATRN " + ",".join(domains) if domains else "ATRN")
         if reply.code == 250:
             await serve(session.reader, session.writer)

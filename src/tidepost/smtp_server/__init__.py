@@ -6,7 +6,8 @@ stream, writer, ...).run()`.  Module manuals: listeners.py (accepting),
 admission.py (connection slots, the reserve), session.py (one
 conversation), outbox.py (its replies), reader.py and pace.py (lines, DATA,
 deadlines), parsing.py, access.py, data.py, tls.py, turn.py and auth.py
-(ETRN, ATRN, AUTH), ratelimit.py, rejections.py (the reject log),
+(ETRN, ATRN, AUTH), batch.py, batch_inbound.py and batch_partials.py
+(XTIDEPOST BATCH, docs/BATCH.md), ratelimit.py, rejections.py (the reject log),
 replies.py (every reply; docs/REPLIES.md).
 """
 

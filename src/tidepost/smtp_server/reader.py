@@ -15,6 +15,9 @@ a command or after end-of-data stay there for the next command.
   stay in the body and are reported as bare CR/LF for the caller to reject.
   Once the message certainly exceeds `max_size`, the body is dropped and only
   a 4-octet tail is kept to find the terminator.
+- `read_octets(n)` reads exactly n octets (an XBATCH chunk, docs/BATCH.md);
+  `examine(body, max_size)` reports the same problems as read_data for a
+  message that came as is, without dot-stuffing.
 
 Every read from the stream waits at most `idle_timeout` seconds (None: no
 limit) and then raises `TimeoutError`; a closed stream raises
@@ -30,6 +33,7 @@ must keep up `min_data_rate` octets/s over each `data_rate_window`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -239,6 +243,15 @@ class SmtpReader:
         start = asyncio.get_running_loop().time()
         return DataPace(self.min_data_rate, self.data_rate_window, start)
 
+    async def read_octets(self, count: int) -> bytes:
+        """Exactly `count` octets (an XBATCH chunk), at the DATA rate's pace."""
+        pace = self._pace()
+        while len(self._buffer) < count:
+            self._buffer += await self._read_paced(pace)
+        octets = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return octets
+
     async def read_data(self, max_size: int, large: LargeBody | None = None) -> MessageData:
         """Read a DATA section up to CRLF "." CRLF; see the module docstring.
 
@@ -275,17 +288,24 @@ class SmtpReader:
 
 def inspect(raw: bytes, max_size: int) -> MessageData:
     """Dot-unstuff a DATA section (CRLF lines, no terminator) and report its problems."""
+    found = examine(raw, max_size)  # the problems of the text as it was sent
     body = unstuff(raw)
-    crlf = raw.count(b"\r\n")
-    bare_lf = raw.count(b"\n") != crlf
+    return dataclasses.replace(found, body=body if len(body) <= max_size else b"",
+                               size=len(body), too_big=len(body) > max_size)
+
+
+def examine(body: bytes, max_size: int) -> MessageData:
+    """The problems of a message received as is (no dot-stuffing: XBATCH)."""
+    crlf = body.count(b"\r\n")
+    bare_lf = body.count(b"\n") != crlf
     return MessageData(
         body=body if len(body) <= max_size else b"",
         size=len(body),
         too_big=len(body) > max_size,
-        bare_cr=raw.count(b"\r") != crlf,
+        bare_cr=body.count(b"\r") != crlf,
         bare_lf=bare_lf,
-        nul=b"\0" in raw,
-        long_line=_has_long_line(raw) if bare_lf else _has_long_crlf_line(raw),
+        nul=b"\0" in body,
+        long_line=_has_long_line(body) if bare_lf else _has_long_crlf_line(body),
     )
 
 

@@ -95,6 +95,16 @@ def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
 
+def batch_held(transfer_id: str, octets: int) -> Reply:
+    """XRESUME: how many octets of a message an earlier session left here."""
+    return Reply(250, "2.0.0", f"{transfer_id} {octets}")
+
+
+def s554_batch_stream(why: str) -> Reply:
+    """XBATCH: the batch stream is malformed (docs/BATCH.md); the rest of it is refused."""
+    return Reply(554, "5.6.0", f"Batch stream refused: {why}")
+
+
 def rejected(code: int, status: str, text: str) -> Reply:
     """A reply given by the submission layer, made safe to send on one line."""
     text = "".join(c if c.isprintable() else " " for c in text) or "Rejected"
@@ -161,3 +171,12 @@ S554_NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 S554_PIPELINED_DATA = Reply(554, "5.5.0", "Protocol error: data sent before the reply "
                                           "to DATA (RFC 2920 3.1)")
 S555_UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
+
+# XTIDEPOST BATCH (smtp_server/batch.py, docs/BATCH.md)
+S501_BATCH_SIZE = Reply(501, "5.5.4", "Syntax: XBATCH octets (1 to 1048576); closing")
+S503_BATCH_IN_TRANSACTION = Reply(503, "5.5.1", "XBATCH and XRESUME are not allowed during "
+                                                "a mail transaction")
+S503_BATCH_BROKEN = Reply(503, "5.5.1", "The batch stream failed earlier; RSET starts a "
+                                        "new one")
+S451_BATCH_RESUME_LOST = Reply(451, "4.3.0", "The resumed part of this message is not held "
+                                             "here (any more); send it whole")

@@ -51,10 +51,11 @@ from tidepost.smtp_server.access import AccessPolicy
 from tidepost.smtp_server.data import content_problem, submit_message
 from tidepost.smtp_server.outbox import Outbox, Writer
 from tidepost.smtp_server.parsing import parse_mail, parse_rcpt
+from tidepost.smtp_server.batch import BatchVerbs
 from tidepost.smtp_server.bodies import LargeBodies
 from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconnected,
                                          ClientTooSlow, CommandTimeout, LineTooLong,
-                                         SmtpReader)
+                                         MessageData, SmtpReader)
 from tidepost.smtp_server.rejections import log_reject, path_word
 from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Counters, Session, Transaction
@@ -77,7 +78,7 @@ def verb_name(word: bytes) -> str:
     return "UNKNOWN"
 
 
-class Conversation:
+class Conversation(BatchVerbs):
     """Serves one SMTP client over a stream and a writer."""
 
     def __init__(self, config: Config, submission: Submission, stream: ByteStream,
@@ -247,15 +248,17 @@ class Conversation:
                     "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self._tls_available() and not self.session.tls:
             keywords.append("STARTTLS")
-        if self._xtidepost_features():
-            keywords.append(" ".join((transfers.EXTENSION, *self._xtidepost_features())))
+        features = (*self._xtidepost_features(), *self.batch_features())
+        if features:  # tidepost-to-tidepost extensions, one keyword (docs/EXTENSIONS.md)
+            keywords.append(" ".join((transfers.EXTENSION, *features)))
         return keywords
 
     def _xtidepost_features(self) -> tuple[str, ...]:
-        """The XTIDEPOST feature words this client may use (docs/EXTENSIONS.md).
+        """The XTIDEPOST TRANSFER feature word when this client may use it (docs/EXTENSIONS.md).
 
         TRANSFER only for clients whose transfers have a namespace
-        (relay_networks or authenticated) and when this node keeps keys.
+        (relay_networks or authenticated) and when this node keeps keys;
+        BATCH (batch.py) is added beside it by `extensions`.
         """
         features: tuple[str, ...] = ()
         if self.submission.transfers is not None and transfers.namespace(
@@ -301,13 +304,20 @@ class Conversation:
         if self.submission.inflow is not None:
             await self.submission.inflow.pace()
         self.note(sender=path_word(arg))
+        started = self.mail_verdict(arg)
+        if isinstance(started, Reply):
+            return self.reply(started)
+        self.transaction = started
+        self.reply(S.S250_SENDER_OK)
+
+    def mail_verdict(self, arg: str) -> Transaction | Reply:
+        """The transaction a MAIL argument starts, or its refusal (also for XBATCH)."""
         command = parse_mail(arg, self.limits.max_message_size,
                              transfers.TRANSFER in self._xtidepost_features())
         if isinstance(command, Reply):
-            return self.reply(command)
-        self.transaction = Transaction(command.sender, command.body_type, command.smtputf8,
-                                       transfer_id=command.transfer_id)
-        self.reply(S.S250_SENDER_OK)
+            return command
+        return Transaction(command.sender, command.body_type, command.smtputf8,
+                           transfer_id=command.transfer_id)
 
     def smtp_RCPT(self, arg: str) -> None:
         """RCPT TO: add a recipient if the policy allows it."""
@@ -315,26 +325,31 @@ class Conversation:
         self.note(recipient=path_word(arg))
         if transaction is None:
             return self.reply(S.S503_MAIL_FIRST)
+        self.reply(self.rcpt_verdict(transaction, arg))
+
+    def rcpt_verdict(self, transaction: Transaction, arg: str) -> Reply:
+        """The reply to a RCPT argument; an accepted recipient joins `transaction`."""
         rcpt = parse_rcpt(arg)
         if isinstance(rcpt, Reply):
-            return self.reply(rcpt)
+            return rcpt
         if not rcpt.is_ascii and not transaction.smtputf8:
-            return self.reply(S.S553_NEEDS_SMTPUTF8)
+            return S.S553_NEEDS_SMTPUTF8
         if len(transaction.recipients) >= self.limits.max_recipients:
-            return self.reply(S.S452_TOO_MANY_RECIPIENTS)
+            return S.S452_TOO_MANY_RECIPIENTS
         verdict = self.check_recipient(rcpt)
         if verdict.code == 250:
             transaction.recipients.append(rcpt)
             self.counters.recipients_accepted += 1
         else:
             self.counters.recipients_rejected += 1
-        self.reply(verdict)
+        return verdict
 
     def smtp_RSET(self, arg: str) -> None:
         """RSET: abandon the transaction."""
         if arg:
             return self.reply(S.S501_SYNTAX)
         self.transaction = None
+        self.batch_reset()
         self.reply(S.S250_OK)
 
     def smtp_NOOP(self, arg: str) -> None:
@@ -404,19 +419,24 @@ class Conversation:
         try:
             data = await self._reader.read_data(self.limits.max_message_size, ticket)
             self._command = "end-of-data"
-            outcome = content_problem(data)
-            if outcome is None:
-                outcome = await submit_message(self.submission, transaction, data.body,
-                                               self.session)
+            outcome = await self.accept_message(transaction, data)
         finally:
             if ticket is not None:
                 ticket.done()  # the body is committed or refused: its memory is free
-        if outcome.code == 250:
-            self.counters.messages_accepted += 1
-        else:
-            self.counters.messages_rejected += 1
         self.reply(outcome)
         if outcome.code == 250:
             # Out at once, not behind commands the client pipelined after the
             # dot: until it arrives the client may send a second copy.
             await self.flush()
+
+    async def accept_message(self, transaction: Transaction, data: MessageData) -> Reply:
+        """Check a received message and queue it; the final reply (also for XBATCH)."""
+        outcome = content_problem(data)
+        if outcome is None:
+            outcome = await submit_message(self.submission, transaction, data.body,
+                                           self.session)
+        if outcome.code == 250:
+            self.counters.messages_accepted += 1
+        else:
+            self.counters.messages_rejected += 1
+        return outcome

@@ -27,9 +27,13 @@ ATRN [domain[,domain...]] (no argument: all of the user's domains): 530 5.7.0
   own: ETRNs never use it up); 453 when no mail waits; else 250, and the
   roles reverse on this connection: the customer greets us, we say EHLO and
   deliver its held mail, then QUIT.
+XTIDEPOST BATCH (before ATRN): 250 2.0.0; the client serves the reversed
+  session itself, so it may carry XTIDEPOST BATCH (docs/BATCH.md); without
+  it the reversed session is plain SMTP even when the EHLO reply offers
+  BATCH (fetchmail passes the site's EHLO through, not a binary stream).
 On an ODMR listener (`odmr_only`, `relay.odmr_listen`) every other command
-but EHLO, HELO, AUTH, ATRN, STARTTLS, NOOP, RSET, HELP and QUIT gets 502
-(RFC 2645 5.4).
+but EHLO, HELO, AUTH, ATRN, STARTTLS, NOOP, RSET, HELP, QUIT and XTIDEPOST
+gets 502 (RFC 2645 5.4).
 Config keys read: relay.etrn_networks, relay.etrn_rate, relay.atrn_rate (through
 RelayServices).
 """
@@ -62,7 +66,8 @@ S503_ATRN_PIPELINED = Reply(503, "5.5.1", "ATRN must be the last command sent be
 S250_REVERSING = Reply(250, "2.0.0", "OK now reversing the connection")
 S451_ATRN_LATER = Reply(451, "4.7.0", "Unable to process ATRN request now")
 S453_NO_MAIL = Reply(453, "4.3.0", "You have no mail")
-ODMR_VERBS = {"EHLO", "HELO", "AUTH", "ATRN", "STARTTLS", "NOOP", "RSET", "HELP", "QUIT"}
+ODMR_VERBS = {"EHLO", "HELO", "AUTH", "ATRN", "STARTTLS", "NOOP", "RSET", "HELP", "QUIT",
+              "XTIDEPOST"}
 TURN_WINDOW = 60.0  # seconds over which relay.etrn_rate and relay.atrn_rate count
 
 
@@ -138,6 +143,16 @@ class RelayConversation(Conversation):
     def __init__(self, *args: Any, relay: RelayServices, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.relay = relay
+        self.client_features: set[str] = set()  # XTIDEPOST words the ATRN client declared
+
+    def smtp_XTIDEPOST(self, arg: str) -> None:
+        """XTIDEPOST features: an ODMR client that serves the reversed session itself.
+
+        Only then does the reversed session use XTIDEPOST BATCH: a proxy such
+        as fetchmail passes the site's EHLO through but not a binary stream.
+        """
+        self.client_features = set(arg.upper().split())
+        self.reply(S.S250_OK)
 
     def extensions(self) -> list[str]:
         """EHLO keywords: the base ones, ETRN, AUTH where allowed, ATRN."""
@@ -348,6 +363,8 @@ class RelayConversation(Conversation):
         self.close_after_reply()
         try:
             await smtp.handshake(self.config.hostname, self.relay.greeting_timeout)
+            if "BATCH" not in self.client_features:  # maybe a proxy: plain SMTP
+                smtp.extensions.pop("XTIDEPOST", None)
             assert self.relay.deliver_over is not None
             count = await self.relay.deliver_over(patterns, smtp)
             log.info("ATRN %s by %s: %d recipients delivered over the reversed connection",

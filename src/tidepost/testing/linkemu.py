@@ -9,6 +9,8 @@ other after the link's delay, no faster than its rate, and counted.
     link.start()            # devices exist (down, no address) once this returns
     ...configure both ends with `ip`, run programs...
     link.counts()           # {"a_to_b": (packets, bytes), "b_to_a": (...)}
+    link.cut_after(n)       # a radio link lost: once a to b carried n bytes, nothing passes
+    link.set_down(False)    # ...until it is mended
     link.close()            # devices vanish with their file descriptors
 
 Model: a packet of n bytes occupies the sender's side for n / rate seconds
@@ -95,9 +97,13 @@ class _Direction:
         self.link_free = 0.0   # monotonic time the sender's side is free again
         self.packets = 0
         self.bytes = 0
+        self.dropped = 0       # packets lost while the link was cut
 
-    def take(self, packet: bytes, now: float) -> None:
-        """Count a packet read from the source and schedule its arrival."""
+    def take(self, packet: bytes, now: float, down: bool = False) -> None:
+        """Count a packet read from the source and schedule its arrival (lost if `down`)."""
+        if down:  # not counted as carried: it never reaches the far end
+            self.dropped += 1
+            return
         self.packets += 1
         self.bytes += len(packet)
         sent = max(now, self.link_free) + (len(packet) / self.rate if self.rate else 0.0)
@@ -128,6 +134,8 @@ class LinkEmulator:
         self._stop_r, self._stop_w = -1, -1
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._down = False
+        self._cut_at: int | None = None   # a_to_b bytes after which the link goes down
 
     def start(self) -> LinkEmulator:
         """Create both devices and start forwarding."""
@@ -144,9 +152,32 @@ class LinkEmulator:
         return self
 
     def counts(self) -> dict[str, tuple[int, int]]:
-        """(packets, bytes) read so far from each side: "a_to_b", "b_to_a"."""
+        """(packets, bytes) carried so far from each side: "a_to_b", "b_to_a" (not the lost)."""
         with self._lock:
             return {name: (d.packets, d.bytes) for name, d in self._directions.items()}
+
+    def set_delay(self, delay: float) -> None:
+        """Change the one-way delay for the packets sent from now on."""
+        with self._lock:
+            self.delay = delay
+            for direction in self._directions.values():
+                direction.delay = delay
+
+    def cut_after(self, a_to_b_bytes: int) -> None:
+        """Cut the link (both ways, every packet lost) once a to b has carried this much."""
+        with self._lock:
+            self._cut_at = a_to_b_bytes
+
+    def set_down(self, down: bool) -> None:
+        """Cut the link (True: packets in flight arrive, later ones are lost) or mend it."""
+        with self._lock:
+            self._down, self._cut_at = down, None
+
+    @property
+    def down(self) -> bool:
+        """True while the link is cut."""
+        with self._lock:
+            return self._down
 
     def close(self) -> None:
         """Stop forwarding and remove both devices."""
@@ -173,5 +204,8 @@ class LinkEmulator:
                 except OSError:
                     return
                 with self._lock:
-                    direction.take(packet, now)
+                    forward = self._directions["a_to_b"]
+                    if self._cut_at is not None and forward.bytes >= self._cut_at:
+                        self._down, self._cut_at = True, None
+                    direction.take(packet, now, self._down)
             wait = direction.deliver_due(time.monotonic())
