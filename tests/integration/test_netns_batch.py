@@ -26,10 +26,8 @@ Skips unless root with `ip netns` and /dev/net/tun.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import sys
@@ -37,6 +35,9 @@ import sys
 import pytest
 
 from tidepost.testing.mailmix import message_mix
+from tidepost.testing.netns import emulated_link, unavailable
+
+from test_netns_held import tidepost_argv, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,59 +46,13 @@ LINK = "tpbatch0"
 CHUNK = 32 * 1024
 
 
-def tidepost_argv() -> list[str]:
-    """The `tidepost` command of the Python running the tests."""
-    script = Path(sys.executable).parent / "tidepost"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tidepost.cli.main"]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll `predicate` until true; its value, or AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-    return value
-
-
-def _skip_unless_possible() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    if not shutil.which("ip") or not os.path.exists("/dev/net/tun"):
-        pytest.skip("needs `ip` and /dev/net/tun")
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 @pytest.fixture
 def link():
     """Namespaces site and isp joined by a 1 MB/s, 20 ms link; removed afterwards."""
-    _skip_unless_possible()
-    from tidepost.testing.linkemu import LinkEmulator
-    tag = uuid.uuid4().hex[:6]
-    site, isp = f"tp-bsite-{tag}", f"tp-bisp-{tag}"
-    ip("netns", "add", site)
-    ip("netns", "add", isp)
-    emulator = None
-    try:
-        emulator = LinkEmulator(site, isp, ifname=LINK, delay=0.02, rate=1_000_000).start()
-        for name, mine in ((site, SITE_ADDRESS), (isp, ISP_ADDRESS)):
-            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
-                            f"net.ipv6.conf.{LINK}.disable_ipv6=1",
-                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
-            ip("-n", name, "link", "set", "lo", "up")
-            ip("-n", name, "addr", "add", f"{mine}/30", "dev", LINK)
-            ip("-n", name, "link", "set", LINK, "up")
-        ip("-n", site, "route", "add", "default", "dev", LINK)
-        yield site, isp, emulator
-    finally:
-        if emulator is not None:
-            emulator.close()
-        for name in (site, isp):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    if reason := unavailable():
+        pytest.skip(reason)
+    with emulated_link("tpb", LINK, SITE_ADDRESS, ISP_ADDRESS) as joined:
+        yield joined
 
 
 class Node:

@@ -17,16 +17,15 @@ smtp-sink.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tidepost.testing.dns import unbound_config
+from tidepost.testing.netns import emulated_link, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +38,8 @@ REMOTE_MESSAGES = 100
 
 def _skip_unless_possible() -> None:
     """Skip cleanly where namespaces, TUN or the servers are not available."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    if not shutil.which("ip") or not os.path.exists("/dev/net/tun"):
-        pytest.skip("needs `ip` and /dev/net/tun")
+    if reason := unavailable():
+        pytest.skip(reason)
     for program in (UNBOUND, SMTP_SINK):
         if not os.access(program, os.X_OK):
             pytest.skip(f"{program} is not installed (./run-tests installs it)")
@@ -50,11 +47,6 @@ def _skip_unless_possible() -> None:
     if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
         pytest.skip("`ip netns add` is not permitted here")
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-
-
-def ip(*args: str) -> None:
-    """Run `ip ARGS`, failing the test on error."""
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 def tidepost_argv() -> list[str]:
@@ -77,28 +69,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 def link():
     """Namespaces site and isp joined by the emulated link; removed afterwards."""
     _skip_unless_possible()
-    from tidepost.testing.linkemu import LinkEmulator
-    tag = uuid.uuid4().hex[:6]
-    site, isp = f"tp-site-{tag}", f"tp-isp-{tag}"
-    ip("netns", "add", site)
-    ip("netns", "add", isp)
-    emulator = None
-    try:
-        emulator = LinkEmulator(site, isp, ifname=LINK, delay=0.02, rate=1_000_000).start()
-        for name, mine in ((site, SITE_ADDRESS), (isp, ISP_ADDRESS)):
-            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
-                            f"net.ipv6.conf.{LINK}.disable_ipv6=1",
-                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
-            ip("-n", name, "link", "set", "lo", "up")
-            ip("-n", name, "addr", "add", f"{mine}/30", "dev", LINK)
-            ip("-n", name, "link", "set", LINK, "up")
-        ip("-n", site, "route", "add", "default", "dev", LINK)  # everything else: uplink
-        yield site, isp, emulator
-    finally:
-        if emulator is not None:
-            emulator.close()
-        for name in (site, isp):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    with emulated_link("tp", LINK, SITE_ADDRESS, ISP_ADDRESS) as joined:
+        yield joined
 
 
 def start_isp(processes, isp: str, folder: Path) -> Path:
