@@ -120,20 +120,20 @@ class LinkMeter:
     async def totals(self, route: str, kind: str) -> RouteUsage:
         """The route's counts in the current day or month (kind), pending ones included."""
         period = period_of(kind, self._clock.now())
-        total = RouteUsage()
-        total.add(await self._stored(route, period))
-        for (name, day), pending in list(self._routes.items()):
-            if name == route and day.startswith(period):
-                total.add(pending)
-        return total
+        return self._with_pending(route, period, await self._stored(route, period))
 
     def totals_now(self, route: str, kind: str) -> RouteUsage | None:
         """`totals` without waiting: None until the store's sums for the period are cached."""
         period = period_of(kind, self._clock.now())
         if self.store is not None and (route, period) not in self._written:
             return None
+        return self._with_pending(route, period, self._written.get((route, period),
+                                                                   RouteUsage()))
+
+    def _with_pending(self, route: str, period: str, stored: RouteUsage) -> RouteUsage:
+        """`stored` plus the counts of (route, period) not yet flushed to the store."""
         total = RouteUsage()
-        total.add(self._written.get((route, period), RouteUsage()))
+        total.add(stored)
         for (name, day), pending in list(self._routes.items()):
             if name == route and day.startswith(period):
                 total.add(pending)
