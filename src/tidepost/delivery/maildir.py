@@ -30,6 +30,7 @@ from typing import Protocol
 
 from tidepost.accounts import Account, lookup
 from tidepost.config.schema import RouteConfig
+from tidepost.durable import sync_path
 from tidepost.delivery.agent import Overlap
 from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, deferred, delivered
@@ -132,11 +133,7 @@ def _write_new(folder: Path, name: str, data: bytes) -> None:
         pass  # delivered before a crash; the queue had not recorded it
     finally:
         os.unlink(tmp)
-    dir_fd = os.open(folder / "new", os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    sync_path(folder / "new")
 
 
 class MaildirSession:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import sqlite3
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from tidepost.address import Address
+from tidepost.durable import sync_path
 from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
@@ -156,11 +156,7 @@ def _sync_folder(folder: Path) -> None:
     """fsync a folder: a new queue's files, and the removal of the rollback journal
     that switching to WAL used, must not depend on the file system's own timing
     (a journal back from the dead after a power cut would undo the switch)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_path(folder)
 
 
 def _statements(script: str) -> list[str]:

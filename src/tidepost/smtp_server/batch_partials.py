@@ -16,8 +16,11 @@ are safe file names.  Blocking file calls: the session runs them in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+
+from tidepost.durable import sync_path
 
 FOLDER = "batch-partial"
 
@@ -63,20 +66,10 @@ class PartialStore:
     def sync(self, transfer_ids: list[str]) -> None:
         """fsync the files of `transfer_ids` and the folder (new names)."""
         for transfer_id in transfer_ids:
-            try:
-                fd = os.open(self._path(transfer_id), os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                sync_path(self._path(transfer_id))
         if transfer_ids and self.folder.is_dir():
-            fd = os.open(self.folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync_path(self.folder)
 
     def drop(self, transfer_id: str) -> None:
         """Forget a partial message (queued, refused or restarted)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable
 
 from tidepost.address import Address
+from tidepost.durable import sync_path
 
 EXTENSION = "XTIDEPOST"       # the EHLO keyword; its arguments are feature words
 TRANSFER = "TRANSFER"         # the feature word of exactly-once transfers
@@ -86,6 +87,7 @@ class TransferKeys:
             pass
         finally:
             temporary.unlink()
+        sync_path(spool)  # a secret lost to a power cut would forget every stored key
         return cls(path.read_bytes())
 
     def keys(self, space: str, transfer: str,
@@ -97,3 +99,4 @@ class TransferKeys:
         """One recipient's key: HMAC-SHA256 of namespace, id and recipient, 128 bits."""
         text = "\0".join((space, transfer, str(rcpt))).encode("utf-8")
         return KEY_PREFIX + hmac.new(self._secret, text, hashlib.sha256).hexdigest()[:32]
+
