@@ -11,7 +11,11 @@ turn.py) to the queue manager without either importing the other:
 `start()` holds the `customers` route (always, whatever was persisted: customer
 mail waits for its customer), opens the ODMR listeners and starts a task that
 re-reads the customer domains file at most once a second; `reload()` (SIGHUP)
-re-reads it and the credentials file at once.  `after_release(route)` sends
+re-reads it and the credentials file at once.
+In a cluster the customer domains and AUTH users of the database
+(queue/directory.py) count too: `SharedLists` reads them at start and again
+whenever another node's or a command's change is heard (NOTIFY), or its
+version moved at a poll (queue.poll_interval, the fallback).  `after_release(route)` sends
 ETRN to the route's `etrn` upstreams (the site role).
 Config keys read: relay.*, route.*.etrn, route.*.etrn_domains, delivery.*.
 """
@@ -34,6 +38,9 @@ from tidepost.delivery.batching import BatchChannel
 from tidepost.delivery.turnaround import TurnedSession
 from tidepost.errors import ConfigError
 from tidepost.manager.manager import Manager
+from tidepost.queue.backend import NOTICE_RECONNECTED
+from tidepost.queue.directory import CREDENTIALS, CUSTOMERS, CredentialRecord, \
+    SharedDirectory, shared_directory
 from tidepost.routing.releases import read_releases, releases_path
 from tidepost.routing.routes import Router
 from tidepost.smtp_client.session import SmtpSession
@@ -61,7 +68,15 @@ class RelayRole:
         self.manager = manager
         self.router = router
         self.submission = submission
-        self.credentials = _load_credentials(config)
+        self._file_credentials = _load_credentials(config)
+        self.directory = shared_directory(queue)
+        self._queue = queue
+        # Shared by every listener and updated in place; in a cluster there is
+        # always a list (AUTH on), filled from the database at start.
+        self.credentials = self._file_credentials if self.directory is None \
+            else Credentials.combined([], self._file_credentials)
+        self._shared_users: list[CredentialRecord] = []
+        self._shared: SharedLists | None = None
         # One budget each: an ETRN burst never refuses the same client's ATRN.
         # In a cluster (a PostgreSQL queue), budgets the nodes share.
         self.etrn_limiter = _limiter(queue, "etrn", config.relay.etrn_rate)
@@ -143,6 +158,10 @@ class RelayRole:
             await self.manager.hold(CUSTOMERS_ROUTE, "customer mail waits for its customer")
         if self.config.relay.customer_domains_file:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        if self.directory is not None:
+            self._shared = SharedLists(self.directory, self._queue, self._take_shared,
+                                       self.config.queue.poll_interval)
+            await self._shared.start()
         self._budgets = [asyncio.get_running_loop().create_task(limiter.run())
                          for limiter in (self.etrn_limiter, self.atrn_limiter)
                          if isinstance(limiter, ClusterRateLimiter)]
@@ -154,23 +173,44 @@ class RelayRole:
             self._servers.append(server)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the customer domains and credentials files now."""
+        """SIGHUP: re-read the customer domains and credentials files now (and the database's)."""
         self.router.refresh_customers(force=True)
+        if self._shared is not None:
+            self._shared.look_again()
         if self.config.relay.credentials_file:
             try:
-                fresh = Credentials.load(self.config.relay.credentials_file)
+                self._file_credentials = Credentials.load(self.config.relay.credentials_file)
             except CredentialsError as exc:
                 log.error("SIGHUP: keeping the old credentials: %s", exc)
                 return
-            if self.credentials is not None:  # shared by every listener: update in place
-                self.credentials.replace(fresh)
-            log.info("credentials re-read: %d users", len(fresh))
+            self._update_credentials()
+            log.info("credentials re-read: %d users", len(self.credentials or ()))
+
+    def _take_shared(self, name: str, values: list) -> None:
+        """SharedLists' callback: a list of the database changed."""
+        if name == CUSTOMERS:
+            self.router.set_shared_customers(tuple(values))
+        else:
+            self._shared_users = values
+            self._update_credentials()
+            log.info("AUTH users of the cluster: %d", len(values))
+
+    def _update_credentials(self) -> None:
+        """The file's users and the database's, in place for every listener."""
+        if self.credentials is None:
+            return
+        fresh = self._file_credentials if self.directory is None \
+            else Credentials.combined(self._shared_users, self._file_credentials)
+        if fresh is not None:
+            self.credentials.replace(fresh)
 
     async def close(self) -> None:
         """Stop the ODMR listeners, the watcher and the upstream requests."""
         for server in self._servers:
             server.close()
             await server.wait_closed()
+        if self._shared is not None:
+            await self._shared.close()
         for task in [self._watcher, *self._budgets]:
             if task is not None:
                 task.cancel()
@@ -199,6 +239,75 @@ class RelayRole:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(releases, indent=1, sort_keys=True))
         os.replace(tmp, path)
+
+
+class SharedLists:
+    """Follows a cluster's shared lists: read at start, again on notice or version change.
+
+    A database that cannot be read keeps the lists as they were (logged once
+    per outage), so an outage never drops customers' domains or users.
+    """
+
+    def __init__(self, directory: SharedDirectory, queue: Any,
+                 take: Any, poll_interval: float):
+        self._directory = directory
+        self._queue = queue
+        self._take = take
+        self._poll = poll_interval
+        self._versions: dict[str, int] = {}
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._failing = False
+
+    async def start(self) -> None:
+        """Read both lists, subscribe to notices and follow changes."""
+        await self._queue.on_notice(self._noticed)
+        await self._look()
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    def look_again(self) -> None:
+        """Re-read both lists soon, whatever their versions say (SIGHUP)."""
+        self._versions = {}
+        self._wanted.set()
+
+    def _noticed(self, payload: str) -> None:
+        # After a reconnection notices may have been missed: the versions tell.
+        if payload in (CUSTOMERS, CREDENTIALS, NOTICE_RECONNECTED):
+            self._wanted.set()
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wanted.wait(), self._poll)
+            except asyncio.TimeoutError:
+                pass
+            self._wanted.clear()
+            await self._look()
+
+    async def _look(self) -> None:
+        """Re-read the lists whose version moved; keep them on a database error."""
+        try:
+            versions = await self._directory.versions()
+            for name, read in ((CUSTOMERS, self._directory.customer_domains),
+                               (CREDENTIALS, self._directory.credentials)):
+                if versions.get(name) != self._versions.get(name):
+                    self._take(name, await read())
+                    self._versions[name] = versions[name]
+        except Exception as exc:  # noqa: BLE001 - the lists stay; the next look retries
+            if not self._failing:
+                log.warning("cannot read the cluster's customer domains and users; "
+                            "keeping them as they were: %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("the cluster's customer domains and users are read again")
+        self._failing = False
+
+    async def close(self) -> None:
+        """Stop following."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def _load_credentials(config: Config) -> Credentials | None:

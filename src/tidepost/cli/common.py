@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Awaitable, Callable
 
 from tidepost.accounts import AccountError
 from tidepost.config.load import DEFAULT_CONFIG, find_config_path, load_config
@@ -53,3 +54,19 @@ def spool_owner_or_exit(config: Config, with_helper: bool = False):
     except AccountError as exc:
         print(f"tidepost: {exc}", file=sys.stderr)
         sys.exit(EX_NOPERM)
+
+
+async def with_shared_directory(config: Config, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Open a cluster's queue database, run `action(its shared lists)`, close it; the result.
+
+    For `tidepost customers` and `tidepost passwd` (queue/directory.py).
+    """
+    from tidepost.queue.backend import open_configured_queue
+    from tidepost.queue.directory import shared_directory
+    queue = open_configured_queue(config)
+    try:
+        directory = shared_directory(queue)
+        assert directory is not None, "a postgresql queue keeps the shared lists"
+        return await action(directory)
+    finally:
+        await queue.close()

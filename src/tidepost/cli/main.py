@@ -19,6 +19,7 @@ EX_USAGE, EX_TEMPFAIL, EX_NOPERM = 64, 75, 77
 # Command name -> module, in the order `--help` lists them.
 COMMANDS = {"serve": "serve", "queue": "queue", "flush": "flush", "link": "link",
             "status": "status", "etrn": "etrn", "odmr": "odmr", "passwd": "passwd",
+            "customers": "customers",
             "config": "config_cmd", "install": "install", "uninstall": "install"}
 MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

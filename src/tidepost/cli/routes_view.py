@@ -17,6 +17,7 @@ from tidepost.cli.queue_view import QueueView, size_bounds, span
 from tidepost.config.schema import CUSTOMERS_ROUTE, Config
 from tidepost.manager.gates import RouteGates
 from tidepost.queue.backend import HoldState, open_configured_queue
+from tidepost.queue.directory import shared_directory
 from tidepost.queue.selection import Selection, Tally
 from tidepost.routing.ledger import last_activations
 from tidepost.routing.routes import Router
@@ -86,6 +87,9 @@ async def read_snapshot(config: Config) -> Snapshot:
     router = Router(config)
     queue = open_configured_queue(config)
     try:
+        directory = shared_directory(queue)
+        if directory is not None:  # a cluster: its customer domains are in the database
+            router.set_shared_customers(tuple(await directory.customer_domains()))
         holds = await queue.holds()
         tallies = await queue.tally(Selection(), "domain", size_bounds(config))
     finally:

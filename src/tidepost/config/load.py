@@ -151,7 +151,8 @@ def _finish(config: Config, source: str, builder: _Builder) -> Config:
         builder.error("queue.dsn", "backend postgresql needs the database "
                       "(postgresql://user@host:port/database)")
     relay = _relay(config.relay, builder)
-    if relay.customer_domains or relay.customer_domains_file:
+    if relay.customer_domains or relay.customer_domains_file \
+            or config.queue.backend == "postgresql":  # a cluster's list is in its database
         routes = (*routes, CUSTOMERS)
     return dataclasses.replace(
         config, route=tuple(routes), source=source,

@@ -344,8 +344,13 @@ class Config:
 
     @property
     def has_customers(self) -> bool:
-        """True when this node holds mail for customer domains (relay role)."""
-        return bool(self.relay.customer_domains or self.relay.customer_domains_file)
+        """True when this node holds mail for customer domains (relay role).
+
+        Always in a cluster: its customer domains are in the database
+        (`tidepost customers`), and may be added while the nodes run.
+        """
+        return bool(self.relay.customer_domains or self.relay.customer_domains_file
+                    or self.queue.backend == "postgresql")
 
     @property
     def local_domains(self) -> frozenset[str]:

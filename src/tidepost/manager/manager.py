@@ -32,6 +32,7 @@ from tidepost.address import domain_matches
 from tidepost.clock import Clock
 from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
+from tidepost.errors import QueueError
 from tidepost.eventlog import event
 from tidepost.manager.caps import CapKeeper
 from tidepost.manager.dispatch import Dispatcher
@@ -43,7 +44,7 @@ from tidepost.manager.watch import QueueWatch
 from tidepost.manager.settle import add_dsns, settle
 from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
-from tidepost.queue.backend import ClaimResult, QueueBackend
+from tidepost.queue.backend import NOTICE_RECONNECTED, ClaimResult, QueueBackend
 from tidepost.queue.owner import runner_alive
 from tidepost.routing.routes import LOCAL_ROUTE, Destination, Router
 from tidepost.scheduler.backoff import Backoff
@@ -376,19 +377,32 @@ class Manager(RouteStates):
     async def _poll_forever(self, stopping: asyncio.Event) -> None:
         """Pick up mail queued, and leases left, by other processes, every poll interval."""
         await self._watch.listen()
+        failing = False
         while not stopping.is_set():
             heard = await self._watch.wait(self._config.queue.poll_interval)
+            # Back from an outage of the store's notices: some were missed.
+            everything = not heard or NOTICE_RECONNECTED in heard
             try:
                 await self._poll_new()
-                if not heard or heard & {"changes", "holds"}:
+                if everything or heard & {"changes", "holds"}:
                     await self._poll_changes()
-                if "holds" in heard:
+                if "holds" in heard or NOTICE_RECONNECTED in heard:
                     await self.follow_holds()
-                if not heard:  # on the timer only: notices come with every commit elsewhere
+                if everything:  # on the timer only: notices come with every commit elsewhere
                     await self._recover_orphans()
                     await self._forget_old_transfers()
+            except QueueError as exc:  # the database is away: once per outage, not per poll
+                if not failing:
+                    log.warning("polling the queue failed; retrying every %.1f s: %s",
+                                self._config.queue.poll_interval, exc)
+                failing = True
+                continue
             except Exception:  # noqa: BLE001 - polling must go on
                 log.exception("polling the queue failed")
+                continue
+            if failing:
+                log.warning("polling the queue works again")
+                failing = False
 
     async def _forget_old_transfers(self) -> None:
         """Drop transfer keys past the message lifetime and its margin (hourly)."""

@@ -33,6 +33,10 @@ from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import Outcome
 from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 
+# The notice (`on_notice`) a store sends after its notices may have been lost
+# (its LISTEN connection to the database was down): listeners read everything.
+NOTICE_RECONNECTED = "reconnected"
+
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:

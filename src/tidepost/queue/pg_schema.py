@@ -7,7 +7,9 @@ nodes on one database needs:
   which sequence numbers cannot do when transactions commit out of order;
 - `nodes`: each running node's lease owner and heartbeat (queue/pg_nodes.py);
 - `turn_requests`: ETRN/ATRN requests granted, for budgets shared by the
-  nodes (smtp_server/cluster_ratelimit.py).
+  nodes (smtp_server/cluster_ratelimit.py);
+- `customer_domains`, `credentials`, `directory_versions`: the relay role's
+  lists, one for the whole cluster (queue/pg_directory.py).
 Bodies live in their own table, each in one row that PostgreSQL TOASTs out
 of line: no scan of `messages` or `recipients` reads a body.
 
@@ -97,6 +99,27 @@ MIGRATIONS: tuple[str, ...] = (
         owner  text NOT NULL
     );
     CREATE INDEX turn_requests_by_client ON turn_requests(kind, client, at);
+    """,
+    # 3: the relay role's lists, shared by the cluster (queue/pg_directory.py):
+    # customer domain patterns and SMTP AUTH users (scrypt hashes, as the
+    # credentials file), each list with a version that every change bumps.
+    """
+    CREATE TABLE customer_domains (
+        pattern text PRIMARY KEY,
+        added   float8 NOT NULL
+    );
+    CREATE TABLE credentials (
+        username    text PRIMARY KEY,
+        hashed      text NOT NULL,
+        domains     text[] NOT NULL DEFAULT '{}',
+        cram_secret bytea NOT NULL DEFAULT ''::bytea,
+        changed     float8 NOT NULL
+    );
+    CREATE TABLE directory_versions (
+        list    text PRIMARY KEY,
+        version bigint NOT NULL
+    );
+    INSERT INTO directory_versions(list, version) VALUES ('customers', 0), ('credentials', 0);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -11,7 +11,10 @@ number of nodes share (docs/CLUSTER.md):
   queue for the others;
 - each commit that queues mail, releases or requeues it, or changes a route
   hold sends a NOTIFY that wakes the other nodes (`on_notice`); polling
-  remains only as the fallback;
+  remains only as the fallback, and the LISTEN connection comes back by
+  itself after a database restart;
+- the relay role's customer domains and AUTH users are shared lists in the
+  same database (`directory`, queue/pg_directory.py);
 - `queued_since` follows new mail by transaction snapshot, so a node never
   misses a message whose sequence number was handed out before a later one's
   but committed after it.
@@ -22,6 +25,7 @@ serves the daemon's loop and CLI commands alike.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, AsyncIterator, Callable, Coroutine, Sequence
 
@@ -32,8 +36,9 @@ from tidepost.errors import QueueError
 from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
 from tidepost.queue import pg_views as views
-from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingGroup,
-                                    QueueRow, RecipientUpdate, Recorded)
+from tidepost.queue.backend import (NOTICE_RECONNECTED, ClaimResult, HoldState, NewMessage,
+                                    PendingGroup, QueueRow, RecipientUpdate, Recorded)
+from tidepost.queue.pg_directory import PgDirectory
 from tidepost.queue.pg_insert import GroupCommit, insert_messages, known_transfers, \
     with_queue_id
 from tidepost.queue.pg_loop import LoopThread, relay_to
@@ -44,9 +49,13 @@ from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 QUEUED = RecipientState.QUEUED.value
 CLAIMED = RecipientState.CLAIMED.value
 HELD = RecipientState.HELD.value
+log = logging.getLogger("tidepost.queue")
 FETCH = 2000          # rows per batch of a streamed listing
 POOL_SIZE = 8         # connections per node (the writer, claims, views, the listener)
 TURN_MEMORY = 3600.0   # seconds granted ETRN/ATRN requests are kept beyond the window
+LISTEN_RETRY = 1.0     # seconds between attempts to get the LISTEN connection back
+LISTEN_PROBE = 10.0    # seconds between probes of an idle LISTEN connection
+LISTEN_TIMEOUT = 5.0   # seconds a connect or probe of it may take
 INFO_COLUMNS = "m.id, m.queue_id, m.sender, m.arrival, m.size, m.body_type, m.smtputf8, m.warned"
 
 
@@ -95,7 +104,9 @@ class PostgresQueue:
             await migrate(conn)
         self._writer = GroupCommit(self._pool, self._owner or "cli")
         self.nodes = Nodes(self._pool, node_timeout)
+        self.directory = PgDirectory(self._pool, self._call)
         self._listener: asyncpg.Connection | None = None
+        self._listening: asyncio.Future | None = None
         if self._owner:
             await self.nodes.join(self._owner, node or self._owner)
 
@@ -135,22 +146,74 @@ class PostgresQueue:
         """Call `callback(payload)` on the caller's loop at each NOTIFY of another runner.
 
         Payloads: the notifying runner for new mail, "changes" for a release
-        or requeue, "holds" for a route hold.  A notice is only a hint: the
-        listener reads the queue to see what changed.
+        or requeue, "holds" for a route hold, "customers" or "credentials"
+        for a change of a shared list (queue/directory.py), and NOTICE_RECONNECTED
+        after the LISTEN connection was lost and is back (notices may have
+        been missed: read everything that may have changed).  A notice is
+        only a hint: the listener reads the queue to see what changed.
         """
         relayed = relay_to(asyncio.get_running_loop(), callback)
         await self._call(self._listen(relayed))
 
     async def _listen(self, callback: Callable[[str], None]) -> None:
-        if self._listener is None:
-            self._listener = await asyncpg.connect(self.dsn)
-
-            def heard(conn: Any, pid: int, channel: str, payload: str) -> None:
-                if payload != self._owner:
-                    for listener in self._listeners:
-                        listener(payload)
-            await self._listener.add_listener(views.NOTICE_CHANNEL, heard)
         self._listeners.append(callback)
+        if self._listening is None:
+            first = asyncio.get_running_loop().create_future()
+            self._listening = asyncio.ensure_future(self._keep_listening(first))
+            await first  # the first LISTEN is up (or failed: the caller polls)
+
+    async def _keep_listening(self, first: asyncio.Future) -> None:
+        """Hold the LISTEN connection; after it is lost, connect again until it is back.
+
+        A database restart or a network failure closes it.  Until it is back
+        the nodes still poll (queue.poll_interval); once it is, every listener
+        hears NOTICE_RECONNECTED and reads the queue, to catch up on what it missed.
+        """
+        lost_since = 0.0
+        while not self._closed:
+            try:
+                self._listener = await asyncpg.connect(self.dsn, timeout=LISTEN_TIMEOUT)
+                await self._listener.add_listener(views.NOTICE_CHANNEL, self._heard)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:
+                if not first.done():
+                    first.set_result(None)
+                if not lost_since:
+                    lost_since = time.monotonic()
+                    log.warning("queue database: cannot LISTEN (%s); polling until it is back",
+                                exc)
+                await asyncio.sleep(LISTEN_RETRY)
+                continue
+            if not first.done():
+                first.set_result(None)
+            if lost_since:
+                log.warning("queue database: LISTEN connection back after %.0f s",
+                            time.monotonic() - lost_since)
+                lost_since = 0.0
+                self._heard(None, 0, views.NOTICE_CHANNEL, NOTICE_RECONNECTED)
+            await self._while_alive(self._listener)
+            if not self._closed:
+                lost_since = time.monotonic()
+                log.warning("queue database: LISTEN connection lost; polling until it is back")
+
+    async def _while_alive(self, conn: asyncpg.Connection) -> None:
+        """Return when `conn` is closed or stops answering a probe."""
+        idle = 0.0
+        while not self._closed and not conn.is_closed():
+            await asyncio.sleep(LISTEN_RETRY)
+            idle += LISTEN_RETRY
+            if idle >= LISTEN_PROBE:
+                idle = 0.0
+                try:
+                    await conn.execute("SELECT 1", timeout=LISTEN_TIMEOUT)
+                except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                        asyncpg.InterfaceError):
+                    conn.terminate()
+
+    def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload != self._owner:
+            for listener in self._listeners:
+                listener(payload)
 
     # -- the queue ----------------------------------------------------------
 
@@ -438,7 +501,10 @@ class PostgresQueue:
             await self._writer.close()
             if self._owner:
                 await self.nodes.leave(self._owner)
-            if self._listener is not None:
+            if self._listening is not None:
+                self._listening.cancel()
+                await asyncio.gather(self._listening, return_exceptions=True)
+            if self._listener is not None and not self._listener.is_closed():
                 await self._listener.close()
             await self._pool.close()
         try:

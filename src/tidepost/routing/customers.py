@@ -14,7 +14,14 @@ all its subdomains (as relay.domains).  The file has one pattern a line;
 keeps the previous list (and is reported through `problem`), so a half-written
 file never drops customers' mail into the wrong route.
 
-Config keys read: relay.customer_domains, relay.customer_domains_file.
+In a cluster (`[queue] backend = "postgresql"`) the list of the whole
+cluster is in the database (queue/directory.py; `tidepost customers`):
+node_relay.py hands it over with `set_shared(patterns)` whenever it changes,
+and the inline and file patterns of this node's configuration still count
+(after the shared ones: the union of both).
+
+Config keys read: relay.customer_domains, relay.customer_domains_file,
+queue.backend.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import os
 from pathlib import Path
 
 from tidepost.address import AddressError, domain_matches, normalise_domain
-from tidepost.config.schema import RelayConfig
+from tidepost.config.schema import Config
 
 log = logging.getLogger("tidepost.routing.customers")
 
@@ -56,11 +63,14 @@ def normalise_pattern(pattern: str) -> str:
 class CustomerDomains:
     """The current list of customer domain patterns."""
 
-    def __init__(self, config: RelayConfig):
-        self._inline = tuple(config.customer_domains)
-        self._path = Path(config.customer_domains_file) if config.customer_domains_file \
+    def __init__(self, config: Config):
+        relay = config.relay
+        self._inline = tuple(relay.customer_domains)
+        self._path = Path(relay.customer_domains_file) if relay.customer_domains_file \
             else None
         self._from_file: tuple[str, ...] = ()
+        self._sharing = config.queue.backend == "postgresql"
+        self._shared: tuple[str, ...] = ()
         self._stamp: tuple[int, int] | None = None
         self.problem = ""
         self._reindex()
@@ -68,11 +78,26 @@ class CustomerDomains:
 
     @property
     def patterns(self) -> tuple[str, ...]:
-        """Every pattern, inline ones first."""
+        """Every pattern: the cluster's, then this node's inline ones, then its file's."""
+        return self._shared + self._inline + self._from_file
+
+    @property
+    def local_patterns(self) -> tuple[str, ...]:
+        """The patterns of this node's own configuration (inline and file)."""
         return self._inline + self._from_file
 
     def __bool__(self) -> bool:
-        return bool(self._inline or self._path)
+        return bool(self._inline or self._path or self._sharing)
+
+    def set_shared(self, patterns: tuple[str, ...]) -> bool:
+        """Take the cluster's list (already normalised); True when it changed."""
+        patterns = tuple(patterns)
+        if patterns == self._shared:
+            return False
+        self._shared = patterns
+        self._reindex()
+        log.info("customer domains of the cluster: %d domains", len(patterns))
+        return True
 
     def matches(self, domain: str) -> bool:
         """True when `domain` (normalised) is a customer domain."""

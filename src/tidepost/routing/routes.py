@@ -35,12 +35,19 @@ class Router:
         self._local_domains = config.local_domains
         self._routes = config.route
         self.by_name: dict[str, RouteConfig] = {r.name: r for r in config.route}
-        self.customers = CustomerDomains(config.relay)
+        self.customers = CustomerDomains(config)
         self._candidates = lru_cache(maxsize=65536)(self._candidates_for)
 
     def refresh_customers(self, force: bool = False) -> bool:
         """Re-read the customer domains file if it changed; True when routes changed."""
         changed = self.customers.refresh(force)
+        if changed:
+            self._candidates.cache_clear()
+        return changed
+
+    def set_shared_customers(self, patterns: tuple[str, ...]) -> bool:
+        """Take the cluster's customer domains (queue/directory.py); True when they changed."""
+        changed = self.customers.set_shared(patterns)
         if changed:
             self._candidates.cache_clear()
         return changed

@@ -16,6 +16,11 @@ domains this user may ETRN or ATRN (`.example.org` for the domain and its
 subdomains); an authenticated user may relay to any domain.
 `tidepost passwd USER [DOMAIN...]` prints a line.
 
+In a cluster (`[queue] backend = "postgresql"`) the users are also kept in
+the database (queue/directory.py, `tidepost passwd` stores them there):
+`Credentials.combined(records, file)` makes one list of both, the
+database's user winning over a file line of the same name.
+
 Verification costs about 50 ms of CPU on purpose; callers run it in a
 thread (`asyncio.to_thread`).  An unknown user is checked against a dummy
 hash, so that timing does not tell which users exist.
@@ -30,6 +35,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+
+from tidepost.queue.directory import CredentialRecord
 
 log = logging.getLogger("tidepost.smtp_server.credentials")
 
@@ -96,6 +104,24 @@ class Credentials:
                 identities[identity.user] = identity
         return cls(identities)
 
+    @classmethod
+    def combined(cls, records: Sequence[CredentialRecord],
+                 file: Credentials | None = None) -> Credentials:
+        """The database's users (a cluster's), and the file's users of other names."""
+        identities = dict(file._identities) if file is not None else {}
+        for record in records:
+            if record.user in identities:
+                log.warning("AUTH user %s is in the database and in the credentials file; "
+                            "the database's entry counts", record.user)
+            identities[record.user] = Identity(record.user, record.hashed,
+                                               tuple(record.domains), record.cram_secret)
+        return cls(identities)
+
+    def records(self) -> list[CredentialRecord]:
+        """Every user as a stored record (`tidepost passwd --import`)."""
+        return [CredentialRecord(i.user, i.hashed, i.domains, i.cram_secret)
+                for _, i in sorted(self._identities.items())]
+
     def replace(self, other: Credentials) -> None:
         """Take another file's users (SIGHUP), in place for every holder."""
         self._identities = dict(other._identities)
@@ -154,12 +180,26 @@ def _cram_secret(field: str, where: str) -> bytes:
 def format_line(user: str, password: str, domains: tuple[str, ...] = (),
                 cram_md5: bool = False) -> str:
     """A credentials file line for `user` (with a CRAM-MD5 secret if asked)."""
-    if not user or ":" in user or any(c.isspace() for c in user):
-        raise ValueError("a user name has no colon and no white space")
+    check_user_name(user)
     line = f"{user}:{hash_password(password)}"
     if cram_md5:
         return f"{line}:{','.join(domains)}:cram-md5${_b64(password.encode('utf-8'))}"
     return f"{line}:{','.join(domains)}" if domains else line
+
+
+def new_record(user: str, password: str, domains: tuple[str, ...] = (),
+               cram_md5: bool = False) -> CredentialRecord:
+    """What `tidepost passwd` stores in a cluster's database: the hash, never the password."""
+    check_user_name(user)
+    patterns = tuple(d.strip().lower().rstrip(".") for d in domains if d.strip())
+    return CredentialRecord(user, hash_password(password), patterns,
+                            password.encode("utf-8") if cram_md5 else b"")
+
+
+def check_user_name(user: str) -> None:
+    """ValueError unless `user` can be written in the credentials file."""
+    if not user or ":" in user or any(c.isspace() for c in user):
+        raise ValueError("a user name has no colon and no white space")
 
 
 def _scrypt(password: str, salt: bytes) -> bytes:
