@@ -34,7 +34,8 @@ class CountingSink:
     """An SMTP server that counts each (message, recipient) it accepted with 250.
 
     While `stalling`, it never answers the end of DATA: the client waits and
-    the transaction is not counted unless it is answered.
+    the transaction is not counted unless it is answered.  While `delaying`,
+    it answers the end of DATA (250, counted) only once `delaying` is off.
     """
 
     def __init__(self, port: int):
@@ -42,6 +43,7 @@ class CountingSink:
         self.accepted: collections.Counter = collections.Counter()
         self.waiting = 0  # transactions whose DATA was sent and not yet answered
         self.stalling = False
+        self.delaying = False
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,6 +80,10 @@ class CountingSink:
                         self.waiting += 1
                         await reader.read()  # until the client goes away: never answered
                         return
+                    if self.delaying:
+                        self.waiting += 1
+                        while self.delaying:
+                            await asyncio.sleep(0.05)
                     for rcpt in recipients:
                         self.accepted[(subject, rcpt)] += 1
                     writer.write(b"250 2.0.0 queued\r\n")

@@ -23,6 +23,7 @@ delivery.destination_concurrency, route.*.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ log = logging.getLogger("tidepost.manager")
 
 CAUSE_MEMORY = 120.0     # seconds a release or flush explains the attempts that follow
 LEASE_SECONDS = 3600.0   # longer than any single delivery; dead runners are detected sooner
+CLAIM_RETRY = 2.0        # seconds before recipients whose claim failed (store away) are tried
+OUTAGE_LOG_EVERY = 60.0  # seconds between log lines about one outage of the queue store
 IN_FLIGHT_PER_SLOT = 20  # claimed recipients per delivery slot, to keep claims ahead of work
 BEHIND_PER_SLOT = 5      # recipients in flight per slot past which intake is paced
 # Transfer keys (exactly-once receipt) outlive queue.lifetime by this much: a
@@ -98,6 +101,10 @@ class Manager(RouteStates):
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
         self._warned: set[int] = set()
+        # Outcomes the store could not take (its database away): recorded again
+        # by the poller once it can, the recipients staying leased meanwhile.
+        self._unrecorded: list[tuple[DeliveryJob, list[Outcome]]] = []
+        self._outage_logged = 0.0
         self._watch = QueueWatch(queue)  # new mail from other processes and nodes
         self._transfers_swept = float("-inf")  # when old transfer keys were last dropped
         self._last_change = 0  # the queue's change log, read up to here
@@ -132,7 +139,7 @@ class Manager(RouteStates):
         delivery = self._config.delivery
         self._dispatcher = Dispatcher(
             tasks, self._clock, self._backoff, self._open_session, self._concurrency_of,
-            self._queue.load_body, self._record, delivery.max_concurrency,
+            self._queue.load_body, self._record_or_keep, delivery.max_concurrency,
             self.budgets.limit, admit=self.caps.admit)
         return self._dispatcher
 
@@ -266,7 +273,7 @@ class Manager(RouteStates):
                             for r in recipients]
             finally:
                 room.release()
-            await self._record(job, outcomes)
+            await self._record_or_keep(job, outcomes)
 
         async with asyncio.TaskGroup() as tasks:
             for message, recipients in result.claimed:
@@ -383,6 +390,7 @@ class Manager(RouteStates):
             # Back from an outage of the store's notices: some were missed.
             everything = not heard or NOTICE_RECONNECTED in heard
             try:
+                await self._record_kept()  # first: before any lease is taken back
                 await self._poll_new()
                 if everything or heard & {"changes", "holds"}:
                     await self._poll_changes()
@@ -465,6 +473,9 @@ class Manager(RouteStates):
         try:
             result = await self._queue.claim(ids, self._owner, LEASE_SECONDS,
                                              self._clock.now(), force)
+        except QueueError as exc:
+            self._claim_failed(entries, exc)
+            return ClaimResult([], [])
         finally:
             self._in_flight.difference_update(ids)
         for _, recipients in result.claimed:
@@ -473,6 +484,41 @@ class Manager(RouteStates):
             for entry in result.not_due:
                 self.scheduler.insert(entry)
         return result
+
+    def _claim_failed(self, entries: list[ScheduleEntry], error: QueueError) -> None:
+        """The store could not claim (its database away): the entries wait a little."""
+        self._outage(f"claiming failed; {len(entries)} recipients wait {CLAIM_RETRY:.0f} s: "
+                     f"{error}")
+        if self._daemon:
+            later = self._clock.now() + CLAIM_RETRY
+            for entry in entries:
+                self.scheduler.insert(dataclasses.replace(entry,
+                                                          next_try=max(entry.next_try, later)))
+
+    def _outage(self, what: str) -> None:
+        """A warning about the store being away, at most once a minute."""
+        now = self._clock.now()
+        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
+            self._outage_logged = now
+            log.warning("queue store unavailable: %s", what)
+
+    async def _record_or_keep(self, job: DeliveryJob, outcomes: list[Outcome]) -> None:
+        """Record a job's outcomes; if the store is away, keep them for the poller."""
+        try:
+            await self._record(job, outcomes)
+        except QueueError as exc:
+            self._unrecorded.append((job, outcomes))
+            self._outage(f"recording outcomes failed; {len(self._unrecorded)} jobs kept "
+                         f"to record when it is back: {exc}")
+
+    async def _record_kept(self) -> None:
+        """Record the outcomes kept during an outage, oldest first (raises while it lasts)."""
+        while self._unrecorded:
+            job, outcomes = self._unrecorded[0]
+            await self._record(job, outcomes)
+            self._unrecorded.pop(0)
+            log.info("%s: outcomes kept during the queue store's outage recorded",
+                     job.message.queue_id)
 
     async def _claim_and_dispatch(self, entries: list[ScheduleEntry], force: bool,
                                   cause: str = "") -> None:
@@ -490,7 +536,7 @@ class Manager(RouteStates):
                                   destination.nexthop if destination else "",
                                   cause=cause or self._cause_of(destination, group))
                 if destination is None:
-                    await self._record(job, [deferred(r.recipient_id, "4.4.4",
+                    await self._record_or_keep(job, [deferred(r.recipient_id, "4.4.4",
                                                       "no route serves this domain")
                                              for r in group])
                 else:

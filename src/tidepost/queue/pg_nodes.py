@@ -8,6 +8,12 @@ node whose heartbeat is older than `node_timeout` is dead: any other node's
 `recover_orphans` returns its leases to the queue (marked uncertain).  A
 node that stops cleanly returns its leases and marks its row stopped;
 `tidepost status` lists the rows (docs/CLUSTER.md).
+
+After a database outage every node's heartbeat is old, because none could
+write it.  So a node judges the others by heartbeat only once it has itself
+reached the database for `node_timeout` without a failed beat: by then
+every node that is alive has beaten again, and the deliveries they did
+during the outage are not taken from them and sent twice.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class Nodes:
         self._pool = pool
         self.timeout = timeout
         self._beating: asyncio.Task | None = None
+        self._reachable_since: float | None = None  # a node's last beat that followed a failure
 
     async def join(self, owner: str, node: str) -> None:
         """Register this node and start its heartbeat."""
@@ -56,6 +63,7 @@ class Nodes:
             "INSERT INTO nodes(owner, node, started, heartbeat) VALUES ($1, $2, $3, $3) "
             "ON CONFLICT (owner) DO UPDATE SET node = excluded.node, "
             "heartbeat = excluded.heartbeat, stopped = false", owner, node, now)
+        self._reachable_since = now - self.timeout  # no outage seen: judge the others now
         self._beating = asyncio.ensure_future(self._beat(owner))
 
     async def _beat(self, owner: str) -> None:
@@ -71,8 +79,14 @@ class Nodes:
                         "UPDATE recipients SET lease_until = $2 WHERE state = $3 "
                         "AND lease_owner = $1 AND lease_until < $2",
                         owner, now + LEASE_RENEWAL, RecipientState.CLAIMED.value)
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("queue database: heartbeat failed: %s", exc)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                if self._reachable_since is not None:
+                    log.warning("queue database: heartbeat failed: %s", exc)
+                self._reachable_since = None
+            else:
+                if self._reachable_since is None:
+                    log.warning("queue database: heartbeat written again")
+                    self._reachable_since = now
 
     async def leave(self, owner: str) -> None:
         """Stop the heartbeat and mark this node stopped (its claims are released first)."""
@@ -86,7 +100,14 @@ class Nodes:
         """Owners of nodes that stopped or whose heartbeat is older than the timeout.
 
         By the wall clock, as the heartbeats are written (not the caller's clock).
+        A node that has not reached the database for a timeout since its
+        last failed beat names none by heartbeat (see the module docstring).
         """
+        if self._beating is not None and (
+                self._reachable_since is None
+                or time.time() - self._reachable_since < self.timeout):
+            rows = await self._pool.fetch("SELECT owner FROM nodes WHERE stopped")
+            return {row[0] for row in rows}
         rows = await self._pool.fetch("SELECT owner FROM nodes WHERE stopped OR heartbeat < $1",
                                       time.time() - self.timeout)
         return {row[0] for row in rows}

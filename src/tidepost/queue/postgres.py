@@ -97,8 +97,10 @@ class PostgresQueue:
         """On the store's loop: connect, migrate, start the writer and the node record."""
         # Custom plans always: the queries' parameters (a snapshot's oldest
         # transaction, a list of ids) decide between an index and a scan.
+        # No floor of connections: asyncpg would retry it every second of a
+        # database outage with a traceback in the log; each use reconnects.
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=POOL_SIZE,
+            self.dsn, min_size=0, max_size=POOL_SIZE,
             server_settings={"plan_cache_mode": "force_custom_plan"})
         async with self._pool.acquire() as conn:
             await migrate(conn)
@@ -363,13 +365,15 @@ class PostgresQueue:
             owners = [row[0] for row in await self._pool.fetch(
                 "SELECT DISTINCT lease_owner FROM recipients WHERE state = $1", CLAIMED)]
             silent = await self.nodes.silent()
-            dead = [o for o in owners if o in silent or not is_alive(o)]
+            # Never this node's own: after a database outage its heartbeat is
+            # old, but it is alive, holds its deliveries and records them.
+            dead = [o for o in owners if o != self._owner and (o in silent or not is_alive(o))]
             async with self._pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
                     "UPDATE recipients SET state = $1, lease_owner = NULL, lease_until = NULL, "
                     "uncertain = true, next_try = least(next_try, $2) "
                     "WHERE state = $3 AND (lease_owner = ANY($4::text[]) OR lease_until < $2) "
-                    "RETURNING id", QUEUED, now, CLAIMED, dead)
+                    "AND lease_owner <> $5 RETURNING id", QUEUED, now, CLAIMED, dead, self._owner)
                 # Every node must see them again, not only this one: a node that
                 # lost an ETRN's claim to the dead one has forgotten them.
                 await views.log_changes(conn, [row[0] for row in rows], now)

@@ -38,6 +38,7 @@ class ClusterRateLimiter:
         self._mine: dict[str, deque[float]] = {}
         self._others: dict[str, int] = {}
         self._writes: set[asyncio.Task] = set()
+        self._failing = False  # the database is away: warned once, until a refresh works
 
     def allow(self, client: str) -> bool:
         """Count one request for `client`; False (not counted) over the cluster's budget."""
@@ -57,7 +58,7 @@ class ClusterRateLimiter:
         try:
             await self._store.note_turn(self._kind, client, at)
         except Exception as exc:  # noqa: BLE001 - the budget stays local meanwhile
-            log.warning("cannot share the %s budget: %s", self._kind, exc)
+            self._warn(exc)
 
     async def refresh(self) -> None:
         """Read what the other nodes granted inside the window."""
@@ -71,8 +72,19 @@ class ClusterRateLimiter:
             try:
                 await self.refresh()
             except Exception as exc:  # noqa: BLE001 - keep counting what we know
-                log.warning("cannot read the cluster's %s budget: %s", self._kind, exc)
+                self._warn(exc)
+            else:
+                if self._failing:
+                    log.info("the cluster's %s budget is shared again", self._kind)
+                self._failing = False
             await asyncio.sleep(REFRESH)
+
+    def _warn(self, error: Exception) -> None:
+        """Once per outage of the database, not every second or request."""
+        if not self._failing:
+            log.warning("cannot share the cluster's %s budget (counting this node's "
+                        "until it can): %s", self._kind, error)
+        self._failing = True
 
     def __len__(self) -> int:
         """Client addresses remembered now."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from tidepost.errors import QueueFull
+from tidepost.errors import QueueError, QueueFull
 from tidepost.model import Envelope
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.reader import MessageData
@@ -62,6 +62,9 @@ async def submit_message(submission: Submission, transaction: Transaction, body:
     except QueueFull as exc:
         log.error("message from %s not queued: %s", session.peer_ip or "local", exc)
         return S.S452_NO_SPACE
+    except QueueError as exc:  # the store is away (a cluster's database): a line, no trace
+        log.error("message from %s not queued: %s", session.peer_ip or "local", exc)
+        return S.S451_LOCAL_ERROR
     except Exception:
         log.exception("submission failed for a message from %s", session.peer_ip)
         return S.S451_LOCAL_ERROR

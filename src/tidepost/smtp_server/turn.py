@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from tidepost.address import AddressError, domain_matches, in_networks, normalise_domain
+from tidepost.errors import QueueError
 from tidepost.smtp_client.session import Peer, SmtpSession
 from tidepost.smtp_server import auth as A
 from tidepost.smtp_server import replies as S
@@ -186,6 +187,9 @@ class RelayConversation(Conversation):
         domain = normalise_domain(arg[1:] if subdomains else arg)
         try:
             count = await self.relay.flush_domain(domain, subdomains)
+        except QueueError as exc:  # the store is away (a cluster's database): a line, no trace
+            log.error("ETRN %s from %s failed: %s", arg, self.session.peer_ip, exc)
+            return self.reply(s458_unable(arg, "local error, try again later"))
         except Exception:
             log.exception("ETRN %s from %s failed", arg, self.session.peer_ip)
             return self.reply(s458_unable(arg, "local error, try again later"))

@@ -4,6 +4,7 @@
         dsn = cluster.create_database("t1")
         ...
     # stopped (pg_ctl stop -m fast) and the folder removed
+    cluster.crash(); cluster.restart()  # a database outage (tests/integration)
 
 Uses the Debian `postgresql` package's binaries (/usr/lib/postgresql/N/bin)
 without its service: the server listens on 127.0.0.1 at a free port, with a
@@ -69,10 +70,18 @@ class PrivateCluster:
             shutil.chown(self.folder, SERVER_ACCOUNT)
         self._run("initdb", "-D", str(self.data), "-U", "tidepost", "--auth=trust",
                   "-E", "UTF8", "--locale=C.UTF-8")
+        self.restart()
+        return self
+
+    def crash(self) -> None:
+        """Stop the server as a crash would (pg_ctl -m immediate: no checkpoint, clients cut)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def restart(self) -> None:
+        """Start the (stopped) server again on the same port; returns once it accepts."""
         options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-l",
                   str(self.folder / "server.log"), "-o", options, "start")
-        return self
 
     def dsn(self, database: str = "postgres") -> str:
         """The connection string of `database` on this server."""
