@@ -9,6 +9,8 @@ from tidepost.address import Address
 from tidepost.clock import SystemClock
 from tidepost.config.load import parse_config
 from tidepost.delivery.maildir import MaildirAgent
+from tidepost.errors import QueueError
+from tidepost.manager import manager as manager_module
 from tidepost.manager.manager import Manager
 from tidepost.model import Envelope
 from tidepost.outcomes import bounced, deferred, delivered
@@ -305,5 +307,79 @@ def test_daemon_takes_back_the_leases_of_a_runner_that_died(tmp_path):
         stopping.set()
         await task
         assert agent.deliveries == ["carol@example.test"]
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+class OutageQueue:
+    """The harness's queue, with claims and records that fail while `down` (a database away)."""
+
+    def __init__(self, queue, fail: set[str]):
+        self._queue = queue
+        self._fail = fail
+        self.down = True
+        self.failed: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        real = getattr(self._queue, name)
+        if name not in self._fail:
+            return real
+
+        async def guarded(*args, **kwargs):
+            if self.down:
+                self.failed[name] = self.failed.get(name, 0) + 1
+                raise QueueError(f"queue database: {name} refused (test)")
+            return await real(*args, **kwargs)
+        return guarded
+
+
+def outage_harness(tmp_path, agent, fail: set[str]) -> tuple[Harness, OutageQueue]:
+    h = Harness(tmp_path, agent)
+    flaky = OutageQueue(h.queue, fail)
+    h.manager = Manager(h.config, flaky, Router(h.config), {"smtp": agent, "local": None},
+                        SystemClock(), "test:1:1")
+    h.submission.on_queued = h.manager.queued
+    return h, flaky
+
+
+def test_claims_failing_while_the_store_is_away_wait_and_are_retried(tmp_path, monkeypatch):
+    monkeypatch.setattr(manager_module, "CLAIM_RETRY", 0.2)
+    agent = ScriptedAgent()
+
+    async def scenario():
+        h, flaky = outage_harness(tmp_path, agent, {"claim"})
+        await h.send("carol@example.test")
+        stopping = asyncio.Event()
+        task = asyncio.create_task(h.manager.run(stopping))
+        assert await wait_until(lambda: flaky.failed.get("claim", 0) >= 2)
+        assert not task.done() and agent.deliveries == []  # the manager lives on
+        flaky.down = False
+        assert await wait_until(lambda: agent.deliveries)
+        assert await wait_until(lambda: not h.manager._in_flight)
+        stopping.set()
+        await task
+        assert agent.deliveries == ["carol@example.test"] and await h.queue.rows() == []
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_outcomes_the_store_cannot_take_are_recorded_when_it_is_back(tmp_path):
+    agent = ScriptedAgent()
+
+    async def scenario():
+        h, flaky = outage_harness(tmp_path, agent, {"record"})
+        await h.send("carol@example.test")
+        stopping = asyncio.Event()
+        task = asyncio.create_task(h.manager.run(stopping))
+        assert await wait_until(lambda: flaky.failed.get("record", 0) >= 1)
+        await asyncio.sleep(0.3)  # several polls while the store is away
+        [row] = await h.queue.rows()
+        assert row.state == "claimed"  # still leased: nobody else may send it meanwhile
+        flaky.down = False
+        assert await wait_until(lambda: not h.manager._in_flight)
+        stopping.set()
+        await task
+        assert await h.queue.rows() == []
+        assert agent.deliveries == ["carol@example.test"]  # recorded, not sent again
         await h.queue.close()
     asyncio.run(scenario())
