@@ -119,7 +119,8 @@ class RelayConfig:
         "customer asks (ETRN, ATRN); .example.org for the domain and its subdomains"))
     customer_domains_file: str = field(default="", metadata=meta(
         "file of more customer domains, one a line, # comments; re-read when it "
-        "changes and on SIGHUP"))
+        "changes and on SIGHUP; in a cluster the database's list (`tidepost customers`) "
+        "counts too"))
     etrn_networks: tuple[str, ...] = field(default=(), metadata=meta(
         "client networks that may ETRN any customer domain; empty: anyone may "
         "(authenticated customers may always ETRN their own domains)"))
@@ -131,7 +132,8 @@ class RelayConfig:
         "more get 451 4.7.0", low=1, high=100000))
     credentials_file: str = field(default="", metadata=meta(
         "SMTP AUTH users, `user:scrypt$salt$hash[:domain,domain]` a line "
-        "(`tidepost passwd`); empty disables AUTH"))
+        "(`tidepost passwd`); empty disables AUTH, except in a cluster, whose users are "
+        "in the database (`tidepost passwd` stores them there)"))
     odmr_listen: tuple[str, ...] = field(default=(), metadata=meta(
         "extra listeners for On-Demand Mail Relay (RFC 2645), HOST:PORT; port 366 by "
         "convention"))
