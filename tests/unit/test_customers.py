@@ -134,3 +134,41 @@ def test_the_first_matching_pattern_is_found_by_lookup_as_by_scanning(tmp_path):
         scanned = next((p for p in customers.patterns if domain_matches(domain, p)), None)
         assert customers.pattern_for(domain) == scanned, domain
         assert customers.matches(domain) == (scanned is not None)
+
+
+def cluster_config(tmp_path, inline='"shop.test"'):
+    return parse_config(f'''
+hostname = "relay.test"
+spool = "{tmp_path}"
+[local]
+domains = ["relay.test"]
+[queue]
+backend = "postgresql"
+dsn = "postgresql://tidepost@127.0.0.1/tidepost"
+[relay]
+customer_domains = [{inline}]
+[[route]]
+name = "internet"
+domains = ["*"]
+''', "test")
+
+
+def test_a_cluster_routes_its_databases_customer_domains_beside_its_own(tmp_path):
+    config = cluster_config(tmp_path)
+    router = Router(config)
+    assert config.has_customers and CUSTOMERS_ROUTE in router.by_name
+    assert router.route_of("site.test") == "internet"  # cached before the change
+    assert router.set_shared_customers((".site.test",)) is True
+    assert router.route_of("site.test") == CUSTOMERS_ROUTE  # the cache was cleared
+    assert router.route_of("a.site.test") == CUSTOMERS_ROUTE
+    assert router.route_of("shop.test") == CUSTOMERS_ROUTE  # the node's own still counts
+    assert router.set_shared_customers((".site.test",)) is False
+    router.set_shared_customers(())
+    assert router.route_of("site.test") == "internet"
+    assert router.customers.local_patterns == ("shop.test",)
+
+
+def test_a_cluster_with_no_customer_domain_yet_has_the_route_and_holds_nothing(tmp_path):
+    router = Router(cluster_config(tmp_path, inline=""))
+    assert router.customers and CUSTOMERS_ROUTE in router.by_name
+    assert router.route_of("site.test") == "internet"

@@ -413,3 +413,20 @@ def test_cram_md5_secret_in_the_credentials_file():
     assert identity.cram_secret == b"pw" and identity.domains == ()
     with pytest.raises(CredentialsError):
         parse_line(format_line("ship", "pw") + "::md5$AAAA", "x:1")
+
+
+def test_the_databases_users_and_the_files_make_one_list_the_database_winning(tmp_path):
+    from tidepost.queue.directory import CredentialRecord
+    from tidepost.smtp_server.credentials import new_record
+    path = tmp_path / "credentials"
+    path.write_text(format_line("ship", "from-file", ("a.test",)) + "\n"
+                    + format_line("boat", "boat-pw") + "\n")
+    stored = new_record("ship", "from-db", ("b.test",))
+    assert isinstance(stored, CredentialRecord) and "from-db" not in stored.hashed
+    users = Credentials.combined([stored], Credentials.load(path))
+    assert users.check("ship", "from-db") and not users.check("ship", "from-file")
+    assert users.domains_of("ship") == ("b.test",)
+    assert users.check("boat", "boat-pw")  # the file's other users still log in
+    assert [r.user for r in Credentials.load(path).records()] == ["boat", "ship"]
+    with pytest.raises(ValueError):
+        new_record("bad user", "pw")
