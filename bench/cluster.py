@@ -7,10 +7,11 @@ a private PostgreSQL server (tidepost/testing/pgcluster.py, fsync on), N
 `tidepost serve` nodes, unbound answering the customer domains' MX records
 with 127.0.0.1, and smtp-sink as every customer's server.
 
-1. Durable acceptance: `--clients` SMTP clients per node, each sending its
-   share of `--messages` one transaction after another (bench/accept.py's
-   client); the clock runs from the first connection to the last 250, and
-   a 250 means committed (fsync'd).  Rows: SQLite single node, PostgreSQL
+1. Durable acceptance: one `smtp-source` per node (Postfix's load
+   generator, bench/accept.py's) with `--clients` sessions, each sending
+   its share of `--messages` one transaction after another on its
+   connection (`-d`); the clock runs from the first smtp-source's start to
+   the last one's exit, and a 250 means committed (fsync'd).  Rows: SQLite single node, PostgreSQL
    with 1, 2 and 3 nodes.
 2. ETRN flush: `--held` messages held for one customer domain, one ETRN to
    every node at the same moment; the clock runs until the last recipient
@@ -37,12 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
-from accept import free_port, load, make_body, tidepost_argv, wait_port  # bench/ on sys.path
+from accept import free_port, smtp_source, tidepost_argv, wait_port  # bench/ on sys.path
 from tidepost.address import Address
 from tidepost.queue.backend import NewMessage
 from tidepost.queue.postgres import PostgresQueue
@@ -151,12 +153,20 @@ def etrn(port: int, domain: str) -> None:
         client.docmd("ETRN", domain)
 
 
-async def accept_all(ports: list[int], clients: int, messages: int, body: bytes) -> float:
-    """Every node gets `clients` clients and its share of `messages`; seconds taken."""
+def make_body(size: int) -> bytes:
+    """A message of about `size` bytes (the held messages of the ETRN runs)."""
+    line = b"x" * 76 + b"\r\n"
+    return b"Subject: bench\r\n\r\n" + line * max(size // len(line), 1)
+
+
+def accept_all(ports: list[int], clients: int, messages: int, size: int) -> float:
+    """Every node gets one smtp-source of `clients` sessions (connections reused, `-d`)
+    and its share of `messages`; seconds from the first start to the last exit."""
     shares = [messages // len(ports) + (i < messages % len(ports)) for i in range(len(ports))]
     start = time.perf_counter()
-    await asyncio.gather(*(load(port, clients, share, body)
-                           for port, share in zip(ports, shares)))
+    with ThreadPoolExecutor(len(ports)) as pool:
+        list(pool.map(lambda job: smtp_source(job[0], job[1], clients, size, True),
+                      zip(ports, shares)))
     return time.perf_counter() - start
 
 
@@ -251,8 +261,8 @@ def measure_accept(env: Environment, backend: str, nodes: int, args, body: bytes
     dsn = env.database() if backend == "postgresql" else ""
     running = Nodes(folder, nodes, backend, dsn, env.dns_port, env.sink_port)
     try:
-        asyncio.run(accept_all(running.ports[:1], 1, 5, body))  # warm up
-        seconds = asyncio.run(accept_all(running.ports, args.clients, args.messages, body))
+        accept_all(running.ports[:1], 1, 5, args.size)  # warm up
+        seconds = accept_all(running.ports, args.clients, args.messages, args.size)
     finally:
         running.close()
     return Row(f"accept {backend}", nodes, args.messages, seconds)
