@@ -89,6 +89,10 @@ class SmtpServerConfig:
     batch_partial_lifetime: float = field(default=86400.0, metadata=meta(
         "seconds a partly received batch message is kept in SPOOL/batch-partial for its "
         "sender to resume", low=60, high=30 * 86400, kind="duration"))
+    batch_partial_space: int = field(default=1 << 30, metadata=meta(
+        "disk space all partly received batch messages may take together: past it the "
+        "least recently written are forgotten (their senders resend them whole); 0 keeps "
+        "none", low=0, high=2**50, kind="size"))
 
 
 @dataclass(frozen=True)

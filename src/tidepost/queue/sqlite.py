@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import random
 import secrets
 import sqlite3
 import sys
@@ -164,9 +166,17 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
+# Queue ids come from a generator seeded once per process: os.urandom per
+# message is a system call that gives up the GIL, and the event loop then
+# waits for the queue's writer thread to hand it back (py-spy: 3.5% of the
+# loop's time at 10 sessions).  Ids need to be unlikely to repeat, not secret.
+_ids = random.Random(secrets.randbits(64))
+os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(64)))
+
+
 def new_queue_id() -> str:
     """A short, unique, visible message id (like Postfix's queue id)."""
-    return secrets.token_hex(6).upper()
+    return f"{_ids.getrandbits(48):012X}"
 
 
 def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:

@@ -84,8 +84,9 @@ class BatchVerbs:
 
     def _partials(self) -> PartialStore:
         """The spool's store of partly received messages."""
-        return PartialStore(self.config.spool_path / FOLDER,
-                            self.config.smtp.batch_partial_lifetime)
+        smtp = self.config.smtp
+        return PartialStore(self.config.spool_path / FOLDER, smtp.batch_partial_lifetime,
+                            smtp.batch_partial_space)
 
     def _batch_refusal(self) -> Reply | None:
         """Why XBATCH or XRESUME may not be used now, or None."""

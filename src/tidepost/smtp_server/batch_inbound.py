@@ -195,8 +195,8 @@ class InboundBatch:
         start = message.synced
 
         def write() -> None:
-            self.partials.append(message.transfer_id, new, start)
-            self.partials.sync([message.transfer_id])
+            if self.partials.append(message.transfer_id, new, start):
+                self.partials.sync([message.transfer_id])
         await asyncio.to_thread(write)
         message.synced = len(message.body)
 

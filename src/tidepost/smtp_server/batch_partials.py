@@ -1,8 +1,8 @@
 """Partly received batch messages, kept in the spool so that a new session resumes them.
 
-`PartialStore(folder, lifetime)` keeps one file per transfer id,
+`PartialStore(folder, lifetime, space)` keeps one file per transfer id,
 `SPOOL/batch-partial/<transfer-id>`, holding the first octets of the
-message as received.  `append(tid, octets)` adds to it; `sync(tids)` makes
+message as received.  `append(tid, octets, start)` adds to it; `sync(tids)` makes
 what was appended durable (fsync) before the XBATCH chunk that carried it
 is acknowledged, so the length the file has after a crash or a cut link is
 never more than what the client was told (it may be less, never wrong);
@@ -10,6 +10,15 @@ never more than what the client was told (it may be less, never wrong);
 back; `drop(tid)` forgets it once the message is queued or refused.
 `expire(now)` deletes files untouched for `lifetime` seconds
 (`smtp.batch_partial_lifetime`), called when a batch session starts.
+
+All files together stay within `space` octets (`smtp.batch_partial_space`):
+an append that would pass it first deletes the least recently written
+other files; a message larger than `space` is not kept.  A partial file
+that is gone (forgotten so, expired, or its disk full) is never made again
+in the middle of its message, which would fill its start with zeros: the
+rest of that message is simply not kept, and XRESUME answers 0 for it.
+The session keeps the message in memory either way: keeping is only
+what lets a cut session resume.
 Transfer ids are checked by the codec (letters, digits, `._-`), so they
 are safe file names.  Blocking file calls: the session runs them in a thread.
 """
@@ -28,9 +37,10 @@ FOLDER = "batch-partial"
 class PartialStore:
     """Partial messages by transfer id, in one spool folder."""
 
-    def __init__(self, folder: Path, lifetime: float):
+    def __init__(self, folder: Path, lifetime: float, space: int):
         self.folder = folder
         self.lifetime = lifetime
+        self.space = space
 
     def _path(self, transfer_id: str) -> Path:
         return self.folder / transfer_id
@@ -51,17 +61,53 @@ class PartialStore:
             return None
         return data if len(data) == length else None
 
-    def append(self, transfer_id: str, octets: bytes, start: int) -> None:
-        """Write `octets` at `start` (the file is cut there first); not yet durable."""
+    def append(self, transfer_id: str, octets: bytes, start: int) -> bool:
+        """Write `octets` at `start` (the file is cut there first); not yet durable.
+
+        False when the message is not kept (see the module docstring); a
+        full disk forgets its file too, rather than failing the session.
+        """
+        if not self._make_room(transfer_id, start + len(octets)):
+            self.drop(transfer_id)
+            return False
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(transfer_id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        flags = os.O_WRONLY | (os.O_CREAT if start == 0 else 0)
+        try:
+            fd = os.open(self._path(transfer_id), flags, 0o600)
+        except FileNotFoundError:
+            return False  # forgotten mid-message: not made again with a hole
         try:
             os.ftruncate(fd, start)
             os.lseek(fd, start, os.SEEK_SET)
             os.write(fd, octets)
+        except OSError:
+            self.drop(transfer_id)
+            return False
         finally:
             os.close(fd)
+        return True
+
+    def _make_room(self, transfer_id: str, size: int) -> bool:
+        """Delete the least recently written other files until `size` octets fit in `space`."""
+        if size > self.space:
+            return False
+        others = []
+        for path in self._files():
+            if path.name != transfer_id:
+                with contextlib.suppress(FileNotFoundError):
+                    status = path.stat()
+                    others.append((status.st_mtime, status.st_size, path))
+        used = sum(size for _, size, _ in others)
+        for _, other_size, path in sorted(others):
+            if used + size <= self.space:
+                break
+            path.unlink(missing_ok=True)
+            used -= other_size
+        return True
+
+    def _files(self) -> list[Path]:
+        """The partial files now."""
+        return list(self.folder.iterdir()) if self.folder.is_dir() else []
 
     def sync(self, transfer_ids: list[str]) -> None:
         """fsync the files of `transfer_ids` and the folder (new names)."""
@@ -80,10 +126,8 @@ class PartialStore:
 
     def expire(self, now: float) -> int:
         """Delete partial messages untouched for `lifetime` seconds; how many."""
-        if not self.folder.is_dir():
-            return 0
         removed = 0
-        for path in self.folder.iterdir():
+        for path in self._files():
             try:
                 if path.stat().st_mtime + self.lifetime < now:
                     path.unlink()
