@@ -7,6 +7,8 @@ process serves SMTP on the same connection, queueing what the provider
 sends (trusted submission, 250 only after commit) until it says QUIT.  The
 running daemon, if any, is then woken to deliver it.
 The password comes from $TIDEPOST_ODMR_PASSWORD or `--password-file`.
+What it queues (and repeats it answered: `duplicate`) goes to the mail log
+(log.syslog / log.file, else standard error), as `tidepost flush` does.
 Exit 0 after a session (or 453: no mail), 1 when refused, 75 when the
 provider could not be reached.
 """
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 from tidepost.cli.common import add_config_option, config_or_exit, spool_owner_or_exit, subcommand
+from tidepost.cli.logsetup import setup_logging
 from tidepost.config.schema import Config
 from tidepost.errors import TempFailure
 from tidepost.smtp_client.turn import ODMR_PORT, odmr, parse_upstream
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EX_USAGE
     spool_owner_or_exit(config)
+    setup_logging(config)  # the mail it queues is logged as the daemon's is
     try:
         peer = parse_upstream(args.provider, ODMR_PORT)
         reply = asyncio.run(fetch(config, peer, args.user, password, args.domains,

@@ -7,7 +7,8 @@ recipients_per_transaction, batch)` is an `AgentSession` on that one
 lost every later recipient is Deferred (4.4.2) so the manager parks it for
 the next request.  When the customer is a tidepost node offering XTIDEPOST
 BATCH and `batch` (a BatchChannel) allows it, jobs go on the batch stream
-and overlap (`depth`); else one plain SMTP transaction after another.
+and overlap (`depth`); else one plain SMTP transaction after another, with
+XTRANSFER= when the customer offers XTIDEPOST TRANSFER (docs/EXTENSIONS.md).
 `deliver()` never raises.
 """
 
@@ -22,6 +23,7 @@ from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, deferred
 from tidepost.smtp_client.session import SmtpSession
 from tidepost.smtp_client.transaction import Transaction, send_transaction
+from tidepost.submission.transfers import transfer_id
 
 log = logging.getLogger("tidepost.delivery.turnaround")
 
@@ -65,9 +67,11 @@ class TurnedSession:
         if sender is not None:
             assert self.batch is not None
             return (await self.batch.send(sender, job, chunk, None))[1].outcomes
+        # XTRANSFER= as on dialled connections: a tidepost site offers TRANSFER
+        # to the relay it asked, so a repeat after a crash is answered, not stored.
         return await send_transaction(self.smtp, Transaction(
             job.message.sender, chunk, job.body, job.message.body_type,
-            job.message.smtputf8))
+            job.message.smtputf8, transfer_id(job.message.queue_id, job.message.arrival)))
 
     async def close(self) -> None:
         """End the batch stream; the connection belongs to the conversation that reversed it."""

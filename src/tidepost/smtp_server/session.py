@@ -391,12 +391,25 @@ class Conversation(BatchVerbs):
             raise ClientDisconnected() from exc
         # A new reader: plaintext pipelined after STARTTLS is never read (RFC 3207 4.2).
         self._reader = self._new_reader(stream)
-        self.session.tls = True
         ssl_object = getattr(self._outbox.writer, "get_extra_info", lambda name: None)(
             "ssl_object")
+        self.forget_client()
+        self.session.tls = True
         self.session.tls_version = ssl_object.version() if ssl_object is not None else "TLS"
-        self.session.helo, self.session.esmtp = "", False
+
+    def forget_client(self) -> None:
+        """After STARTTLS: forget all the client said in clear (RFC 3207 4.2).
+
+        Its HELO name, transaction, AUTH identity (and so the relay right it
+        gave) and XBATCH stream; only the address, the trust of a local
+        user and the error count (our own knowledge) remain.  Subclasses
+        forget their own client state too.
+        """
+        old = self.session
+        self.session = Session(peer_ip=old.peer_ip, trusted=old.trusted, errors=old.errors)
+        self.session.may_relay = self.access.may_relay(old.peer_ip, "", old.trusted)
         self.transaction = None
+        self.batch_reset()
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA: read the message, check it, submit it; 250 only after commit."""

@@ -2,7 +2,7 @@
 
 `Session` is connection state: who the client is (address, HELO name, TLS,
 AUTH identity, relay right) and its error count; it lives as long as the
-connection (STARTTLS resets the HELO name).  `Transaction` is one mail
+connection (STARTTLS starts a new one: RFC 3207 4.2).  `Transaction` is one mail
 transaction, from MAIL FROM to the end of DATA or RSET.  `Counters` are the
 statistics all conversations of one server add to.  Pure data, no I/O.
 """

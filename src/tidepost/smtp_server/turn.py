@@ -155,6 +155,11 @@ class RelayConversation(Conversation):
         self.client_features = set(arg.upper().split())
         self.reply(S.S250_OK)
 
+    def forget_client(self) -> None:
+        """After STARTTLS also forget the XTIDEPOST words the client declared."""
+        super().forget_client()
+        self.client_features = set()
+
     def extensions(self) -> list[str]:
         """EHLO keywords: the base ones, ETRN, AUTH where allowed, ATRN."""
         keywords = [] if self.relay.odmr_only else super().extensions()
