@@ -129,14 +129,20 @@ def cluster(pg_server, tidepost_node, unbound, sink, request):
     """Three relay nodes on one fresh database, holding mail for site.test."""
     database = "cluster_" + request.node.name[-40:].lower().replace("[", "_").replace("]", "")
     dsn = pg_server.create_database(database)
-    dns = unbound(SITE_ZONE)
+    return relay_nodes(tidepost_node, unbound(SITE_ZONE), sink, dsn, 3, "0.5s",
+                       relay={"customer_domains": ["site.test"], "etrn_rate": 1000})
+
+
+def relay_nodes(tidepost_node, dns, sink, dsn: str, count: int, poll_interval: str,
+                **sections) -> list:
+    """`count` relay nodes on the database `dsn`, delivering to `sink`, started."""
     nodes = [tidepost_node(
         dns=dns, smtp_port=sink.port, start=False, hostname="relay.test",
         local={"domains": ["relay.test"], "users": ["postmaster"], "system_users": False},
         queue={"backend": "postgresql", "dsn": dsn, "node": f"n{i}", "node_timeout": "3s",
-               "poll_interval": "0.5s", "min_backoff": "1s", "max_backoff": "2s"},
-        relay={"customer_domains": ["site.test"], "etrn_rate": 1000})
-        for i in range(3)]
+               "poll_interval": poll_interval, "min_backoff": "1s", "max_backoff": "2s"},
+        **sections)
+        for i in range(count)]
     for node in nodes:
         node.start()
     return nodes

@@ -26,8 +26,8 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for
-from test_cluster import CountingSink, message
+from conftest import wait_for
+from test_cluster import message, relay_nodes, sink  # noqa: F401 - sink: a fixture
 from tidepost.testing.pgcluster import PrivateCluster, binaries
 
 pytestmark = pytest.mark.integration
@@ -52,26 +52,10 @@ def database():
 
 
 @pytest.fixture
-def sink():
-    server = CountingSink(free_port("127.0.0.1"))
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def pair(database, tidepost_node, unbound, sink):
     dsn = database.create_database("outage")
-    dns = unbound(ZONE)
-    nodes = [tidepost_node(
-        dns=dns, smtp_port=sink.port, start=False, hostname="relay.test",
-        local={"domains": ["relay.test"], "users": ["postmaster"], "system_users": False},
-        queue={"backend": "postgresql", "dsn": dsn, "node": f"n{i}", "node_timeout": "3s",
-               "poll_interval": "30s", "min_backoff": "1s", "max_backoff": "2s"},
-        relay={"customer_domains": ["site.test"], "etrn_rate": 1000})
-        for i in range(2)]
-    for node in nodes:
-        node.start()
-    return nodes
+    return relay_nodes(tidepost_node, unbound(ZONE), sink, dsn, 2, "30s",
+                       relay={"customer_domains": ["site.test"], "etrn_rate": 1000})
 
 
 def submit(node, n: int, rcpt: str) -> tuple[int, bytes]:

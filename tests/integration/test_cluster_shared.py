@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for
-from test_cluster import SITE_ZONE, CountingSink, message
+from conftest import wait_for
+from test_cluster import SITE_ZONE, message, relay_nodes, sink  # noqa: F401 - sink: a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -31,28 +31,12 @@ FOLLOW = 5.0  # seconds a node may take to follow a change (a notice: well under
 
 
 @pytest.fixture
-def sink():
-    server = CountingSink(free_port("127.0.0.1"))
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def pair(pg_server, tidepost_node, unbound, sink, request):
     """Two relay nodes on one fresh database, no customer domain or user configured."""
     dsn = pg_server.create_database("shared_" + request.node.name[-40:].lower())
-    dns = unbound(SITE_ZONE)
-    nodes = [tidepost_node(
-        dns=dns, smtp_port=sink.port, start=False, hostname="relay.test",
-        local={"domains": ["relay.test"], "users": ["postmaster"], "system_users": False},
-        smtp={"relay_networks": ["192.0.2.0/24"]},  # loopback may not relay: only customers
-        queue={"backend": "postgresql", "dsn": dsn, "node": f"n{i}", "node_timeout": "3s",
-               "poll_interval": "30s", "min_backoff": "1s", "max_backoff": "2s"},
-        relay={"etrn_rate": 1000})
-        for i in range(2)]
-    for node in nodes:
-        node.start()
-    return nodes
+    return relay_nodes(tidepost_node, unbound(SITE_ZONE), sink, dsn, 2, "30s",
+                       smtp={"relay_networks": ["192.0.2.0/24"]},  # loopback: only customers
+                       relay={"etrn_rate": 1000})
 
 
 def rcpt(node, address: str) -> int:
