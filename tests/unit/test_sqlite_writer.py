@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tidepost.queue import sqlite_writer
 from tidepost.queue.sqlite import connect
-from tidepost.queue.sqlite_writer import Writer, wal_frames_pending
+from tidepost.queue.sqlite_writer import WalIndex, Writer
 
 PAGE = 4096
 
@@ -75,7 +80,7 @@ def test_the_wal_is_still_checkpointed_and_reused(tmp_path, monkeypatch):
     writer, path = make_writer(tmp_path)
     try:
         asyncio.run(commit_many(writer, 100, 5))  # ~500 pages through a 50-page threshold
-        pending = wal_frames_pending(Path(f"{path}-shm"))
+        pending = WalIndex(Path(f"{path}-shm")).pending()
         wal_size = Path(f"{path}-wal").stat().st_size
     finally:
         writer.stop()
@@ -89,14 +94,53 @@ def test_pending_frames_are_read_from_the_wal_index(tmp_path):
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("CREATE TABLE t (data BLOB)")
     conn.executemany("INSERT INTO t VALUES (?)", [(b"y" * (PAGE - 200),)] * 20)
-    shm = Path(f"{path}-shm")
+    index = WalIndex(Path(f"{path}-shm"))
     try:
-        assert wal_frames_pending(shm) >= 20
+        assert index.pending() >= 20
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        assert wal_frames_pending(shm) == 0
+        assert index.pending() == 0
     finally:
         conn.close()
-    assert wal_frames_pending(tmp_path / "missing-shm") == 0
+        index.close()
+    assert WalIndex(tmp_path / "missing-shm").pending() == 0
+
+
+HOLDER = """
+import asyncio, sys
+from pathlib import Path
+from tidepost.queue.sqlite import SqliteQueue
+from tidepost.queue import sqlite_writer
+
+sqlite_writer.CHECKPOINT_PAGES = 1   # every round reads the WAL index
+async def main():
+    queue = SqliteQueue(Path(sys.argv[1]))
+    for _ in range(5):
+        await queue.set_hold("uplink", True, 0.0, "test")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    await queue.close()
+asyncio.run(main())
+"""
+
+
+def test_reading_the_wal_index_keeps_sqlites_lock_on_it(tmp_path):
+    """Another process must still see this one using the -shm (SIGBUS otherwise).
+
+    SQLite (os_unix.c) holds a shared lock on byte 128 of the -shm (the
+    "DMS" byte) for as long as a connection maps it; a process that can take
+    it exclusively believes it is alone and truncates the file.
+    """
+    path = tmp_path / "queue.sqlite"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with open(f"{path}-shm", "r+b") as shm:
+            with pytest.raises(OSError):
+                fcntl.lockf(shm, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+    finally:
+        holder.communicate("stop\n", timeout=30)
+    assert holder.returncode == 0
 
 
 def test_the_wal_is_reused_under_a_steady_stream_of_commits(tmp_path, monkeypatch):

@@ -64,7 +64,7 @@ class Writer:
     def __init__(self, path: Path, connect: Connect):
         self._path = path
         self._wal = Path(f"{path}-wal")
-        self._wal_index = Path(f"{path}-shm")
+        self._wal_index = WalIndex(Path(f"{path}-shm"))
         self._connect = connect
         self._waiting = threading.Condition()
         self._ops: list[tuple] = []      # (op, future, loop, acknowledged), under _waiting
@@ -94,12 +94,17 @@ class Writer:
         return future
 
     def stop(self) -> None:
-        """Finish what is queued, then end both threads."""
+        """Finish what is queued, then end both threads.
+
+        Call it after closing the queue's other connections: it lets go of
+        the WAL index's descriptor (see WalIndex).
+        """
         with self._waiting:
             self._stopping = True
             self._waiting.notify_all()
         self._thread.join()
         self._syncer.join()
+        self._wal_index.close()
 
     # -- the writer thread ----------------------------------------------------
 
@@ -191,7 +196,7 @@ class Writer:
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the database, synced, once enough of it waits (writer thread)."""
-        if wal_frames_pending(self._wal_index) < CHECKPOINT_PAGES:
+        if self._wal_index.pending() < CHECKPOINT_PAGES:
             return
         try:
             conn.execute("PRAGMA synchronous=FULL")
@@ -203,24 +208,45 @@ class Writer:
             pass  # the next round tries again; the WAL only grows meanwhile
 
 
-def wal_frames_pending(wal_index: Path) -> int:
-    """Frames in the WAL not yet copied into the database; 0 when unknown now.
+class WalIndex:
+    """The count of WAL frames not yet copied into the database, from the WAL index.
 
-    Read from the WAL index's header (sqlite.org/walformat.html, 2.2: native
-    byte order; mxFrame at offset 16 of each WalIndexHdr copy, nBackfill at
-    offset 96).  The two header copies differ while a writer updates them:
-    then the next round looks again.
+    The WAL index is the -shm file (sqlite.org/walformat.html, 2.2: native
+    byte order; mxFrame at offset 16 of each of the two 48-byte header
+    copies, nBackfill at offset 96).  It is read through one descriptor kept
+    open until every connection of this queue is closed: closing any
+    descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's shared lock on the -shm among them, and then the next process
+    to open the queue takes itself for the only one, truncates the -shm
+    under our mapping, and this process dies of SIGBUS.
     """
-    try:
-        with open(wal_index, "rb") as index:
-            header = index.read(WAL_INDEX_HEADER)
-    except OSError:
-        return 0
-    if len(header) < WAL_INDEX_HEADER or header[:48] != header[48:96]:
-        return 0
-    last_frame = int.from_bytes(header[16:20], sys.byteorder)
-    backfilled = int.from_bytes(header[96:100], sys.byteorder)
-    return max(last_frame - backfilled, 0)
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._fd: int | None = None
+
+    def pending(self) -> int:
+        """Frames waiting for a checkpoint; 0 while unknown (no index yet, or mid-update)."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY)
+            except OSError:
+                return 0
+        try:
+            header = os.pread(self._fd, WAL_INDEX_HEADER, 0)
+        except OSError:
+            return 0
+        if len(header) < WAL_INDEX_HEADER or header[:48] != header[48:96]:
+            return 0  # a writer is updating the header: the next round looks again
+        last_frame = int.from_bytes(header[16:20], sys.byteorder)
+        backfilled = int.from_bytes(header[96:100], sys.byteorder)
+        return max(last_frame - backfilled, 0)
+
+    def close(self) -> None:
+        """Let the descriptor go: only once no connection of this process uses the queue."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _commit(conn: sqlite3.Connection, batch: Batch) -> list[tuple[Any, BaseException | None]]:
