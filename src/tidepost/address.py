@@ -13,6 +13,7 @@ policy refuse them for clients that may not relay.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -133,6 +134,7 @@ def _check_literal(literal: str) -> str:
         raise AddressError("invalid address literal") from None
 
 
+@functools.lru_cache(maxsize=4096)  # asked several times per session, by few peers
 def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """A peer's IP address (zone id dropped, IPv4-mapped IPv6 unwrapped), or None."""
     try:

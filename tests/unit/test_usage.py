@@ -163,3 +163,22 @@ def test_wire_counts_are_the_kernels_tcp_counters():
     assert counts.segments_out >= 2 and counts.min_rtt > 0
     up, down = counts.ip_bytes()
     assert up == 5000 + 52 * counts.segments_out
+
+
+def test_wire_counts_of_a_connection_closed_under_uvloop_are_unknown():
+    """uvloop hands out a socket view whose fd is -1 once the peer has gone."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def closed_socket_counts():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")  # the view a session keeps
+        await reader.read()                      # the peer hung up
+        writer.close()
+        await asyncio.sleep(0.05)                # the transport has let its fd go
+        server.close()
+        assert sock.fileno() == -1
+        return read_counts(sock)
+
+    assert uvloop.run(closed_socket_counts()) is None

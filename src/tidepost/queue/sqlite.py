@@ -417,13 +417,13 @@ class SqliteQueue:
         await self._writer.run(op)
 
     async def close(self) -> None:
-        """Drain the writer and close both connections."""
-        await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+        """Close the reader's connection, then drain the writer and close its own (last)."""
         def close_reader() -> None:
             if self._reader is not None:
                 self._reader.close()
         await asyncio.get_running_loop().run_in_executor(self._reader_pool, close_reader)
         self._reader_pool.shutdown()
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
 
 
 def _known_transfers(conn: sqlite3.Connection, keys: list[str]) -> dict[str, str]:

@@ -17,13 +17,21 @@ client waits to hear a 250 for wait instead (`run(acknowledged=True)`):
 written just before the sync that makes them durable, the window in which
 a crash leaves them stored but unacknowledged is one fsync.
 
-Checkpoints: the writer's connection never checkpoints (`wal_autocheckpoint
-= 0`), since a checkpoint under `synchronous=OFF` would not sync the
-database before the WAL is reused.  The sync thread checkpoints on its own
-connection, with `synchronous=FULL`, every CHECKPOINT_PAGES of WAL; other
-processes (sendmail, flush, queue administration) keep SQLite's defaults
-and `synchronous=FULL`.  At stop the writer's connection goes back to FULL
-before it closes, so its last checkpoint is synced too.
+Checkpoints: SQLite's own (`wal_autocheckpoint`) are off on the writer's
+connection, whose `synchronous=OFF` would not sync the database before the
+WAL is reused.  The writer thread checkpoints itself, between two
+transactions, under `synchronous=FULL` (the WAL is synced before it is
+copied, the database after), once CHECKPOINT_PAGES frames wait to be
+copied.  That count comes from the WAL index: the WAL file keeps its size
+when SQLite reuses it, so judged by its size every commit after the first
+4 MB would checkpoint (three syncs instead of one).  It is the writer that
+checkpoints because SQLite starts the WAL again from its beginning only
+when a write transaction begins with every frame copied: a checkpoint on
+another thread, racing the writer's next transaction, almost never allows
+that, and the WAL grows.  Other processes (sendmail, flush, queue
+administration) keep SQLite's defaults and `synchronous=FULL`.  At stop the
+writer's connection goes back to FULL before it closes, so its last
+checkpoint is synced too.
 tests/crash/test_power_loss.py keeps only what was fsync'd and finds every
 acknowledged message.
 """
@@ -35,6 +43,7 @@ import contextlib
 import os
 import queue as thread_queue
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -43,7 +52,7 @@ from tidepost.errors import QueueError, QueueFull
 
 BATCH_LIMIT = 512          # operations per group commit
 CHECKPOINT_PAGES = 1000    # WAL pages (of 4 KiB) between checkpoints: SQLite's default
-WAL_FRAME = 4096 + 24      # a page and its frame header
+WAL_INDEX_HEADER = 136     # two copies of the 48-byte WalIndexHdr, then WalCkptInfo
 
 Connect = Callable[[Path], sqlite3.Connection]
 Batch = list  # of (op, future, loop)
@@ -55,6 +64,7 @@ class Writer:
     def __init__(self, path: Path, connect: Connect):
         self._path = path
         self._wal = Path(f"{path}-wal")
+        self._wal_index = WalIndex(Path(f"{path}-shm"))
         self._connect = connect
         self._waiting = threading.Condition()
         self._ops: list[tuple] = []      # (op, future, loop, acknowledged), under _waiting
@@ -84,12 +94,17 @@ class Writer:
         return future
 
     def stop(self) -> None:
-        """Finish what is queued, then end both threads."""
+        """Finish what is queued, then end both threads.
+
+        Call it after closing the queue's other connections: it lets go of
+        the WAL index's descriptor (see WalIndex).
+        """
         with self._waiting:
             self._stopping = True
             self._waiting.notify_all()
         self._thread.join()
         self._syncer.join()
+        self._wal_index.close()
 
     # -- the writer thread ----------------------------------------------------
 
@@ -97,13 +112,14 @@ class Writer:
         """Thread body: batch, execute, commit, hand over to the sync thread."""
         conn = self._connect(self._path)
         conn.execute("PRAGMA synchronous=OFF")      # the sync thread fsyncs
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # and checkpoints, synced
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # and _checkpoint, synced
         try:
             while (batch := self._next_batch()) is not None:
                 results = _commit(conn, batch)
                 with self._waiting:
                     self._unsynced += 1
                 self._synced.put((batch, results))
+                self._checkpoint(conn)
         finally:
             self._synced.put(None)
             with contextlib.suppress(sqlite3.Error):
@@ -132,28 +148,23 @@ class Writer:
 
     def _sync(self) -> None:
         """Thread body: fsync the WAL for every batch committed meanwhile, then report."""
-        checkpoints = self._connect(self._path)
-        try:
-            stopping = False
+        stopping = False
+        while not stopping:
+            item = self._synced.get()
+            done = [] if item is None else [item]
+            stopping = item is None
             while not stopping:
-                item = self._synced.get()
-                done = [] if item is None else [item]
+                try:
+                    item = self._synced.get_nowait()
+                except thread_queue.Empty:
+                    break
                 stopping = item is None
-                while not stopping:
-                    try:
-                        item = self._synced.get_nowait()
-                    except thread_queue.Empty:
-                        break
-                    stopping = item is None
-                    if item is not None:
-                        done.append(item)
-                self._report(done, self._fsync_wal())
-                with self._waiting:
-                    self._unsynced -= len(done)
-                    self._waiting.notify_all()
-                self._checkpoint(checkpoints)
-        finally:
-            checkpoints.close()
+                if item is not None:
+                    done.append(item)
+            self._report(done, self._fsync_wal())
+            with self._waiting:
+                self._unsynced -= len(done)
+                self._waiting.notify_all()
 
     def _fsync_wal(self) -> QueueError | None:
         """fsync the WAL; the error to report instead of success if that failed."""
@@ -184,13 +195,58 @@ class Writer:
                     pass  # the caller's event loop is gone; nobody waits for this answer
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Copy the WAL into the database (synced) once it has grown enough."""
+        """Copy the WAL into the database, synced, once enough of it waits (writer thread)."""
+        if self._wal_index.pending() < CHECKPOINT_PAGES:
+            return
         try:
-            if self._wal.stat().st_size < CHECKPOINT_PAGES * WAL_FRAME:
-                return
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except (OSError, sqlite3.Error):
+            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.execute("PRAGMA synchronous=OFF")
+        except sqlite3.Error:
             pass  # the next round tries again; the WAL only grows meanwhile
+
+
+class WalIndex:
+    """The count of WAL frames not yet copied into the database, from the WAL index.
+
+    The WAL index is the -shm file (sqlite.org/walformat.html, 2.2: native
+    byte order; mxFrame at offset 16 of each of the two 48-byte header
+    copies, nBackfill at offset 96).  It is read through one descriptor kept
+    open until every connection of this queue is closed: closing any
+    descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's shared lock on the -shm among them, and then the next process
+    to open the queue takes itself for the only one, truncates the -shm
+    under our mapping, and this process dies of SIGBUS.
+    """
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._fd: int | None = None
+
+    def pending(self) -> int:
+        """Frames waiting for a checkpoint; 0 while unknown (no index yet, or mid-update)."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY)
+            except OSError:
+                return 0
+        try:
+            header = os.pread(self._fd, WAL_INDEX_HEADER, 0)
+        except OSError:
+            return 0
+        if len(header) < WAL_INDEX_HEADER or header[:48] != header[48:96]:
+            return 0  # a writer is updating the header: the next round looks again
+        last_frame = int.from_bytes(header[16:20], sys.byteorder)
+        backfilled = int.from_bytes(header[96:100], sys.byteorder)
+        return max(last_frame - backfilled, 0)
+
+    def close(self) -> None:
+        """Let the descriptor go: only once no connection of this process uses the queue."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _commit(conn: sqlite3.Connection, batch: Batch) -> list[tuple[Any, BaseException | None]]:

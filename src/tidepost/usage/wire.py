@@ -61,7 +61,7 @@ def read_counts(sock: socket.socket | None) -> WireCounts | None:
         return None
     try:
         info = sock.getsockopt(level, option, TCP_INFO_SIZE)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's view of a socket already closed
         return None
     if len(info) < OFFSET_BYTES_SENT + 8:
         return None
