@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tidepost.address import Address
-from tidepost.model import BodyType
+from tidepost.model import BodyType, RecipientDsn
 
 
 @dataclass(slots=True)
@@ -39,6 +39,9 @@ class Transaction:
     smtputf8: bool = False
     recipients: list[Address] = field(default_factory=list)
     transfer_id: str = ""     # XTRANSFER= of a tidepost peer (docs/EXTENSIONS.md)
+    ret: str = ""             # RFC 3461 RET= and ENVID= of MAIL FROM
+    envid: str = ""
+    dsn: dict[Address, RecipientDsn] = field(default_factory=dict)  # NOTIFY/ORCPT given
 
 
 @dataclass(slots=True)
