@@ -149,3 +149,30 @@ def test_the_batch_stream_between_tidepost_nodes_carries_the_request(tidepost_no
     assert "NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@dsnhop.test" in args
     site.stop()  # a clean stop closes the stream, which logs what it carried
     assert "XTIDEPOST BATCH with" in site.log_tail(400)
+
+
+def test_mail_queued_by_the_schema_before_dsn_is_delivered_after_the_migration(tidepost_node):
+    """A spool of schema version 3 (before DSN requests), opened by serve: its mail arrives."""
+    import sqlite3
+
+    from tidepost.queue.sqlite import MIGRATIONS, SCHEMA
+    node = tidepost_node(start=False)
+    node.spool.mkdir(parents=True, exist_ok=True)
+    tok = uuid.uuid4().hex
+    old = sqlite3.connect(node.spool / "queue.sqlite")
+    old.executescript(SCHEMA + MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version=3;")
+    body = message(tok)
+    old.execute("INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
+                "VALUES ('OLDV3000001', ?, 1.0, ?, '7BIT', 0)", (SENDER, len(body)))
+    old.execute("INSERT INTO bodies VALUES (1, ?)", (body,))
+    old.execute("INSERT INTO recipients(message_id, local, domain, state, next_try) "
+                "VALUES (1, 'carol', 'site.test', 'queued', 1.0)")
+    old.commit()
+    old.close()
+    node.start()
+    node.wait_for(lambda: any(tok.encode() in m for m in node.maildir("carol")),
+                  what="the old mail in carol's Maildir")
+    node.wait_queue_empty()
+    check = sqlite3.connect(node.spool / "queue.sqlite")
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 4
+    check.close()
