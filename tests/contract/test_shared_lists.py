@@ -14,13 +14,11 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import pytest
 
 from test_queue_backend import run
 from tidepost.queue.backend import NOTICE_RECONNECTED
 from tidepost.queue.directory import CredentialRecord, ReleaseRecord, shared_directory
 from tidepost.queue.pg_schema import SCHEMA_VERSION
-from tidepost.queue.postgres import PostgresQueue
 from tidepost.smtp_server.credentials import Credentials, new_record
 
 

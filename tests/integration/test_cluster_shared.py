@@ -180,5 +180,7 @@ def test_a_single_node_has_no_shared_lists(tidepost_node):
     node = tidepost_node(start=False)
     done = node.cli("customers", "list", "-c", str(node.config_path), check=False)
     assert done.returncode == 78 and "not in a cluster" in done.stderr.decode()
+    listed = node.cli("passwd", "--list", "-c", str(node.config_path), check=False)
+    assert listed.returncode == 78 and "edit relay.credentials_file" in listed.stderr.decode()
     line = node.cli("passwd", "ship", "-c", str(node.config_path), stdin=PASSWORD)
     assert line.stdout.decode().startswith("ship:scrypt$")  # printed, as before
