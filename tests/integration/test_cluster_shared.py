@@ -50,6 +50,7 @@ def relaying_pair(pg_server, tidepost_node, unbound, sink, request):
 
 
 def two_nodes(pg_server, tidepost_node, unbound, sink, request, **sections) -> list:
+    """Two started relay nodes on a database of the test's own, with `sections` configured."""
     dsn = pg_server.create_database("shared_" + request.node.name[-40:].lower())
     return relay_nodes(tidepost_node, unbound(SITE_ZONE), sink, dsn, 2, "30s",
                        relay={"etrn_rate": 1000}, **sections)

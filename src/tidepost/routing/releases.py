@@ -63,13 +63,16 @@ class FileReleases:
         self._lock = asyncio.Lock()  # one rewrite at a time: none loses another's entry
 
     async def read(self) -> dict[str, dict[str, Any]]:
+        """Every pattern's last release, from the file."""
         return read_releases(self._config)
 
     async def remember(self, pattern: str, by: str, count: int, now: float) -> None:
+        """Replace the pattern's entry, the file rewritten off the event loop."""
         async with self._lock:
             await asyncio.to_thread(self._write, pattern, by, count, now)
 
     def _write(self, pattern: str, by: str, count: int, now: float) -> None:
+        """Read, change one entry, write a temporary file and rename it over the old one."""
         releases = read_releases(self._config)
         releases[pattern] = {"time": now, "by": by, "count": count}
         path = releases_path(self._config)
@@ -86,8 +89,10 @@ class SharedReleases:
         self._node = node
 
     async def read(self) -> dict[str, dict[str, Any]]:
+        """Every pattern's last release in the database, with the node that made it."""
         return {r.pattern: {"time": r.time, "by": r.by, "count": r.count, "node": r.node}
                 for r in await self._directory.releases()}
 
     async def remember(self, pattern: str, by: str, count: int, now: float) -> None:
+        """Store the release as this node's (a later one already stored stays)."""
         await self._directory.note_release(ReleaseRecord(pattern, now, by, count, self._node))
