@@ -19,21 +19,6 @@ from tidepost.queue.pg_schema import SCHEMA_VERSION
 from tidepost.queue.postgres import PostgresQueue
 
 
-@pytest.fixture
-def nodes(pg_dsn):
-    """A factory of stores on one fresh database, all closed at the end."""
-    opened: list[PostgresQueue] = []
-
-    def open_store(**options) -> PostgresQueue:
-        store = PostgresQueue(pg_dsn, **options)
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        run(store.close())
-
-
 def claimed(result) -> list[int]:
     return [r.recipient_id for _, rcpts in result.claimed for r in rcpts]
 
