@@ -7,7 +7,9 @@
 The octets after a BDAT line are always read, whatever the reply, so they
 can never run as commands; only a size that is not digits cannot be
 skipped: 501 5.5.4 and the connection is closed.  Each chunk is answered in
-command order (pipelined chunks are read one after another, RFC 2920):
+command order (pipelined chunks are read one after another, RFC 2920), and
+the replies pending are sent before a wait for the client's octets or for
+the commit, so neither side waits on the other:
 
 - 503 5.5.1 with no MAIL transaction, 554 5.5.1 when it has no accepted
   recipient (as DATA, and as Postfix), 502 5.5.1 with `smtp.chunking` off;
@@ -131,6 +133,8 @@ class ChunkingVerbs:
             self.reply(S.S501_BDAT_SYNTAX)
             return self.close_after_reply()
         count, last = parsed
+        if self._reader.buffered < count:
+            await self.flush()  # replies pending go out before we wait on the client
         transaction = self.transaction
         refusal = self._bdat_refusal(transaction)
         if refusal is not None or transaction is None:
@@ -162,6 +166,7 @@ class ChunkingVerbs:
 
     async def _end_of_message(self, transaction: Transaction, chunks: ChunkedBody) -> None:
         """The last chunk, or one past the limit: accept or refuse the message."""
+        await self.flush()  # the replies before it need not wait for the commit
         try:
             outcome = await self.accept_message(transaction, chunks.message())
         finally:
