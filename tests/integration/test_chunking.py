@@ -50,9 +50,9 @@ class RecordingProxy:
             except OSError:  # closed: the test is over
                 return
             server = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False),
-                             daemon=True).start()
+            for source, sink, record in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, record),
+                                 daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
         try:

@@ -48,7 +48,7 @@ from tidepost.smtp_server.replies import Reply
 from tidepost.smtp_server.state import Transaction
 
 KEYWORD = "CHUNKING"
-MAX_SIZE_DIGITS = 20  # no larger size fits in 64 bits; more digits are a syntax error
+MAX_SIZE_DIGITS = 20  # enough for any 64-bit size; more digits are a syntax error
 
 
 def parse_bdat(arg: str) -> tuple[int, bool] | None:

@@ -178,7 +178,7 @@ class Conversation(BatchVerbs, ChunkingVerbs):
         self._noted = (sender, recipient)
 
     def note_transaction(self, transaction: Transaction) -> None:
-        """Log a refusal of the message with its sender and first recipient."""
+        """Log a refusal of this message with its sender and first recipient."""
         first = transaction.recipients[0] if transaction.recipients else None
         self.note(f"<{transaction.sender}>", first and f"<{first}>")
 
