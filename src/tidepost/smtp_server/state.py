@@ -3,16 +3,20 @@
 `Session` is connection state: who the client is (address, HELO name, TLS,
 AUTH identity, relay right) and its error count; it lives as long as the
 connection (STARTTLS starts a new one: RFC 3207 4.2).  `Transaction` is one mail
-transaction, from MAIL FROM to the end of DATA or RSET.  `Counters` are the
+transaction, from MAIL FROM to the end of DATA (or BDAT LAST) or RSET.  `Counters` are the
 statistics all conversations of one server add to.  Pure data, no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tidepost.address import Address
 from tidepost.model import BodyType
+
+if TYPE_CHECKING:
+    from tidepost.smtp_server.chunking import ChunkedBody
 
 
 @dataclass(slots=True)
@@ -39,6 +43,7 @@ class Transaction:
     smtputf8: bool = False
     recipients: list[Address] = field(default_factory=list)
     transfer_id: str = ""     # XTRANSFER= of a tidepost peer (docs/EXTENSIONS.md)
+    chunks: ChunkedBody | None = None  # the message so far, once BDAT began (chunking.py)
 
 
 @dataclass(slots=True)
