@@ -6,8 +6,9 @@ turn.py) to the queue manager without either importing the other:
 - ETRN calls `flush_domain` → `Manager.flush_domain("customers", ...)`;
 - ATRN calls `deliver_over` → `Manager.deliver_held` on the reversed
   connection (delivery/turnaround.py);
-- every release of a customer domain is remembered in
-  `SPOOL/customer-releases.json` for `tidepost status`.
+- every release of a customer domain is remembered for `tidepost status`
+  (routing/releases.py: `SPOOL/customer-releases.json`, in a cluster the
+  database, so that every node's status shows every node's releases).
 `start()` holds the `customers` route (always, whatever was persisted: customer
 mail waits for its customer), opens the ODMR listeners and starts a task that
 re-reads the customer domains file at most once a second; `reload()` (SIGHUP)
@@ -26,9 +27,7 @@ import asyncio
 import dataclasses
 import functools
 import ipaddress
-import json
 import logging
-import os
 from typing import Any
 
 from tidepost.address import domain_matches
@@ -36,12 +35,12 @@ from tidepost.clock import Clock
 from tidepost.config.schema import CUSTOMERS_ROUTE, Config
 from tidepost.delivery.batching import BatchChannel
 from tidepost.delivery.turnaround import TurnedSession
-from tidepost.errors import ConfigError
+from tidepost.errors import ConfigError, QueueError
 from tidepost.manager.manager import Manager
 from tidepost.queue.backend import NOTICE_RECONNECTED
 from tidepost.queue.directory import CREDENTIALS, CUSTOMERS, CredentialRecord, \
     SharedDirectory, shared_directory
-from tidepost.routing.releases import read_releases, releases_path
+from tidepost.routing.releases import release_book
 from tidepost.routing.routes import Router
 from tidepost.smtp_client.session import SmtpSession
 from tidepost.smtp_client.turn import UpstreamPlan, UpstreamRequests
@@ -85,7 +84,7 @@ class RelayRole:
         self.upstreams = UpstreamRequests(config.hostname, config.delivery, manager.meter)
         self._servers: list[SmtpServer] = []
         self._watcher: asyncio.Task[None] | None = None
-        self._write_lock = asyncio.Lock()
+        self.releases = release_book(config, self.directory)
 
     @property
     def active(self) -> bool:
@@ -227,18 +226,16 @@ class RelayRole:
                 log.exception("re-reading the customer domains failed")
 
     async def _remember(self, pattern: str, how: str, count: int) -> None:
-        """Record a customer domain's release for `tidepost status`."""
-        async with self._write_lock:
-            await asyncio.to_thread(self._write_release, pattern, how, count)
+        """Record a customer domain's release for `tidepost status`.
 
-    def _write_release(self, pattern: str, how: str, count: int) -> None:
-        """Rewrite the releases file atomically (tmp, rename)."""
-        releases = read_releases(self.config)
-        releases[pattern] = {"time": self.clock.now(), "by": how, "count": count}
-        path = releases_path(self.config)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(releases, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        The mail is on its way already: a database that cannot take the note
+        costs the status line, not the customer's answer.
+        """
+        try:
+            await self.releases.remember(pattern, how, count, self.clock.now())
+        except QueueError as exc:
+            log.warning("%s %s: the release is not recorded for tidepost status: %s",
+                        how, pattern, exc)
 
 
 class SharedLists:

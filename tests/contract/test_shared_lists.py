@@ -1,9 +1,12 @@
-"""The cluster's shared lists in PostgreSQL: customer domains and AUTH users.
+"""The cluster's shared lists in PostgreSQL: customer domains, AUTH users, releases.
 
 Two stores on one database stand for two nodes (or a node and a `tidepost
 customers` command): what one writes the other reads, every change bumps
 its list's version and wakes the other store's listeners; the LISTEN
-connection comes back by itself after the server dropped it.
+connection comes back by itself after the server dropped it.  The last
+release of each customer domain noted by one node is read by the other
+(the later one stays), and its table comes to a running older cluster by
+migration.
 """
 
 from __future__ import annotations
@@ -11,28 +14,11 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import pytest
 
 from test_queue_backend import run
 from tidepost.queue.backend import NOTICE_RECONNECTED
-from tidepost.queue.directory import CredentialRecord, shared_directory
-from tidepost.queue.postgres import PostgresQueue
+from tidepost.queue.directory import CredentialRecord, ReleaseRecord, shared_directory
 from tidepost.smtp_server.credentials import Credentials, new_record
-
-
-@pytest.fixture
-def nodes(pg_dsn):
-    """A factory of stores on one fresh database, all closed at the end."""
-    opened: list[PostgresQueue] = []
-
-    def open_store(**options) -> PostgresQueue:
-        store = PostgresQueue(pg_dsn, **options)
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        run(store.close())
 
 
 def test_customer_domains_added_on_one_store_are_read_on_the_other(nodes):
@@ -107,6 +93,45 @@ def test_the_listen_connection_comes_back_after_the_server_dropped_it(nodes, pg_
         await shared_directory(command).add_customer_domains(["site.test"])
         return [back, await asyncio.wait_for(heard.get(), 5)]
     assert run(drop_and_hear()) == [NOTICE_RECONNECTED, "customers"]
+
+
+def test_a_release_noted_on_one_store_is_read_on_the_other_and_the_later_stays(nodes):
+    a, b = shared_directory(nodes()), shared_directory(nodes())
+    assert run(b.releases()) == []
+    first = ReleaseRecord("site.test", 1000.0, "ETRN", 3, "mx1")
+    run(a.note_release(first))
+    run(a.note_release(ReleaseRecord(".far.test", 1001.0, "ATRN", 0, "mx1")))
+    assert run(b.releases()) == [ReleaseRecord(".far.test", 1001.0, "ATRN", 0, "mx1"), first]
+    later = ReleaseRecord("site.test", 1002.0, "ATRN", 1, "mx2")
+    run(b.note_release(later))
+    run(a.note_release(first))  # an ETRN answered earlier, recorded last: it does not win
+    assert [r for r in run(a.releases()) if r.pattern == "site.test"] == [later]
+    before = run(a.versions())
+    assert run(b.versions()) == before  # no list changed: nothing for the nodes to re-read
+
+
+RELEASES_STEP = 4  # the pg_schema migration that made customer_releases
+
+
+def test_the_releases_table_comes_to_a_running_cluster_of_the_schema_before(nodes, pg_dsn):
+    older = nodes(owner="mx1:1:1")  # a node still running, as if at the schema before
+
+    async def back_to_the_schema_before():
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute("DROP TABLE customer_releases")
+            # and the step after it (5: DSN requests), which the open then repeats
+            await conn.execute("ALTER TABLE messages DROP COLUMN ret, DROP COLUMN envid")
+            await conn.execute("ALTER TABLE recipients DROP COLUMN notify, DROP COLUMN orcpt")
+            await conn.execute("DELETE FROM schema_version WHERE version >= $1", RELEASES_STEP)
+        finally:
+            await conn.close()
+    run(back_to_the_schema_before())
+    run(shared_directory(older).add_customer_domains(["site.test"]))
+    newer = shared_directory(nodes(owner="mx2:2:2"))  # its open migrates
+    run(newer.note_release(ReleaseRecord("site.test", 1000.0, "ETRN", 2, "mx2")))
+    assert [r.node for r in run(shared_directory(older).releases())] == ["mx2"]
+    assert run(shared_directory(older).customer_domains()) == ["site.test"]  # kept
 
 
 def test_a_single_node_store_has_no_shared_lists(tmp_path):

@@ -11,6 +11,8 @@ customer on the Internet would.
 - in clear from the namespace, PLAIN and LOGIN are not offered and AUTH
   PLAIN gets 538 5.7.11 (RFC 4954 4: no plaintext password mechanism
   without TLS), and relaying is refused;
+- BDAT (CHUNKING) inside TLS with AUTH is relayed; a BDAT message begun in
+  clear is forgotten by STARTTLS;
 - RFC 3207 4.2: what was said before STARTTLS is forgotten (HELO name,
   transaction, AUTH identity), and commands pipelined behind STARTTLS in
   the same packet (CVE-2011-0411) are never executed inside TLS.
@@ -265,3 +267,34 @@ def test_starttls_forgets_what_came_before(relay):
     assert replies[6].startswith("503 5.5.1")
     assert "AUTH PLAIN LOGIN" in replies[7]          # offered again inside TLS
     assert replies[8] == "235 2.7.0 Authentication successful"  # not 503 already
+
+
+def test_bdat_after_starttls_and_auth_and_a_chunk_sent_in_clear_forgotten(outside, relay):
+    """CHUNKING inside TLS with AUTH; a BDAT message begun in clear is not carried over."""
+    namespace, client_ip, _ = outside
+    text = message_text("via-BDAT")
+    half = len(text) // 2
+    replies = from_outside(namespace, relay, [
+        ["EHLO roaming.test\r\n", 1],
+        ["MAIL FROM:<ship@site.test>\r\nRCPT TO:<postmaster@relay.test>\r\n"
+         "BDAT 16\r\nSubject: clear\r\n", 3],
+        ["STARTTLS\r\n", 1],
+        [TLS, 0],
+        ["EHLO roaming.test\r\n", 1],
+        ["BDAT 6 LAST\r\nQUIT\r\n", 1],  # the clear transaction is gone: 503, octets read
+        [f"AUTH PLAIN {plain('ship', PASSWORD)}\r\n", 1],
+        ["MAIL FROM:<ship@site.test>\r\nRCPT TO:<bob@remote.test>\r\n"
+         f"BDAT {half}\r\n{text[:half]}BDAT {len(text) - half} LAST\r\n{text[half:]}", 4],
+        ["QUIT\r\n", 1]])
+    assert replies[1].startswith("250-relay.test") and "CHUNKING" in replies[1]
+    assert replies[4].startswith("250 2.0.0 Ok: 16 octets")
+    assert "CHUNKING" in replies[6] and replies[7].startswith("503 5.5.1")
+    assert replies[8] == "235 2.7.0 Authentication successful"
+    assert replies[11].startswith("250 2.0.0 Ok: ") and "queued as" in replies[12]
+    relay.wait_for(lambda: len(relay.sink.messages()) == 1, what="the relayed message")
+    relay.wait_queue_empty()
+    received = relay.sink.messages()[0].body
+    assert received.endswith(text.replace("\r\n", "\n").encode())  # the sink stores LF
+    assert b"Subject: clear" not in received
+    assert b"with ESMTPSA" in received and f"[{client_ip}]".encode() in received
+    assert relay.maildir("postmaster") == []

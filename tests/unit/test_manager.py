@@ -333,53 +333,49 @@ class OutageQueue:
         return guarded
 
 
-def outage_harness(tmp_path, agent, fail: set[str]) -> tuple[Harness, OutageQueue]:
-    h = Harness(tmp_path, agent)
-    flaky = OutageQueue(h.queue, fail)
-    h.manager = Manager(h.config, flaky, Router(h.config), {"smtp": agent, "local": None},
-                        SystemClock(), "test:1:1")
-    h.submission.on_queued = h.manager.queued
-    return h, flaky
+def through_an_outage(tmp_path, fail: set[str], while_down) -> tuple[list[str], list]:
+    """Carol's mail through a store outage: the deliveries and the queue's rows at the end.
+
+    The manager runs on a store refusing the calls in `fail` while `await
+    while_down(h, flaky, agent, task)` looks; then the store is back, and once
+    carol is delivered and nothing is in flight the manager stops.
+    """
+    agent = ScriptedAgent()
+
+    async def scenario():
+        h = Harness(tmp_path, agent)
+        flaky = OutageQueue(h.queue, fail)
+        h.manager = Manager(h.config, flaky, Router(h.config), {"smtp": agent, "local": None},
+                            SystemClock(), "test:1:1")
+        h.submission.on_queued = h.manager.queued
+        await h.send("carol@example.test")
+        stopping = asyncio.Event()
+        task = asyncio.create_task(h.manager.run(stopping))
+        await while_down(h, flaky, agent, task)
+        flaky.down = False
+        assert await wait_until(lambda: agent.deliveries and not h.manager._in_flight)
+        stopping.set()
+        await task
+        rows = await h.queue.rows()
+        await h.queue.close()
+        return agent.deliveries, rows
+    return asyncio.run(scenario())
 
 
 def test_claims_failing_while_the_store_is_away_wait_and_are_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(manager_module, "CLAIM_RETRY", 0.2)
-    agent = ScriptedAgent()
 
-    async def scenario():
-        h, flaky = outage_harness(tmp_path, agent, {"claim"})
-        await h.send("carol@example.test")
-        stopping = asyncio.Event()
-        task = asyncio.create_task(h.manager.run(stopping))
+    async def while_down(h, flaky, agent, task):
         assert await wait_until(lambda: flaky.failed.get("claim", 0) >= 2)
         assert not task.done() and agent.deliveries == []  # the manager lives on
-        flaky.down = False
-        assert await wait_until(lambda: agent.deliveries)
-        assert await wait_until(lambda: not h.manager._in_flight)
-        stopping.set()
-        await task
-        assert agent.deliveries == ["carol@example.test"] and await h.queue.rows() == []
-        await h.queue.close()
-    asyncio.run(scenario())
+    assert through_an_outage(tmp_path, {"claim"}, while_down) == (["carol@example.test"], [])
 
 
 def test_outcomes_the_store_cannot_take_are_recorded_when_it_is_back(tmp_path):
-    agent = ScriptedAgent()
-
-    async def scenario():
-        h, flaky = outage_harness(tmp_path, agent, {"record"})
-        await h.send("carol@example.test")
-        stopping = asyncio.Event()
-        task = asyncio.create_task(h.manager.run(stopping))
+    async def while_down(h, flaky, agent, task):
         assert await wait_until(lambda: flaky.failed.get("record", 0) >= 1)
         await asyncio.sleep(0.3)  # several polls while the store is away
         [row] = await h.queue.rows()
         assert row.state == "claimed"  # still leased: nobody else may send it meanwhile
-        flaky.down = False
-        assert await wait_until(lambda: not h.manager._in_flight)
-        stopping.set()
-        await task
-        assert await h.queue.rows() == []
-        assert agent.deliveries == ["carol@example.test"]  # recorded, not sent again
-        await h.queue.close()
-    asyncio.run(scenario())
+    # Recorded once the store is back, not sent again:
+    assert through_an_outage(tmp_path, {"record"}, while_down) == (["carol@example.test"], [])

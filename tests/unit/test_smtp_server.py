@@ -160,7 +160,7 @@ def test_greeting_and_ehlo_keywords():
         assert (await c.cmd("EHLO client.test")).code == 250
         assert c.lines == ["250-mx.test", "250-PIPELINING", f"250-SIZE {25 * 1024 * 1024}",
                            "250-8BITMIME", "250-ENHANCEDSTATUSCODES", "250-SMTPUTF8", "250-DSN",
-                       "250 XTIDEPOST BATCH"]
+                           "250-CHUNKING", "250 XTIDEPOST BATCH"]
         assert await c.cmd("STARTTLS") == S.S454_TLS_UNAVAILABLE
         assert await c.cmd("HELO client.test") == Reply(250, "", "mx.test")
         assert await c.cmd("QUIT") == S.S221_BYE
@@ -462,7 +462,7 @@ def test_starttls_resets_state_and_drops_pipelined_plaintext(tmp_path):
         await c.writer.start_tls(client_context, server_hostname="mx.test")
         assert await c.cmd("MAIL FROM:<a@origin.test>") == S.S503_HELO_FIRST
         assert (await c.cmd("EHLO client.test")).code == 250
-        assert "250-STARTTLS" not in c.lines and c.lines[-2] == "250-DSN"
+        assert "250-STARTTLS" not in c.lines and c.lines[-2] == "250-CHUNKING"
         assert await c.message(b"secret\r\n.\r\n") == S.queued("Q1")
     submission = run(scenario, tls_context=server_context)
     assert submission.submitted[0][2].protocol == "ESMTPS"

@@ -56,6 +56,18 @@ def spool_owner_or_exit(config: Config, with_helper: bool = False):
         sys.exit(EX_NOPERM)
 
 
+def in_cluster(config: Config, command: str, instead: str) -> bool:
+    """True when the queue is a cluster's; else tell why `command` does not apply, and what does.
+
+    For `tidepost customers` and `tidepost passwd`, which exit EX_CONFIG then.
+    """
+    if config.queue.backend == "postgresql":
+        return True
+    print(f"{command}: this node is not in a cluster (queue.backend is "
+          f"{config.queue.backend}): {instead}", file=sys.stderr)
+    return False
+
+
 async def with_shared_directory(config: Config, action: Callable[[Any], Awaitable[Any]]) -> Any:
     """Open a cluster's queue database, run `action(its shared lists)`, close it; the result.
 

@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 from tidepost.address import AddressError
-from tidepost.cli.common import EX_CONFIG, add_config_option, config_or_exit, subcommand, \
-    with_shared_directory
+from tidepost.cli.common import EX_CONFIG, add_config_option, config_or_exit, in_cluster, \
+    subcommand, with_shared_directory
 from tidepost.config.schema import Config
 from tidepost.queue.directory import SharedDirectory
 from tidepost.routing.customers import CustomerDomains, normalise_pattern, parse_domains_text
@@ -48,10 +48,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, then change or show the database's list."""
     config = config_or_exit(args.config)
-    if config.queue.backend != "postgresql":
-        print("tidepost customers: this node is not in a cluster (queue.backend is "
-              f"{config.queue.backend}): its customer domains are relay.customer_domains "
-              "and relay.customer_domains_file", file=sys.stderr)
+    if not in_cluster(config, "tidepost customers", "its customer domains are "
+                      "relay.customer_domains and relay.customer_domains_file"):
         return EX_CONFIG
     if args.action == "list":
         return asyncio.run(with_shared_directory(config, lambda d: _list(d, config)))

@@ -23,8 +23,8 @@ import asyncio
 import getpass
 import sys
 
-from tidepost.cli.common import EX_CONFIG, add_config_option, config_or_exit, subcommand, \
-    with_shared_directory
+from tidepost.cli.common import EX_CONFIG, add_config_option, config_or_exit, in_cluster, \
+    subcommand, with_shared_directory
 from tidepost.config.schema import Config
 from tidepost.queue.directory import SharedDirectory
 from tidepost.smtp_server.credentials import Credentials, CredentialsError, format_line, \
@@ -60,10 +60,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_or_exit(args.config)
     clustered = config.queue.backend == "postgresql"
     if args.delete or args.list or args.import_file:
-        if not clustered:
-            print("tidepost passwd: --delete, --list and --import are for a cluster "
-                  "(queue.backend = postgresql); on this node edit relay.credentials_file",
-                  file=sys.stderr)
+        if not in_cluster(config, "tidepost passwd", "--delete, --list and --import are for "
+                          "a cluster; on this node edit relay.credentials_file"):
             return EX_CONFIG
         return asyncio.run(_manage(config, args))
     if not args.user:

@@ -20,6 +20,7 @@ from tidepost.queue.backend import HoldState, open_configured_queue
 from tidepost.queue.directory import shared_directory
 from tidepost.queue.selection import Selection, Tally
 from tidepost.routing.ledger import last_activations
+from tidepost.routing.releases import release_book
 from tidepost.routing.routes import Router
 from tidepost.usage.store import CapHold, current_caps
 
@@ -56,6 +57,7 @@ class Snapshot:
     tallies: list[Tally]
     now: float
     caps: dict[str, CapHold] = field(default_factory=dict)  # routes at a data cap now
+    releases: dict[str, dict] = field(default_factory=dict)  # routing/releases.py's
 
     def __post_init__(self) -> None:
         self.view = QueueView(self.config, self.router, self.holds, self.now)
@@ -83,7 +85,7 @@ class Snapshot:
 
 
 async def read_snapshot(config: Config) -> Snapshot:
-    """Read holds and per-domain counts, closing the queue again."""
+    """Read holds, per-domain counts and the customers' releases, closing the queue again."""
     router = Router(config)
     queue = open_configured_queue(config)
     try:
@@ -92,11 +94,12 @@ async def read_snapshot(config: Config) -> Snapshot:
             router.set_shared_customers(tuple(await directory.customer_domains()))
         holds = await queue.holds()
         tallies = await queue.tally(Selection(), "domain", size_bounds(config))
+        releases = await release_book(config, directory).read()
     finally:
         await queue.close()
     now = time.time()
     return Snapshot(config, router, holds, tallies, now,
-                    await asyncio.to_thread(current_caps, config.spool_path, now))
+                    await asyncio.to_thread(current_caps, config.spool_path, now), releases)
 
 
 def route_states(snap: Snapshot) -> list[dict]:

@@ -5,7 +5,8 @@ Reads the queue and the spool directly, so it works with the daemon down:
   routes that are up (the earliest retry time in the queue);
 - customer domains (relay role): for each configured pattern, the
   recipients held, the oldest message's age, and the last release (ETRN or
-  ATRN, from SPOOL/customer-releases.json);
+  ATRN, routing/releases.py: SPOOL/customer-releases.json, or in a cluster
+  the database, with the node that answered it);
 - the DNS cache and the last activations of on-demand routes.
 
 The queue is read as counts per recipient domain (one grouped query,
@@ -33,7 +34,6 @@ from tidepost.config.schema import Config
 # spool's) the Python installation need not be readable any more.
 from tidepost.queue import sqlite as _default_store  # noqa: F401
 from tidepost.resolver.cache_file import CACHE_FILE, read_statistics
-from tidepost.routing.releases import read_releases
 from tidepost.routing.ledger import last_activations
 
 
@@ -69,7 +69,7 @@ async def show(config: Config, as_json: bool = False) -> int:
         console.print(nodes_table(nodes, snap.now))
     console.print(routes_table(snap))
     if snap.router.customers:
-        console.print(_customers_table(customer_states(config, snap), snap.now))
+        console.print(_customers_table(customer_states(snap), snap.now))
     console.print(f"DNS cache: {cache['valid']} valid answers ({cache['negative']} negative) "
                   f"of {cache['entries']} stored, {cache['bytes'] // 1024} KiB")
     console.print(ledger_table(config, per_route=3))
@@ -79,13 +79,13 @@ async def show(config: Config, as_json: bool = False) -> int:
 def status_document(config: Config, snap: Snapshot, cache: dict[str, int]) -> dict:
     """Everything `tidepost status` shows, as plain data."""
     return {"time": snap.now, "routes": route_states(snap),
-            "customer_domains": customer_states(config, snap) if snap.router.customers else [],
+            "customer_domains": customer_states(snap) if snap.router.customers else [],
             "dns_cache": cache, "activations": last_activations(config.spool_path, 3)}
 
 
-def customer_states(config: Config, snap: Snapshot) -> list[dict]:
+def customer_states(snap: Snapshot) -> list[dict]:
     """Per customer pattern: recipients held, the oldest arrival, the last release."""
-    releases = read_releases(config)
+    releases = snap.releases
     held = snap.by_customer()
     states = []
     for pattern in snap.router.customers.patterns:
@@ -104,11 +104,16 @@ def _customers_table(states: list[dict], now: float) -> Table:
         table.add_column(column)
     for state in states:
         release = state["last_release"]
-        last = (f"{_ago(release['time'], now)} by {release['by']} ({release['count']} sent)"
-                if release else "never")
+        last = (f"{_ago(release['time'], now)} by {release['by']}{_on(release)} "
+                f"({release['count']} sent)" if release else "never")
         table.add_row(state["domain"], str(state["held"]),
                       _ago(state["oldest"], now) if state["oldest"] else "-", last)
     return table
+
+
+def _on(release: dict) -> str:
+    """` on mx2`: the node that answered, in a cluster."""
+    return f" on {release['node']}" if release.get("node") else ""
 
 
 def _ago(moment: float, now: float) -> str:

@@ -83,6 +83,9 @@ class SmtpServerConfig:
     tls_certificate: str = field(default="", metadata=meta(
         "PEM certificate chain for STARTTLS; empty disables STARTTLS"))
     tls_key: str = field(default="", metadata=meta("PEM private key for STARTTLS"))
+    chunking: bool = field(default=True, metadata=meta(
+        "offer CHUNKING and take BDAT (RFC 3030); off, BDAT gets 502 5.5.1 (its octets "
+        "still read and discarded)"))
     batch: bool = field(default=True, metadata=meta(
         "offer XTIDEPOST BATCH to tidepost peers: many messages per round trip, "
         "compressed, resumable (docs/BATCH.md); other clients never see it"))

@@ -244,10 +244,12 @@ class Manager(RouteStates):
         await self._until_loaded()
         await self.catch_up()
         entries = self._take_held(route, [pattern])
+        count = 0
         if entries and self._dispatcher is not None:
-            await self._claim_and_dispatch(entries, force=True, cause=f"flush of {pattern}")
-        log.info("flush of %s on route %s: %d recipients", pattern, route, len(entries))
-        return len(entries)
+            count = await self._claim_and_dispatch(entries, force=True,
+                                                   cause=f"flush of {pattern}")
+        log.info("flush of %s on route %s: %d recipients", pattern, route, count)
+        return count
 
     async def deliver_held(self, route: str, patterns: list[str], session: AgentSession,
                            cause: str) -> int:
@@ -521,8 +523,12 @@ class Manager(RouteStates):
                      job.message.queue_id)
 
     async def _claim_and_dispatch(self, entries: list[ScheduleEntry], force: bool,
-                                  cause: str = "") -> None:
-        """Claim `entries`; turn what we now hold into jobs for the dispatcher."""
+                                  cause: str = "") -> int:
+        """Claim `entries`; turn what we now hold into jobs for the dispatcher; how many.
+
+        The count is what this claim got, not `len(entries)`: in a cluster the
+        scheduler may still list recipients another node has just delivered.
+        """
         assert self._dispatcher is not None
         result = await self._claim(entries, force)
         for message, recipients in result.claimed:
@@ -542,6 +548,7 @@ class Manager(RouteStates):
                 else:
                     self.budgets.note(destination.route, message.size)
                     self._dispatcher.submit(job, destination)
+        return sum(len(recipients) for _, recipients in result.claimed)
 
     def _cause_of(self, destination: Destination | None, recipients: list) -> str:
         """Why a scheduled attempt happens: a recent release, a retry, or new mail."""

@@ -12,7 +12,10 @@ smtp_server/credentials.py; cli/customers.py and cli/passwd.py manage it):
 - `customer_domains()`, `add_customer_domains`, `remove_customer_domains`;
 - `credentials()`, `put_credential`, `remove_credential`;
 - each change also sends a notice ("customers", "credentials") through the
-  store's `on_notice`, so that running nodes re-read at once.
+  store's `on_notice`, so that running nodes re-read at once;
+- `releases()`, `note_release`: the last ETRN/ATRN release of each customer
+  domain, whichever node answered it (routing/releases.py; only read by
+  `tidepost status`, so no version and no notice).
 
 Stores without a cluster (SQLite, RAM) have none of it: `shared_directory`
 returns None and the per-node files stay the only source.
@@ -41,6 +44,17 @@ class CredentialRecord:
     cram_secret: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseRecord:
+    """The last release of one customer pattern: when, by what (ETRN, ATRN), how many, where."""
+
+    pattern: str
+    time: float
+    by: str
+    count: int
+    node: str
+
+
 class SharedDirectory(Protocol):
     """What a cluster's store offers (queue/postgres.py implements it)."""
 
@@ -51,6 +65,8 @@ class SharedDirectory(Protocol):
     async def credentials(self) -> list[CredentialRecord]: ...
     async def put_credential(self, record: CredentialRecord) -> bool: ...
     async def remove_credential(self, user: str) -> bool: ...
+    async def releases(self) -> list[ReleaseRecord]: ...
+    async def note_release(self, record: ReleaseRecord) -> None: ...
 
 
 def shared_directory(queue: Any) -> SharedDirectory | None:

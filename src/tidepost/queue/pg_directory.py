@@ -1,10 +1,12 @@
-"""The shared lists in PostgreSQL: customer domains and SMTP AUTH users.
+"""The shared lists in PostgreSQL: customer domains, SMTP AUTH users, releases.
 
-Tables of migration 3 (queue/pg_schema.py).  Every change runs in one
+Tables of migrations 3 and 4 (queue/pg_schema.py).  Every change runs in one
 transaction that also bumps the list's row in `directory_versions` and
 sends a NOTIFY with the list's name, so a node that hears it re-reads the
 list at once and a node that missed it sees the version move at its next
 poll (queue/directory.py is the interface, node_relay.py the consumer).
+The last release of each customer domain is only read by `tidepost status`,
+which reads it afresh each time: it has no version and sends no notice.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable, Coroutine, Sequence
 
 import asyncpg
 
-from tidepost.queue.directory import CREDENTIALS, CUSTOMERS, CredentialRecord
+from tidepost.queue.directory import CREDENTIALS, CUSTOMERS, CredentialRecord, ReleaseRecord
 from tidepost.queue.pg_views import NOTICE_CHANNEL
 
 
@@ -83,6 +85,29 @@ class PgDirectory:
             status = await conn.execute("DELETE FROM credentials WHERE username = $1", user)
             return status != "DELETE 0"
         return await self._change(CREDENTIALS, op)
+
+    async def releases(self) -> list[ReleaseRecord]:
+        """The last release of every customer pattern released, by pattern."""
+        async def op() -> list[ReleaseRecord]:
+            rows = await self._pool.fetch("SELECT pattern, released, how, count, node "
+                                          "FROM customer_releases ORDER BY pattern")
+            return [ReleaseRecord(*row) for row in rows]
+        return await self._call(op())
+
+    async def note_release(self, record: ReleaseRecord) -> None:
+        """Remember a release unless a later one of the pattern is stored already.
+
+        Two nodes answering ETRNs for one domain at once: the later release
+        stays, whichever commits last.
+        """
+        async def op() -> None:
+            await self._pool.execute(
+                "INSERT INTO customer_releases AS r(pattern, released, how, count, node) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pattern) DO UPDATE SET "
+                "released = excluded.released, how = excluded.how, count = excluded.count, "
+                "node = excluded.node WHERE excluded.released >= r.released",
+                record.pattern, record.time, record.by, record.count, record.node)
+        return await self._call(op())
 
     async def _change(self, name: str, change: Callable[[asyncpg.Connection], Coroutine]
                       ) -> Any:

@@ -9,7 +9,9 @@ nodes on one database needs:
 - `turn_requests`: ETRN/ATRN requests granted, for budgets shared by the
   nodes (smtp_server/cluster_ratelimit.py);
 - `customer_domains`, `credentials`, `directory_versions`: the relay role's
-  lists, one for the whole cluster (queue/pg_directory.py).
+  lists, one for the whole cluster (queue/pg_directory.py);
+- `customer_releases`: the last ETRN/ATRN release of each customer domain,
+  whichever node answered it (queue/pg_directory.py).
 Bodies live in their own table, each in one row that PostgreSQL TOASTs out
 of line: no scan of `messages` or `recipients` reads a body.
 
@@ -121,9 +123,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO directory_versions(list, version) VALUES ('customers', 0), ('credentials', 0);
     """,
-    # 4: DSN requests (RFC 3461): RET and ENVID per message, NOTIFY and ORCPT
+    # 4: the last release of each customer domain (ETRN, ATRN), whichever
+    # node made it, for `tidepost status` on any node (queue/pg_directory.py).
+    # A single node keeps it in SPOOL/customer-releases.json instead.
+    """
+    CREATE TABLE customer_releases (
+        pattern  text PRIMARY KEY,
+        released float8 NOT NULL,
+        how      text NOT NULL,
+        count    integer NOT NULL,
+        node     text NOT NULL
+    );
+    """,
+    # 5: DSN requests (RFC 3461): RET and ENVID per message, NOTIFY and ORCPT
     # per recipient; '' is "not given".  A constant default is stored in the
-    # catalogue (PostgreSQL 11+): no table rewrite, nodes still on version 3
+    # catalogue (PostgreSQL 11+): no table rewrite, nodes still on version 4
     # keep inserting without the columns.
     """
     ALTER TABLE messages ADD COLUMN ret text NOT NULL DEFAULT '',

@@ -16,6 +16,9 @@ a command or after end-of-data stay there for the next command.
   Once the message certainly exceeds `max_size`, the body is dropped and only
   a 4-octet tail is kept to find the terminator.
 - `read_octets(n)` reads exactly n octets (an XBATCH chunk, docs/BATCH.md);
+  `read_octets_into(n, sink, room)` reads exactly n octets (a BDAT chunk)
+  but keeps only the first `room` of them, so an announced size never
+  decides what is held;
   `examine(body, max_size)` reports the same problems as read_data for a
   message that came as is, without dot-stuffing.
 
@@ -251,6 +254,30 @@ class SmtpReader:
         octets = bytes(self._buffer[:count])
         del self._buffer[:count]
         return octets
+
+    async def read_octets_into(self, count: int, sink: bytearray, room: int,
+                               large: LargeBody | None = None) -> bool:
+        """Exactly `count` octets (a BDAT chunk): the first `room` join `sink`, the rest go.
+
+        At most one read chunk more than `sink` is held, whatever `count`
+        says.  Once `sink` passes `large.threshold`, `await large.wait()`
+        before reading on, as read_data() does; returns True if it did.
+        """
+        pace = self._pace()
+        waited = False
+        while count:
+            if not self._buffer:
+                if large is not None and not waited and len(sink) > large.threshold:
+                    await large.wait()
+                    waited, pace = True, self._pace()  # the wait is ours, not the client's
+                self._buffer += await self._read_paced(pace)
+            take = min(count, len(self._buffer))
+            keep = max(0, min(take, room))
+            sink += self._buffer[:keep]
+            room -= keep
+            del self._buffer[:take]
+            count -= take
+        return waited
 
     async def read_data(self, max_size: int, large: LargeBody | None = None) -> MessageData:
         """Read a DATA section up to CRLF "." CRLF; see the module docstring.

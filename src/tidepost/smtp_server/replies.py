@@ -95,6 +95,11 @@ def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
 
+def chunk_received(octets: int) -> Reply:
+    """The 250 to a BDAT chunk that is not the last (RFC 3030)."""
+    return Reply(250, "2.0.0", f"Ok: {octets} octets received")
+
+
 def batch_held(transfer_id: str, octets: int) -> Reply:
     """XRESUME: how many octets of a message an earlier session left here."""
     return Reply(250, "2.0.0", f"{transfer_id} {octets}")
@@ -116,7 +121,7 @@ def rejected(code: int, status: str, text: str) -> Reply:
     return Reply(code, status, text)
 
 
-S214_HELP = Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT "
+S214_HELP = Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT "
                                 "VRFY HELP STARTTLS; see RFC 5321")
 S220_READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 S221_BYE = Reply(221, "2.0.0", "Bye")
@@ -160,7 +165,13 @@ S502_EXPN_DISABLED = Reply(502, "5.5.1", "EXPN not available")
 S503_HELO_FIRST = Reply(503, "5.5.1", "Send HELO/EHLO first")
 S503_NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
 S503_MAIL_FIRST = Reply(503, "5.5.1", "Send MAIL first")
+S503_DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA cannot follow BDAT in one transaction "
+                                           "(RFC 3030); the transaction is abandoned")
 S503_TLS_ACTIVE = Reply(503, "5.5.1", "TLS already active")
+
+S501_BDAT_SYNTAX = Reply(501, "5.5.4", "Syntax: BDAT octets [LAST]; closing")
+S502_BDAT_DISABLED = Reply(502, "5.5.1", "BDAT not available here; its octets were "
+                                         "discarded")
 
 S550_NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
 S550_RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")

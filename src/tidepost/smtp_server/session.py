@@ -12,14 +12,15 @@ stdin/stdout alike (pass `trusted=True`: a local user holds no connection
 slot, so no deadline but idle_timeout applies to it).
 
 State (state.py): `Session` lives as long as the connection (client, HELO, TLS, AUTH,
-error count); `Transaction` from MAIL to the end of DATA or RSET.
-Verbs are methods named `smtp_<VERB>` (sync or async); a subclass adds ETRN,
+error count); `Transaction` from MAIL to the end of DATA (or BDAT LAST) or RSET.
+Verbs are methods named `smtp_<VERB>` (sync or async; BDAT in chunking.py,
+XBATCH in batch.py); a subclass adds ETRN,
 ATRN or AUTH by defining more, and may override `extensions()` (EHLO lines)
 and `check_recipient()` (policy hook).
 
 Invariants: replies go out in command order, batched while the client has
-pipelined complete lines (RFC 2920); 250 after DATA is sent only after
-`submission.submit()` has returned; any failure there is 451 4.3.0 and the
+pipelined complete lines (RFC 2920); 250 after DATA (or BDAT LAST) is sent
+only after `submission.submit()` has returned; any failure there is 451 4.3.0 and the
 message is not acknowledged.  DATA while input is already buffered behind it
 (the client did not wait for 354, RFC 2920 3.1) is refused with 554 5.5.0
 and the connection closed, so message text can never run as commands; a
@@ -32,8 +33,8 @@ with the command it answered (CONNECT before the first one; for a timeout,
 the last command seen, DATA while the message arrived).
 Config keys read: hostname, smtp.max_message_size, smtp.max_recipients,
 smtp.idle_timeout, smtp.command_deadline, smtp.min_data_rate,
-smtp.data_rate_window, smtp.max_session_time, smtp.max_errors (relay keys
-through AccessPolicy).
+smtp.data_rate_window, smtp.max_session_time, smtp.max_errors, smtp.chunking
+(relay keys through AccessPolicy).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from tidepost.smtp_server.outbox import Outbox, Writer
 from tidepost.smtp_server.parsing import parse_mail, parse_rcpt
 from tidepost.smtp_server.batch import BatchVerbs
 from tidepost.smtp_server.bodies import LargeBodies
+from tidepost.smtp_server.chunking import ChunkingVerbs
 from tidepost.smtp_server.reader import (BareLineFeed, ByteStream, ClientDisconnected,
                                          ClientTooSlow, CommandTimeout, LineTooLong,
                                          MessageData, SmtpReader)
@@ -78,7 +80,7 @@ def verb_name(word: bytes) -> str:
     return "UNKNOWN"
 
 
-class Conversation(BatchVerbs):
+class Conversation(BatchVerbs, ChunkingVerbs):
     """Serves one SMTP client over a stream and a writer."""
 
     def __init__(self, config: Config, submission: Submission, stream: ByteStream,
@@ -139,6 +141,7 @@ class Conversation(BatchVerbs):
             self._outbox.last_words(bytes(S.S421_SHUTTING_DOWN))
             raise
         finally:
+            self.end_transaction()  # a message cut off mid-BDAT is not queued
             self._outbox.hang_up()
 
     async def _timed_out(self, reply: Reply) -> None:
@@ -173,6 +176,17 @@ class Conversation(BatchVerbs):
     def note(self, sender: str | None = None, recipient: str | None = None) -> None:
         """The from= and to= a refusal of the current command is logged with."""
         self._noted = (sender, recipient)
+
+    def note_transaction(self, transaction: Transaction) -> None:
+        """Log a refusal of this message with its sender and first recipient."""
+        first = transaction.recipients[0] if transaction.recipients else None
+        self.note(f"<{transaction.sender}>", first and f"<{first}>")
+
+    def end_transaction(self) -> None:
+        """Forget the transaction; a BDAT message's chunks (and memory slot) go with it."""
+        if self.transaction is not None and self.transaction.chunks is not None:
+            self.transaction.chunks.release()
+        self.transaction = None
 
     def reply_lines(self, code: int, lines: list[str]) -> None:
         """Queue a multi-line reply (EHLO, HELP)."""
@@ -239,13 +253,14 @@ class Conversation(BatchVerbs):
             raise
         except Exception:
             log.exception("error handling SMTP command from %s", self.session.peer_ip)
-            self.transaction = None
+            self.end_transaction()
             self.reply(S.S451_LOCAL_ERROR)
 
     def extensions(self) -> list[str]:
         """The EHLO keywords offered now (subclasses may add to them)."""
         keywords = ["PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME",
                     "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
+        keywords += self.chunking_keywords()
         if self._tls_available() and not self.session.tls:
             keywords.append("STARTTLS")
         features = (*self._xtidepost_features(), *self.batch_features())
@@ -289,7 +304,7 @@ class Conversation(BatchVerbs):
             return self.reply(S.S501_HELO_SYNTAX)
         self.session.helo = name
         self.session.esmtp = esmtp
-        self.transaction = None
+        self.end_transaction()
         if esmtp:
             self.reply_lines(250, [self.config.hostname, *self.extensions()])
         else:
@@ -352,7 +367,7 @@ class Conversation(BatchVerbs):
         """RSET: abandon the transaction."""
         if arg:
             return self.reply(S.S501_SYNTAX)
-        self.transaction = None
+        self.end_transaction()
         self.batch_reset()
         self.reply(S.S250_OK)
 
@@ -412,22 +427,24 @@ class Conversation(BatchVerbs):
         old = self.session
         self.session = Session(peer_ip=old.peer_ip, trusted=old.trusted, errors=old.errors)
         self.session.may_relay = self.access.may_relay(old.peer_ip, "", old.trusted)
-        self.transaction = None
+        self.end_transaction()
         self.batch_reset()
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA: read the message, check it, submit it; 250 only after commit."""
         if arg:
             return self.reply(S.S501_SYNTAX)
-        transaction, self.transaction = self.transaction, None
+        transaction = self.transaction
+        self.end_transaction()
         if transaction is not None:
-            first = transaction.recipients[0] if transaction.recipients else None
-            self.note(f"<{transaction.sender}>", first and f"<{first}>")
+            self.note_transaction(transaction)
         if self._reader.buffered and not self.session.trusted:
             self.reply(S.S554_PIPELINED_DATA)
             return self.close_after_reply()
         if transaction is None:
             return self.reply(S.S503_MAIL_FIRST)
+        if transaction.chunks is not None:
+            return self.reply(S.S503_DATA_AFTER_BDAT)
         if not transaction.recipients:
             return self.reply(S.S554_NO_VALID_RECIPIENTS)
         self.reply(S.S354_START_DATA)

@@ -3,16 +3,20 @@
 `Session` is connection state: who the client is (address, HELO name, TLS,
 AUTH identity, relay right) and its error count; it lives as long as the
 connection (STARTTLS starts a new one: RFC 3207 4.2).  `Transaction` is one mail
-transaction, from MAIL FROM to the end of DATA or RSET.  `Counters` are the
+transaction, from MAIL FROM to the end of DATA (or BDAT LAST) or RSET.  `Counters` are the
 statistics all conversations of one server add to.  Pure data, no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tidepost.address import Address
 from tidepost.model import BodyType, RecipientDsn
+
+if TYPE_CHECKING:
+    from tidepost.smtp_server.chunking import ChunkedBody
 
 
 @dataclass(slots=True)
@@ -42,6 +46,7 @@ class Transaction:
     ret: str = ""             # RFC 3461 RET= and ENVID= of MAIL FROM
     envid: str = ""
     dsn: dict[Address, RecipientDsn] = field(default_factory=dict)  # NOTIFY/ORCPT given
+    chunks: ChunkedBody | None = None  # the message so far, once BDAT began (chunking.py)
 
 
 @dataclass(slots=True)
