@@ -36,7 +36,7 @@ from tidepost.model import MessageInfo, QueuedRecipient
 from tidepost.outcomes import bounced
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.credentials import Credentials, Identity
-from tidepost.smtp_server.parsing import MailCommand, parse_mail, parse_rcpt
+from tidepost.smtp_server.parsing import MailCommand, RcptCommand, parse_mail, parse_rcpt
 from tidepost.smtp_server.ratelimit import RateLimiter
 from tidepost.smtp_server.reader import ClientDisconnected, SmtpReader
 from tidepost.smtp_server.replies import Reply
@@ -60,12 +60,23 @@ def command(data: bytes) -> str:
         assert mail.sender.is_ascii or mail.smtputf8
     else:
         assert_refusal(mail)
-    if isinstance(rcpt, Address):
-        assert_round_trip(rcpt, allow_null=False)
-        assert not rcpt.is_null
+    if isinstance(rcpt, RcptCommand):
+        assert_round_trip(rcpt.address, allow_null=False)
+        assert not rcpt.address.is_null
+        assert_dsn_request_is_header_safe(rcpt.dsn.notify + rcpt.dsn.orcpt + mail_envid(mail))
     else:
         assert_refusal(rcpt)
     return f"{_label(mail)}|{_label(rcpt)}"
+
+
+def mail_envid(mail: Any) -> str:
+    """The decoded ENVID of a parsed MAIL, "" for a refusal."""
+    return mail.envid if isinstance(mail, MailCommand) else ""
+
+
+def assert_dsn_request_is_header_safe(text: str) -> None:
+    """Decoded DSN parameters end up in report header fields: printable ASCII only."""
+    assert all(" " <= c <= "~" for c in text), text
 
 
 def assert_refusal(reply: Any) -> None:

@@ -5,8 +5,8 @@ batch.py receives) use this module; it does no I/O.  docs/BATCH.md is the
 specification; in short, the uncompressed stream is a sequence of records:
 
     MSG <transfer-id> <offset> <total>       CRLF   one message (or its rest)
-    MAIL FROM:<sender> [BODY=8BITMIME] [SMTPUTF8]   CRLF
-    RCPT TO:<recipient>                      CRLF   one or more
+    MAIL FROM:<sender> [BODY=8BITMIME] [SMTPUTF8] [RET= ENVID=]   CRLF
+    RCPT TO:<recipient> [NOTIFY= ORCPT=]     CRLF   one or more
     DATA <n>                                 CRLF   then n octets of the message, as stored
     ...                                             (more DATA pieces)
     END                                      CRLF   the pieces reached <total>

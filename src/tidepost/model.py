@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from tidepost.address import Address
 
@@ -32,6 +33,29 @@ class BodyType(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class RecipientDsn:
+    """The DSN request of one recipient (RFC 3461 NOTIFY and ORCPT), as stored.
+
+    `notify` is "" when the client gave no NOTIFY (tidepost's default: failure
+    reports and delay warnings, no success reports), "NEVER", or a
+    comma-separated list of SUCCESS, FAILURE and DELAY in that order.
+    `orcpt` is "addr-type;address" with the xtext already decoded, or "".
+    """
+
+    notify: str = ""
+    orcpt: str = ""
+
+    def wants(self, kind: str) -> bool:
+        """True when a report of `kind` (SUCCESS, FAILURE, DELAY) is to be sent."""
+        if not self.notify:
+            return kind != "SUCCESS"
+        return kind in self.notify.split(",")
+
+
+NO_DSN_REQUEST = RecipientDsn()
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """Sender and recipients of one message, with the ESMTP parameters kept."""
 
@@ -39,6 +63,11 @@ class Envelope:
     recipients: tuple[Address, ...]
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
+    # RFC 3461: RET ("", FULL or HDRS) and ENVID (xtext decoded) of MAIL FROM,
+    # and the NOTIFY/ORCPT of those recipients that gave any.
+    ret: str = ""
+    envid: str = ""
+    dsn: Mapping[Address, RecipientDsn] = field(default_factory=dict)
 
     @property
     def is_bounce(self) -> bool:
@@ -57,6 +86,7 @@ class QueuedRecipient:
     # Set when a queue runner died while holding this recipient: a delivery
     # may already have happened, so agents that can check (Maildir) do so.
     uncertain: bool = False
+    dsn: RecipientDsn = NO_DSN_REQUEST  # NOTIFY and ORCPT (RFC 3461)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +112,8 @@ class MessageInfo:
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
     warned: bool = False  # a delay warning has been sent for this message
+    ret: str = ""    # RFC 3461 RET: "", FULL or HDRS
+    envid: str = ""  # RFC 3461 ENVID, xtext decoded
 
 
 @dataclass(slots=True)

@@ -35,11 +35,17 @@ class Outcome:
     # False when nothing was tried (the route was held): not a failed
     # attempt, so no backoff and no count towards the retry schedule.
     attempted: bool = True
+    # For a Delivered outcome, the Action a success DSN reports (RFC 3464
+    # 2.3.3): "delivered" into a mailbox, "relayed" to a next hop that sends
+    # no DSNs, or "" when the next hop took the DSN request on (RFC 3461 5.2).
+    action: str = "delivered"
 
 
-def delivered(recipient_id: int, reason: str, remote_mta: str = "") -> Outcome:
-    """Build a Delivered outcome."""
-    return Outcome(recipient_id, Verdict.DELIVERED, "2.0.0", reason, remote_mta)
+def delivered(recipient_id: int, reason: str, remote_mta: str = "",
+              action: str = "delivered") -> Outcome:
+    """Build a Delivered outcome (`action`: see Outcome.action)."""
+    return Outcome(recipient_id, Verdict.DELIVERED, "2.0.0", reason, remote_mta,
+                   action=action)
 
 
 def deferred(recipient_id: int, status: str, reason: str, remote_mta: str = "",

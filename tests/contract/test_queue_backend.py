@@ -17,7 +17,7 @@ import pytest
 
 from tidepost.address import NULL_SENDER, Address
 from tidepost.errors import AlreadyQueued, QueueError
-from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
+from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientDsn, ScheduleEntry
 from tidepost.outcomes import bounced, deferred, delivered
 from tidepost.queue.backend import HoldState, NewMessage, QueueRow, RecipientUpdate, open_queue
 from tidepost.queue.selection import Selection
@@ -472,6 +472,39 @@ def test_an_outcome_that_was_not_attempted_leaves_the_attempt_count(queue):
     assert (row.state, row.attempts) == ("queued", 0)
 
 
+# -- DSN requests (RFC 3461) ------------------------------------------------------
+
+def test_dsn_requests_are_kept_per_message_and_per_recipient(queue):
+    asked = RecipientDsn("SUCCESS,FAILURE", "rfc822;old-alice@example.org")
+    entries = run(queue.submit(dataclasses.replace(
+        message(ALICE, BOB), ret="HDRS", envid="env 42+x", dsn={ALICE: asked})))
+    result = run(queue.claim(ids(entries), RUNNER, LEASE, T0))
+    [(info, recipients)] = result.claimed
+    assert (info.ret, info.envid) == ("HDRS", "env 42+x")
+    assert [(r.address, r.dsn) for r in recipients] == [(ALICE, asked), (BOB, RecipientDsn())]
+    assert run(queue.message_by_id(info.message_id)) == info
+    assert run(queue.message_info(info.queue_id)) == info
+
+
+def test_mail_without_a_dsn_request_keeps_the_default_reports(queue):
+    entries = run(queue.submit(message(ALICE)))
+    [(info, [recipient])] = run(queue.claim(ids(entries), RUNNER, LEASE, T0)).claimed
+    assert (info.ret, info.envid, recipient.dsn) == ("", "", RecipientDsn())
+    assert recipient.dsn.wants("FAILURE") and recipient.dsn.wants("DELAY")
+    assert not recipient.dsn.wants("SUCCESS")
+
+
+def test_a_dsn_queued_by_record_keeps_its_own_request(queue):
+    first = run(queue.submit(message(ALICE)))
+    run(queue.claim(ids(first), RUNNER, LEASE, T0))
+    report = dataclasses.replace(message(BOB, sender=NULL_SENDER), envid="dsn-1",
+                                 dsn={BOB: RecipientDsn("NEVER")})
+    recorded = run(queue.record(RUNNER, [final(bounced(ids(first)[0], "5.1.1", "no"))],
+                                [report]))
+    [(info, [recipient])] = run(queue.claim(ids(recorded.entries), RUNNER, LEASE, T0)).claimed
+    assert (info.envid, recipient.dsn.notify) == ("dsn-1", "NEVER")
+
+
 def old_spool(path: Path, schema: str, queue_id: str) -> None:
     """A spool made by an older tidepost (`schema`), holding one queued message."""
     old = sqlite3.connect(path)
@@ -510,6 +543,31 @@ def test_a_version_2_spool_gets_the_change_log_and_keeps_its_mail(tmp_path: Path
         assert [e.domain for e in entries] == ["example.net"] and change > 0
     finally:
         run(queue.close())
+
+
+def test_a_version_3_spool_gets_dsn_columns_and_keeps_its_mail(tmp_path: Path):
+    """The schema before DSN requests: its queued mail is delivered with the old defaults."""
+    path = tmp_path / "queue.sqlite"
+    old_spool(path, SCHEMA + MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version=3;",
+              "OLD000000003")
+    queue = SqliteQueue(path)
+    try:
+        [row] = run(queue.rows())
+        assert (row.queue_id, row.recipient, row.state) == ("OLD000000003", "bob@example.net",
+                                                            "queued")
+        [(info, [recipient])] = run(queue.claim([row.recipient_id], RUNNER, LEASE, T0)).claimed
+        assert run(queue.load_body(info.message_id)) == b"abc"
+        assert (info.ret, info.envid, recipient.dsn) == ("", "", RecipientDsn())
+        asked = RecipientDsn("DELAY", "rfc822;x@example.net")
+        entries = run(queue.submit(dataclasses.replace(message(ALICE), ret="FULL",
+                                                       dsn={ALICE: asked})))
+        [(new, [fresh])] = run(queue.claim(ids(entries), RUNNER, LEASE, T0)).claimed
+        assert (new.ret, fresh.dsn) == ("FULL", asked)
+    finally:
+        run(queue.close())
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    check.close()
 
 
 def test_a_spool_from_a_newer_tidepost_is_refused(tmp_path: Path):

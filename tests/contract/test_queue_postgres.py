@@ -137,6 +137,39 @@ def test_nodes_starting_together_on_an_empty_database_migrate_once(pg_dsn):
             run(store.close())
 
 
+def test_a_running_version_4_database_gets_dsn_columns_and_keeps_its_mail(pg_dsn):
+    """Migration 5 on a database that holds mail: old rows get the default request."""
+    from tidepost.model import RecipientDsn
+    from tidepost.queue.pg_schema import MIGRATIONS
+
+    async def version_4() -> None:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+            for version, step in enumerate(MIGRATIONS[:4], 1):
+                await conn.execute(step)
+                await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
+            await conn.execute(
+                "INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
+                "VALUES ('OLD4', 'a@b.example', 1.0, 3, '7BIT', false)")
+            await conn.execute("INSERT INTO bodies SELECT id, 'abc' FROM messages")
+            await conn.execute("INSERT INTO recipients(message_id, local, domain, state, "
+                               "next_try) SELECT id, 'bob', 'example.net', 'queued', 1.0 "
+                               "FROM messages")
+        finally:
+            await conn.close()
+    run(version_4())
+    store = PostgresQueue(pg_dsn)
+    try:
+        [row] = run(store.rows())
+        [(info, [recipient])] = run(store.claim([row.recipient_id], RUNNER, LEASE, T0)).claimed
+        assert (info.queue_id, info.ret, info.envid) == ("OLD4", "", "")
+        assert recipient.dsn == RecipientDsn()
+        assert run(store.load_body(info.message_id)) == b"abc"
+    finally:
+        run(store.close())
+
+
 def test_a_database_of_a_newer_tidepost_is_refused(nodes, pg_dsn):
     run(nodes()._fetch("INSERT INTO schema_version(version) VALUES ($1) RETURNING version",
                        SCHEMA_VERSION + 1))

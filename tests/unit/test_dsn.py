@@ -1,11 +1,12 @@
 """Settling outcomes and the RFC 3464 reports they produce."""
 
+import dataclasses
 import email
 from email import policy
 
 from tidepost.address import Address
 from tidepost.manager.settle import add_dsns, settle
-from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient
+from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient, RecipientDsn
 from tidepost.outcomes import Verdict, bounced, deferred, delivered
 from tidepost.scheduler.backoff import Backoff
 
@@ -103,3 +104,76 @@ def test_dsn_of_a_hostile_original_is_well_formed():
     assert b"\0" not in body and len(body) < 80 * 1024
     assert max(len(line) for line in body.split(b"\r\n")) <= 998
     assert "é".encode() * 400 in body  # cut at a character boundary, not dropped
+
+
+# -- RFC 3461: what each recipient asked for ------------------------------------------
+
+def asking(notify="", orcpt="", ret="", envid="", arrival=0.0) -> DeliveryJob:
+    """A job of three recipients; u1 carries the NOTIFY and ORCPT given."""
+    j = job(arrival=arrival)
+    info = dataclasses.replace(j.message, ret=ret, envid=envid)
+    first = dataclasses.replace(j.recipients[0], dsn=RecipientDsn(notify, orcpt))
+    return DeliveryJob(info, [first, *j.recipients[1:]], j.route, j.nexthop, j.body)
+
+
+def reports(j: DeliveryJob, outcomes, now=50.0, warned=False):
+    result = settle(j, outcomes, BACKOFF, now, warned)
+    add_dsns(result, j, ORIGINAL, "site.test", now)
+    return result
+
+
+def status_part(dsn) -> str:
+    report = email.message_from_bytes(dsn.body, policy=policy.default)
+    return list(report.iter_parts())[1].as_string()
+
+
+def test_notify_never_means_no_report_at_all():
+    j = asking("NEVER")
+    assert reports(j, [bounced(1, "5.1.1", "no such user")]).dsns == []
+    assert reports(j, [deferred(1, "4.4.1", "down")], now=3600).dsns == []
+    assert reports(j, [delivered(1, "ok")]).dsns == []
+
+
+def test_without_failure_no_bounce_and_without_delay_no_warning():
+    j = asking("DELAY")
+    assert reports(j, [bounced(1, "5.1.1", "no such user")]).dsns == []
+    [warning] = reports(j, [deferred(1, "4.4.1", "down")], now=3600).dsns
+    assert b"Action: delayed" in warning.body
+    only_failure = asking("FAILURE")
+    assert reports(only_failure, [deferred(1, "4.4.1", "down")], now=3600).dsns == []
+    assert len(reports(only_failure, [bounced(1, "5.1.1", "no")]).dsns) == 1
+
+
+def test_a_recipient_without_notify_keeps_its_reports_beside_one_that_asked_for_none():
+    j = asking("NEVER")
+    result = reports(j, [bounced(1, "5.1.1", "no"), bounced(2, "5.1.1", "no")])
+    [dsn] = result.dsns
+    assert b"u2@example.test" in dsn.body and b"u1@example.test" not in dsn.body
+    assert result.dsn_kinds == ["FAILURE"]
+
+
+def test_success_reports_say_delivered_or_relayed_and_none_when_passed_on():
+    j = asking("SUCCESS", "rfc822;Old+One@example.test")
+    [dsn] = reports(j, [delivered(1, "delivered to maildir /m"), delivered(2, "ok")]).dsns
+    fields = status_part(dsn)
+    assert "Action: delivered" in fields and "Status: 2.0.0" in fields
+    assert "Original-Recipient: rfc822;Old+One@example.test" in fields
+    assert "u2@example.test" not in fields  # it did not ask
+    assert b"Subject: Successful Mail Delivery Report" in dsn.body
+    [relayed] = reports(j, [delivered(1, "250 ok", "mx.far.test", "relayed")]).dsns
+    assert "Action: relayed" in status_part(relayed)
+    assert reports(j, [delivered(1, "250 ok", "mx.far.test", "")]).dsns == []
+
+
+def test_ret_full_returns_the_whole_message_in_a_failure_report_only():
+    j = asking("FAILURE,DELAY", ret="FULL", envid="site-42 x")
+    [failure] = reports(j, [bounced(1, "5.1.1", "no")]).dsns
+    parts = list(email.message_from_bytes(failure.body, policy=policy.default).iter_parts())
+    assert parts[2].get_content_type() == "message/rfc822"
+    assert b"\r\n" + b"x" * 998 + b"\r\n" in failure.body  # the body, cut at 998 octets a line
+    assert "Original-Envelope-Id: site-42 x" in status_part(failure)
+    [warning] = reports(j, [deferred(1, "4.4.1", "down")], now=3600).dsns
+    assert b"x" * 100 not in warning.body  # delays return headers only
+    hdrs = asking("FAILURE", ret="HDRS")
+    [headers_only] = reports(hdrs, [bounced(1, "5.1.1", "no")]).dsns
+    assert b"x" * 100 not in headers_only.body and b"text/rfc822-headers" in headers_only.body

@@ -114,6 +114,31 @@ def test_the_wire_format_round_trips_and_refuses_what_is_malformed():
             local.decode(broken)
 
 
+def test_the_dsn_request_of_sendmail_is_queued_for_every_recipient(parts):
+    _, queue, submitter = parts
+    request = LocalRequest(("bob", "alice"), MESSAGE, notify="SUCCESS", ret="FULL",
+                           envid="job 12")
+    assert local.decode(request.encode()) == request
+    assert asyncio.run(submitter.submit(request, ALICE)).code == local.EX_OK
+
+    async def claimed():
+        entries = await queue.walk()
+        return (await queue.claim([e.recipient_id for e in entries], "t:1:1", 60,
+                                  2**40)).claimed
+    [(info, recipients)] = asyncio.run(claimed())
+    assert (info.ret, info.envid) == ("FULL", "job 12")
+    assert [r.dsn.notify for r in recipients] == ["SUCCESS", "SUCCESS"]
+
+
+def test_a_bad_dsn_request_in_a_maildrop_file_is_refused(parts):
+    _, queue, submitter = parts
+    for request in (LocalRequest(("bob",), MESSAGE, notify="NEVER,SUCCESS"),
+                    LocalRequest(("bob",), MESSAGE, ret="BODY"),
+                    LocalRequest(("bob",), MESSAGE, envid="a\r\nBcc: x")):
+        assert asyncio.run(submitter.submit(request, ALICE)).code == local.EX_USAGE
+    assert asyncio.run(queue.rows()) == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to a user")
 def test_a_pick_up_interrupted_after_the_commit_does_not_queue_twice(parts, tmp_path):
     _, queue, submitter = parts

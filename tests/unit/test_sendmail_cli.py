@@ -15,6 +15,16 @@ def test_usual_flags():
     assert opts.recipients == ["bob@example.test"]
 
 
+def test_dsn_flags_as_sendmail_and_postfix_take_them():
+    opts = parse_args(["-N", "delay,success", "-Rhdrs", "-V", "my id 7", "bob"])
+    assert (opts.notify, opts.ret, opts.envid) == ("SUCCESS,DELAY", "HDRS", "my id 7")
+    assert parse_args(["-Nnever", "bob"]).notify == "NEVER"
+    for bad in (["-N", "never,delay"], ["-N", "sometimes"], ["-R", "body"],
+                ["-V", "x" * 101], ["-V", "bad\tid"], ["-N"]):
+        with pytest.raises(UsageError):
+            parse_args([*bad, "bob"])
+
+
 def test_modes():
     assert parse_args(["-bp"]).mode == "list"
     assert parse_args(["-q"]).mode == "flush"

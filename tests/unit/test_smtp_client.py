@@ -8,6 +8,7 @@ assert on what the client actually sent and how it grouped it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ import pytest
 
 from tidepost.address import Address, parse_mailbox
 from tidepost.config.schema import DeliveryConfig
-from tidepost.model import BodyType, DeliveryJob, MessageInfo, QueuedRecipient
+from tidepost.model import BodyType, DeliveryJob, MessageInfo, QueuedRecipient, RecipientDsn
 from tidepost.outcomes import Verdict
 from tidepost.resolver.resolver import MxAnswer, MxRecord
 from tidepost.smtp_client.replies import CLOSING, OK, SERVICE_NOT_AVAILABLE, START_MAIL_INPUT
@@ -298,6 +299,40 @@ def test_mail_from_parameters_follow_extensions_and_message():
     conn = asyncio.run(main())
     mail = next(c for c in conn.commands if c.startswith("MAIL"))
     assert mail == f"MAIL FROM:<from@origin.test> SIZE={len(BODY)} BODY=8BITMIME SMTPUTF8"
+
+
+def dsn_transaction() -> Transaction:
+    """Two recipients, one with NOTIFY and ORCPT, in a message with RET and ENVID."""
+    asked, plain = recipients("a@dest.test", "b@dest.test")
+    asked = dataclasses.replace(asked, dsn=RecipientDsn("SUCCESS,FAILURE",
+                                                        "rfc822;Old+1 x@site.test"))
+    return Transaction(parse_mailbox("from@origin.test"), [asked, plain], BODY, ret="HDRS",
+                       envid="id=7 x")
+
+
+def test_dsn_parameters_go_on_to_a_next_hop_that_offers_dsn_and_it_owns_the_report():
+    async def main():
+        async with ScriptedServer(extensions=(*ALL_EXTENSIONS, "DSN")) as server:
+            outcomes = await transact(server, dsn_transaction())
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    mail = next(c for c in conn.commands if c.startswith("MAIL"))
+    assert mail.endswith(" RET=HDRS ENVID=id+3D7+20x")
+    rcpts = [c for c in conn.commands if c.startswith("RCPT")]
+    assert rcpts == ["RCPT TO:<a@dest.test> NOTIFY=SUCCESS,FAILURE "
+                     "ORCPT=rfc822;Old+2B1+20x@site.test",
+                     "RCPT TO:<b@dest.test>"]
+    assert [o.action for o in outcomes] == ["", ""]  # no "relayed" report from us
+
+
+def test_without_dsn_at_the_next_hop_nothing_is_passed_and_we_report_relayed():
+    async def main():
+        async with ScriptedServer() as server:
+            outcomes = await transact(server, dsn_transaction())
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    assert not any("NOTIFY" in c or "RET=" in c or "ORCPT" in c for c in conn.commands)
+    assert [o.action for o in outcomes] == ["relayed", "relayed"]
 
 
 def test_8bit_mail_to_server_without_8bitmime_is_sent_without_body_param():

@@ -17,9 +17,9 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tidepost.address import domain_matches
+from tidepost.address import Address, domain_matches
 from tidepost.config.schema import Config, LocalConfig, RelayConfig, SmtpServerConfig
-from tidepost.model import BodyType
+from tidepost.model import BodyType, RecipientDsn
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.binding import parse_listen
 from tidepost.smtp_server.listeners import SmtpServer
@@ -159,7 +159,7 @@ def test_greeting_and_ehlo_keywords():
         assert await c.reply() == S.greeting("mx.test")
         assert (await c.cmd("EHLO client.test")).code == 250
         assert c.lines == ["250-mx.test", "250-PIPELINING", f"250-SIZE {25 * 1024 * 1024}",
-                           "250-8BITMIME", "250-ENHANCEDSTATUSCODES", "250-SMTPUTF8",
+                           "250-8BITMIME", "250-ENHANCEDSTATUSCODES", "250-SMTPUTF8", "250-DSN",
                            "250-CHUNKING", "250 XTIDEPOST BATCH"]
         assert await c.cmd("STARTTLS") == S.S454_TLS_UNAVAILABLE
         assert await c.cmd("HELO client.test") == Reply(250, "", "mx.test")
@@ -200,7 +200,7 @@ def test_mail_parameters():
         assert await c.cmd("MAIL FROM:<δ@origin.test>") == S.S553_NEEDS_SMTPUTF8
         assert await c.cmd("MAIL FROM:<δ@origin.test> BODY=8BITMIME SMTPUTF8 SIZE=100"
                            ) == S.S250_SENDER_OK
-        assert await c.cmd("RCPT TO:<alice@local.example> NOTIFY=NEVER"
+        assert await c.cmd("RCPT TO:<alice@local.example> XFOO=NEVER"
                            ) == S.S555_UNKNOWN_PARAMETER
         assert await c.cmd("RCPT TO:<alice@local.example>") == S.S250_RECIPIENT_OK
         assert await c.cmd("DATA") == S.S354_START_DATA
@@ -503,3 +503,35 @@ def test_starttls_session_eof_logs_no_asyncio_warning(tmp_path, caplog):
         run(scenario, tls_context=server_context)
     assert not [r for r in caplog.records if r.name == "asyncio"
                 and "eof_received" in r.getMessage()]
+
+
+def test_dsn_parameters_are_parsed_checked_and_submitted():
+    """RFC 3461: RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT; bad ones 501, unknown or twice 555."""
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        for bad in ("RET=BODY", "ENVID=" + "x" * 101, "ENVID=a+2", "ENVID=a+0D+0Ab",
+                    "RET"):
+            assert (await c.cmd(f"MAIL FROM:<a@origin.test> {bad}")).code == 501, bad
+        assert await c.cmd("MAIL FROM:<a@origin.test> RET=FULL RET=HDRS"
+                           ) == S.S555_UNKNOWN_PARAMETER
+        assert await c.cmd("MAIL FROM:<a@origin.test> ret=hdrs ENVID=QQ+2Bx+3D1"
+                           ) == S.S250_SENDER_OK
+        for bad in ("NOTIFY=NEVER,SUCCESS", "NOTIFY=SUCCESS,SUCCESS", "NOTIFY=SOMETIMES",
+                    "NOTIFY", "ORCPT=rfc822", "ORCPT=;a@b", "ORCPT=rfc822;" + "a" * 500,
+                    "ORCPT=rfc822;a+"):
+            reply = await c.cmd(f"RCPT TO:<alice@local.example> {bad}")
+            assert (reply.code, reply.status) == (501, "5.5.4"), bad
+        assert await c.cmd("RCPT TO:<alice@local.example> NOTIFY=NEVER NOTIFY=NEVER"
+                           ) == S.S555_UNKNOWN_PARAMETER
+        assert await c.cmd("RCPT TO:<alice@local.example> notify=delay,Success "
+                           "ORCPT=rfc822;Alice+2Bx@old.example") == S.S250_RECIPIENT_OK
+        assert await c.cmd("RCPT TO:<postmaster@local.example>") == S.S250_RECIPIENT_OK
+        assert await c.cmd("DATA") == S.S354_START_DATA
+        await c.send(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+        assert (await c.reply()).code == 250
+    submission = run(scenario)
+    envelope, _body, _client = submission.submitted[0]
+    assert (envelope.ret, envelope.envid) == ("HDRS", "QQ+x=1")
+    alice = Address("alice", "local.example")
+    assert envelope.dsn == {alice: RecipientDsn("SUCCESS,DELAY", "rfc822;Alice+x@old.example")}

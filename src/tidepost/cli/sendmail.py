@@ -13,9 +13,11 @@ submission/local.py's in all three cases.
 Flags: -t (recipients from To/Cc/Bcc; Bcc removed), -i / -oi (a lone "."
 does not end input), -f/-r FROM, -F NAME, -C/-c CONFIG, -bm (default),
 -bp (list the queue), -bs (SMTP on standard input/output), -q[INTERVAL]
-(run the queue once), -qR DOMAIN (run the queue for DOMAIN).  Other
-common flags (-o*, -v, -N, -R, -V, -B, -X, -L, -U, -G, -O*) are accepted
-and ignored, so existing scripts keep working.
+(run the queue once), -qR DOMAIN (run the queue for DOMAIN), and the DSN
+requests of RFC 3461 as sendmail and Postfix take them: -N never or a list
+of success, failure, delay (every recipient), -R full|hdrs, -V ENVID.  Other
+common flags (-o*, -v, -B, -X, -L, -U, -G, -O*) are accepted and ignored,
+so existing scripts keep working.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from tidepost.cli.common import config_or_exit, spool_owner_or_exit
 from tidepost.cli.local_transport import hand_over
 from tidepost.config.load import DEFAULT_CONFIG
 from tidepost.config.schema import Config
+from tidepost.dsnparams import DsnParameterError, parse_envid, parse_notify, parse_ret, xtext_encode
 from tidepost.submission.local import LocalRequest
 from tidepost.submission.local_message import from_local_input
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL = 0, 64, 65, 67, 70, 75
-IGNORED_WITH_VALUE = ("-N", "-R", "-V", "-B", "-X", "-L", "-h")
+IGNORED_WITH_VALUE = ("-B", "-X", "-L", "-h")
 IGNORED = ("-v", "-U", "-G", "-bm", "-em", "-ep", "-eq")
 
 
@@ -47,6 +50,9 @@ class Options:
     full_name: str | None = None     # -F
     config: str | None = None        # -C / -c
     flush_domain: str | None = None  # -qR
+    notify: str = ""                 # -N (RFC 3461 NOTIFY, for every recipient)
+    ret: str = ""                    # -R full|hdrs
+    envid: str = ""                  # -V
 
 
 class UsageError(Exception):
@@ -94,6 +100,8 @@ def _parse_flag(arg: str, args, opts: Options) -> None:
         opts.mode = "list"
     elif arg == "-bs":
         opts.mode = "smtp"
+    elif arg[:2] in DSN_FLAGS:
+        _dsn_flag(arg, args, opts)
     elif arg.startswith("-qR"):
         opts.mode, opts.flush_domain = "flush", _value(arg, 3, args)
     elif arg.startswith("-q"):
@@ -106,6 +114,23 @@ def _parse_flag(arg: str, args, opts: Options) -> None:
             raise UsageError(f"mode {arg} is not supported")
     else:
         raise UsageError(f"unknown option {arg}")
+
+
+DSN_FLAGS = ("-N", "-R", "-V")
+
+
+def _dsn_flag(arg: str, args, opts: Options) -> None:
+    """-N, -R or -V: checked here, so that a typo is an error, not a silent default."""
+    value = _value(arg, 2, args)
+    try:
+        if arg.startswith("-N"):
+            opts.notify = parse_notify(value)
+        elif arg.startswith("-R"):
+            opts.ret = parse_ret(value)
+        else:  # -V takes the id as text; it travels as xtext (RFC 3461 4.4)
+            opts.envid = parse_envid(xtext_encode(value))
+    except DsnParameterError as exc:
+        raise UsageError(f"{arg[:2]} {value}: {exc}") from None
 
 
 USAGE = f"""\
@@ -126,7 +151,10 @@ The envelope sender is you (USER@hostname); -f is honoured for trusted users
   -bp           list the queue (mailq)
   -bs           speak SMTP on standard input and output
   -q[TIME]      run the queue once now;  -qR DOMAIN: only for DOMAIN
-  -o*, -O*, -v, -N, -R, -V, -B, -X, -L, -U, -G, -em, -ep, -eq, -h N: accepted, ignored
+  -N DSN        delivery reports wanted (RFC 3461): never, or any of success,failure,delay
+  -R full|hdrs  a failure report returns the whole message or its headers only
+  -V ENVID      an envelope id, quoted back in every report
+  -o*, -O*, -v, -B, -X, -L, -U, -G, -em, -ep, -eq, -h N: accepted, ignored
 
 Exit codes: 0 queued, 64 usage, 65 bad data, 67 unknown user or no route,
 75 try again later, 77 not permitted, 78 configuration error."""
@@ -176,7 +204,8 @@ def submit_from_stdin(config: Config, opts: Options, raw: bytes) -> int:
         print("tidepost sendmail: no recipients given", file=sys.stderr)
         return EX_USAGE
     request = LocalRequest(tuple(opts.recipients), from_local_input(raw, opts.dot_ends_input),
-                           opts.from_headers, opts.sender, opts.full_name)
+                           opts.from_headers, opts.sender, opts.full_name, opts.notify,
+                           opts.ret, opts.envid)
     result = hand_over(config, request)
     if result.code != EX_OK:
         print(f"tidepost sendmail: {result.text}", file=sys.stderr)

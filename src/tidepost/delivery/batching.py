@@ -27,7 +27,7 @@ from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.submission.transfers import transfer_id
 from tidepost.smtp_client.batch import BatchSender, offers_batch
 from tidepost.smtp_client.session import SmtpSession
-from tidepost.smtp_client.transaction import Transaction, TransactionResult
+from tidepost.smtp_client.transaction import Transaction, TransactionResult, message_transaction
 
 DEPTH = 64  # jobs in flight on a batch connection (memory: BatchSender's budget)
 
@@ -59,8 +59,7 @@ class BatchChannel:
                    on_taken: Callable[[], None] | None
                    ) -> tuple[Transaction, TransactionResult]:
         """One transaction of `job` (those `recipients`) on the batch stream, and its result."""
-        transaction = Transaction(job.message.sender, recipients, job.body,
-                                  job.message.body_type, job.message.smtputf8)
+        transaction = message_transaction(job.message, recipients, job.body)
         # The id plain SMTP's XTRANSFER would give it: a repeat is known whichever way.
         transfer = transfer_id(job.message.queue_id, job.message.arrival)
         return transaction, await sender.send(transaction, transfer, on_taken)

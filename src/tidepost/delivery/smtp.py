@@ -63,7 +63,8 @@ from tidepost.smtp_client.loops import OwnEndpoints
 from tidepost.smtp_client.mx import (MxResolver, NextHop, Target, host_hops, next_hops,
                                      parse_smarthost)
 from tidepost.smtp_client.session import Peer, SmtpSession, open_session
-from tidepost.smtp_client.transaction import Transaction, TransactionResult, run_transaction
+from tidepost.smtp_client.transaction import (Transaction, TransactionResult, message_transaction,
+                                              run_transaction)
 from tidepost.submission.transfers import transfer_id
 from tidepost.usage.meter import LinkMeter
 
@@ -199,9 +200,8 @@ class SmtpAgentSession:
                 self._account(smtp, sent, result)
                 outcomes += result.outcomes
                 continue
-            transaction = Transaction(job.message.sender, chunk, job.body,
-                                      job.message.body_type, job.message.smtputf8,
-                                      transfer_id(job.message.queue_id, job.message.arrival))
+            transaction = message_transaction(job.message, chunk, job.body, transfer_id(
+                job.message.queue_id, job.message.arrival))
             chunk_outcomes, smtp = await self._transact(
                 smtp, transaction, first_of_job=start == 0,
                 gate=overlap.gate if start == 0 else None,

@@ -22,7 +22,7 @@ from tidepost.delivery.batching import BatchChannel
 from tidepost.model import DeliveryJob, QueuedRecipient
 from tidepost.outcomes import Outcome, deferred
 from tidepost.smtp_client.session import SmtpSession
-from tidepost.smtp_client.transaction import Transaction, send_transaction
+from tidepost.smtp_client.transaction import message_transaction, send_transaction
 from tidepost.submission.transfers import transfer_id
 
 log = logging.getLogger("tidepost.delivery.turnaround")
@@ -69,9 +69,9 @@ class TurnedSession:
             return (await self.batch.send(sender, job, chunk, None))[1].outcomes
         # XTRANSFER= as on dialled connections: a tidepost site offers TRANSFER
         # to the relay it asked, so a repeat after a crash is answered, not stored.
-        return await send_transaction(self.smtp, Transaction(
-            job.message.sender, chunk, job.body, job.message.body_type,
-            job.message.smtputf8, transfer_id(job.message.queue_id, job.message.arrival)))
+        return await send_transaction(self.smtp, message_transaction(
+            job.message, chunk, job.body, transfer_id(job.message.queue_id,
+                                                      job.message.arrival)))
 
     async def close(self) -> None:
         """End the batch stream; the connection belongs to the conversation that reversed it."""

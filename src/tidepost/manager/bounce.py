@@ -1,9 +1,13 @@
-"""Delivery status notifications (RFC 3464): bounces and delay warnings.
+"""Delivery status notifications (RFC 3464): bounces, delay warnings, success reports.
 
 A DSN is a multipart/report with a human-readable part, a
 message/delivery-status part (one block per recipient) and the original
 message's headers only (text/rfc822-headers): on a metered link, returning
-a 20 MB attachment to say it failed is waste.  Whatever octets the original
+a 20 MB attachment to say it failed is waste.  A sender that asked for the
+whole message (RET=FULL, RFC 3461 4.3) gets it back in a failure report as
+message/rfc822; success and delay reports return headers only, as RFC 3461
+recommends.  The ENVID and ORCPT the client gave (RFC 3461) come back as
+Original-Envelope-Id and Original-Recipient fields.  Whatever octets the original
 holds (a local submission may carry bare CRs, NULs, endless lines, or no
 blank line at all, so that its "header section" is the whole message), the
 DSN is well formed: at most `MAX_RETURNED_HEADERS` octets of them are
@@ -35,6 +39,13 @@ MAX_LINE = 998                    # octets per line, CRLF excluded (RFC 5322 2.1
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
+# The kinds of report, as RFC 3461 NOTIFY names what a recipient asked for.
+FAILURE, DELAY, SUCCESS = "FAILURE", "DELAY", "SUCCESS"
+_SUBJECTS = {FAILURE: "Undelivered Mail Returned to Sender",
+             DELAY: "Delayed Mail (still being retried)",
+             SUCCESS: "Successful Mail Delivery Report"}
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """One recipient to report on, with the outcome that explains it."""
@@ -44,12 +55,11 @@ class Failure:
 
 
 def make_dsn(message: MessageInfo, original: bytes, failures: list[Failure],
-             hostname: str, now: float, *, delayed: bool = False) -> NewMessage:
-    """Build the DSN for `failures` of `message`, addressed to its sender."""
+             hostname: str, now: float, *, kind: str = FAILURE) -> NewMessage:
+    """Build the DSN of `kind` for `failures` of `message`, addressed to its sender."""
     queue_id = new_queue_id()
     boundary = f"{queue_id}.{secrets.token_hex(8)}/{hostname}"
-    subject = ("Delayed Mail (still being retried)" if delayed
-               else "Undelivered Mail Returned to Sender")
+    subject = _SUBJECTS[kind]
     head = (
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
         f"To: <{message.sender}>\r\n"
@@ -64,15 +74,22 @@ def make_dsn(message: MessageInfo, original: bytes, failures: list[Failure],
     )
     parts = [
         _part("text/plain; charset=utf-8",
-              _human_text(message, failures, hostname, delayed)),
+              _human_text(message, failures, hostname, kind)),
         _part("message/delivery-status",
-              _status_fields(message, failures, hostname, now, delayed)),
-        _part("text/rfc822-headers",
-              header_section(original)[:MAX_RETURNED_HEADERS].decode("utf-8", "replace")),
+              _status_fields(message, failures, hostname, now, kind)),
+        _returned(message, original, kind),
     ]
     body = head + "".join(f"--{boundary}\r\n{p}" for p in parts) + f"--{boundary}--\r\n"
     return NewMessage(NULL_SENDER, (message.sender,), body.encode(), now,
                       BodyType.EIGHT_BIT_MIME, not message.sender.is_ascii, queue_id)
+
+
+def _returned(message: MessageInfo, original: bytes, kind: str) -> str:
+    """The original as the report returns it: whole for RET=FULL failures, else headers."""
+    if kind == FAILURE and message.ret == "FULL":
+        return _part("message/rfc822", original.decode("utf-8", "replace"))
+    return _part("text/rfc822-headers",
+                 header_section(original)[:MAX_RETURNED_HEADERS].decode("utf-8", "replace"))
 
 
 def _part(content_type: str, text: str) -> str:
@@ -92,32 +109,38 @@ def _cut(line: str) -> str:
 
 
 def _human_text(message: MessageInfo, failures: list[Failure], hostname: str,
-                delayed: bool) -> str:
+                kind: str) -> str:
     """The part a person reads first."""
-    if delayed:
-        intro = (f"This is the mail system at host {hostname}.\n\n"
-                 "Your message could not be delivered yet. It is still in the queue\n"
-                 "and will be retried; you do not need to send it again.\n")
+    intro = f"This is the mail system at host {hostname}.\n\n"
+    if kind == DELAY:
+        intro += ("Your message could not be delivered yet. It is still in the queue\n"
+                  "and will be retried; you do not need to send it again.\n")
+    elif kind == SUCCESS:
+        intro += ("Your message was delivered to the recipients below, or handed on to\n"
+                  "a mail system that sends no delivery reports, as you asked.\n")
     else:
-        intro = (f"This is the mail system at host {hostname}.\n\n"
-                 "Your message could not be delivered to one or more recipients.\n"
-                 "It has been returned below (headers only).\n")
+        returned = "in full" if message.ret == "FULL" else "headers only"
+        intro += ("Your message could not be delivered to one or more recipients.\n"
+                  f"It has been returned below ({returned}).\n")
     lines = [f"<{f.recipient.address}>: {f.outcome.reason}" for f in failures]
     return intro + f"\nQueue ID: {message.queue_id}\n\n" + "\n".join(lines) + "\n"
 
 
 def _status_fields(message: MessageInfo, failures: list[Failure], hostname: str,
-                   now: float, delayed: bool) -> str:
+                   now: float, kind: str) -> str:
     """The machine-readable message/delivery-status part (RFC 3464 2.2, 2.3)."""
-    blocks = [f"Reporting-MTA: dns; {hostname}\n"
+    envid = f"Original-Envelope-Id: {message.envid}\n" if message.envid else ""
+    blocks = [f"{envid}Reporting-MTA: dns; {hostname}\n"
               f"X-Tidepost-Queue-ID: {message.queue_id}\n"
               f"Arrival-Date: {formatdate(message.arrival, localtime=True)}\n"]
     for failure in failures:
         outcome = failure.outcome
         address = failure.recipient.address
-        kind = "rfc822" if address.is_ascii else "utf-8"
-        block = (f"Final-Recipient: {kind}; {address}\n"
-                 f"Action: {'delayed' if delayed else 'failed'}\n"
+        orcpt = failure.recipient.dsn.orcpt
+        address_type = "rfc822" if address.is_ascii else "utf-8"
+        block = (f"Original-Recipient: {orcpt}\n" if orcpt else "") + (
+                 f"Final-Recipient: {address_type}; {address}\n"
+                 f"Action: {_action(kind, outcome)}\n"
                  f"Status: {outcome.status}\n")
         if outcome.remote_mta:
             block += f"Remote-MTA: dns; {outcome.remote_mta}\n"
@@ -126,6 +149,13 @@ def _status_fields(message: MessageInfo, failures: list[Failure], hostname: str,
         block += f"Last-Attempt-Date: {formatdate(now, localtime=True)}\n"
         blocks.append(block)
     return "\n".join(blocks)
+
+
+def _action(kind: str, outcome: Outcome) -> str:
+    """The Action field (RFC 3464 2.3.3): failed, delayed, delivered or relayed."""
+    if kind == SUCCESS:
+        return outcome.action
+    return "delayed" if kind == DELAY else "failed"
 
 
 def _one_line(text: str) -> str:

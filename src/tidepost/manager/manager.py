@@ -42,7 +42,7 @@ from tidepost.manager.hangup import DrainWatch
 from tidepost.manager.notices import Notices, SizeNotices
 from tidepost.manager.route_states import RouteStates
 from tidepost.manager.watch import QueueWatch
-from tidepost.manager.settle import add_dsns, settle
+from tidepost.manager.settle import add_dsns, needs_dsn, settle
 from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
 from tidepost.queue.backend import NOTICE_RECONNECTED, ClaimResult, QueueBackend
@@ -563,7 +563,7 @@ class Manager(RouteStates):
         message = job.message
         result = settle(job, outcomes, self._backoff, now,
                         message.warned or message.message_id in self._warned)
-        if (result.failures or result.warned) and not message.sender.is_null:
+        if needs_dsn(result) and not message.sender.is_null:
             original = job.body or await self._queue.load_body(message.message_id)
             add_dsns(result, job, original, self._config.hostname, now)
         if result.warned:
@@ -572,9 +572,8 @@ class Manager(RouteStates):
             self._owner, result.updates, result.dsns,
             [message.message_id] if result.warned else [])
         new_entries = recorded.entries
-        for dsn in result.dsns:
-            event(log, message.queue_id, "dsn", kind="delay" if dsn is not result.dsns[0]
-                  or not result.failures else "failure", dsn_id=dsn.queue_id,
+        for dsn, kind in zip(result.dsns, result.dsn_kinds):
+            event(log, message.queue_id, "dsn", kind=kind.lower(), dsn_id=dsn.queue_id,
                   to=f"<{message.sender}>")
         if all(u.next_try is None for u in result.updates):
             self._warned.discard(message.message_id)  # ids are not reused, but keep it small

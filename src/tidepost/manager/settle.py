@@ -6,13 +6,19 @@ queue lifetime, in which case it becomes Bounced with status 5.4.7.  Bounced
 recipients produce one DSN per job to the sender; a message still deferred
 past the delay-warning age produces one "delayed" DSN per message.  Mail
 from the null sender produces no DSN at all.
+
+Each recipient's NOTIFY (RFC 3461) decides which reports it is in: none for
+NEVER, no failure report without FAILURE, no delay warning without DELAY, a
+success report ("delivered", or "relayed" to a next hop without DSN) only
+with SUCCESS.  A recipient without NOTIFY gets failure and delay reports,
+as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tidepost.manager.bounce import Failure, make_dsn
+from tidepost.manager.bounce import DELAY, FAILURE, SUCCESS, Failure, make_dsn
 from tidepost.model import DeliveryJob
 from tidepost.outcomes import Outcome, Verdict, bounced
 from tidepost.queue.backend import NewMessage, RecipientUpdate
@@ -26,7 +32,9 @@ class Settlement:
     updates: list[RecipientUpdate] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     delays: list[Failure] = field(default_factory=list)
+    successes: list[Failure] = field(default_factory=list)
     dsns: list[NewMessage] = field(default_factory=list)
+    dsn_kinds: list[str] = field(default_factory=list)  # FAILURE, DELAY or SUCCESS, per DSN
     warned: bool = False
 
 
@@ -49,11 +57,15 @@ def settle(job: DeliveryJob, outcomes: list[Outcome], backoff: Backoff, now: flo
             if outcome.retry_after is not None:
                 next_try = max(next_try, now + outcome.retry_after)
             result.updates.append(RecipientUpdate(outcome, next_try))
-            result.delays.append(Failure(recipient, outcome))
+            if recipient.dsn.wants(DELAY):
+                result.delays.append(Failure(recipient, outcome))
             continue
         result.updates.append(RecipientUpdate(outcome, None))
-        if outcome.verdict is Verdict.BOUNCED:
+        if outcome.verdict is Verdict.BOUNCED and recipient.dsn.wants(FAILURE):
             result.failures.append(Failure(recipient, outcome))
+        elif outcome.verdict is Verdict.DELIVERED and outcome.action \
+                and recipient.dsn.wants(SUCCESS):
+            result.successes.append(Failure(recipient, outcome))
     result.warned = bool(result.delays) and not already_warned and \
         backoff.warning_due(job.message.arrival, now)
     return result
@@ -64,8 +76,14 @@ def add_dsns(result: Settlement, job: DeliveryJob, original: bytes, hostname: st
     """Build the DSNs a settlement calls for (none for mail from <>)."""
     if job.message.sender.is_null:
         return
-    if result.failures:
-        result.dsns.append(make_dsn(job.message, original, result.failures, hostname, now))
-    if result.warned:
-        result.dsns.append(make_dsn(job.message, original, result.delays, hostname, now,
-                                    delayed=True))
+    for kind, reported in ((FAILURE, result.failures), (DELAY, result.delays),
+                           (SUCCESS, result.successes)):
+        if reported and (kind != DELAY or result.warned):
+            result.dsns.append(make_dsn(job.message, original, reported, hostname, now,
+                                        kind=kind))
+            result.dsn_kinds.append(kind)
+
+
+def needs_dsn(result: Settlement) -> bool:
+    """True when the settlement calls for some report (the body is then loaded)."""
+    return bool(result.failures or result.warned or result.successes)

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol, Sequence
+from typing import AsyncIterator, Callable, Mapping, Protocol, Sequence
 
 from tidepost.address import Address
 from tidepost.config.schema import Config
 from tidepost.errors import ConfigError
-from tidepost.model import BodyType, MessageInfo, QueuedRecipient, ScheduleEntry
+from tidepost.model import (NO_DSN_REQUEST, BodyType, MessageInfo, QueuedRecipient,
+                            RecipientDsn, ScheduleEntry)
 from tidepost.outcomes import Outcome
 from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 
@@ -52,6 +53,15 @@ class NewMessage:
     # Stored with the message in its commit; a submit naming a key already
     # stored raises AlreadyQueued and stores nothing (exactly-once receipt).
     transfer_keys: tuple[str, ...] = ()
+    # RFC 3461: RET and ENVID of the message, NOTIFY/ORCPT of the recipients
+    # that asked (the others get NO_DSN_REQUEST).
+    ret: str = ""
+    envid: str = ""
+    dsn: Mapping[Address, RecipientDsn] = field(default_factory=dict)
+
+    def dsn_of(self, recipient: Address) -> RecipientDsn:
+        """The DSN request stored for one of the recipients."""
+        return self.dsn.get(recipient, NO_DSN_REQUEST)
 
 
 @dataclass(frozen=True, slots=True)

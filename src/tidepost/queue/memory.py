@@ -18,7 +18,8 @@ from typing import AsyncIterator, Callable, Iterable, Sequence
 
 from tidepost.address import Address
 from tidepost.errors import AlreadyQueued, QueueError
-from tidepost.model import MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
+from tidepost.model import (NO_DSN_REQUEST, MessageInfo, QueuedRecipient, RecipientDsn,
+                            RecipientState, ScheduleEntry)
 from tidepost.outcomes import Verdict
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingGroup,
                                     QueueRow, RecipientUpdate, Recorded)
@@ -57,6 +58,7 @@ class _Recipient:
     lease_until: float = 0.0
     uncertain: bool = False
     size: int = 0  # of its message, as the scheduler needs it for routing
+    dsn: RecipientDsn = NO_DSN_REQUEST
 
     def entry(self) -> ScheduleEntry:
         """This recipient as the scheduler sees it."""
@@ -112,7 +114,8 @@ class MemoryQueue:
             if row.state is QUEUED and (force or row.next_try <= now):
                 row.state, row.lease_owner, row.lease_until = CLAIMED, owner, now + lease
                 by_message.setdefault(row.message_id, []).append(QueuedRecipient(
-                    row.recipient_id, row.message_id, row.address, row.attempts, row.uncertain))
+                    row.recipient_id, row.message_id, row.address, row.attempts, row.uncertain,
+                    row.dsn))
             elif row.state is QUEUED:
                 result.not_due.append(row.entry())
         result.claimed = [(self._messages[m].info, r) for m, r in by_message.items()]
@@ -303,9 +306,9 @@ class MemoryQueue:
         message_id = next(self._message_ids)
         info = MessageInfo(message_id, message.queue_id or new_queue_id(), message.sender,
                            message.arrival, len(message.body), message.body_type,
-                           message.smtputf8)
+                           message.smtputf8, ret=message.ret, envid=message.envid)
         rows = [_Recipient(next(self._recipient_ids), message_id, rcpt, QUEUED, message.arrival,
-                           size=len(message.body))
+                           size=len(message.body), dsn=message.dsn_of(rcpt))
                 for rcpt in message.recipients]
         self._messages[message_id] = _Message(info, message.body,
                                               [r.recipient_id for r in rows])

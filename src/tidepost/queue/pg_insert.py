@@ -14,6 +14,7 @@ one bad message does not spoil the others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Sequence
 
 import asyncpg
@@ -30,9 +31,9 @@ WRITERS = 2        # group commits in progress at once
 
 INSERT = f"""
 WITH m AS (
-    INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8)
+    INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8, ret, envid)
     SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::int8[], $5::text[],
-                         $6::bool[])
+                         $6::bool[], $17::text[], $18::text[])
     RETURNING id, queue_id, size
 ), b AS (
     INSERT INTO bodies(message_id, body)
@@ -42,10 +43,11 @@ WITH m AS (
     INSERT INTO transfers(key, queue_id, received)
     SELECT * FROM unnest($8::text[], $9::text[], $10::float8[])
 ), r AS (
-    INSERT INTO recipients(message_id, local, domain, state, next_try)
-    SELECT m.id, x.local, x.domain, '{QUEUED}', x.next_try
-    FROM unnest($11::text[], $12::text[], $13::text[], $14::float8[], $15::int[])
-         AS x(queue_id, local, domain, next_try, n)
+    INSERT INTO recipients(message_id, local, domain, state, next_try, notify, orcpt)
+    SELECT m.id, x.local, x.domain, '{QUEUED}', x.next_try, x.notify, x.orcpt
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::float8[], $15::int[],
+                $19::text[], $20::text[])
+         AS x(queue_id, local, domain, next_try, n, notify, orcpt)
     JOIN m USING (queue_id) ORDER BY m.id, x.n
     RETURNING id, message_id, domain, next_try
 )
@@ -59,9 +61,7 @@ def with_queue_id(message: NewMessage) -> NewMessage:
     """The message with its queue id chosen, if submission left it empty."""
     if message.queue_id:
         return message
-    return NewMessage(message.sender, message.recipients, message.body, message.arrival,
-                      message.body_type, message.smtputf8, new_queue_id(),
-                      message.transfer_keys)
+    return dataclasses.replace(message, queue_id=new_queue_id())
 
 
 async def known_transfers(conn: asyncpg.Connection, keys: Sequence[str]) -> dict[str, str]:
@@ -84,6 +84,7 @@ async def insert_messages(conn: asyncpg.Connection, messages: Sequence[NewMessag
             key, earlier = next(iter(known.items()))
             raise AlreadyQueued(key, earlier)
     rcpts = [(m.queue_id, r, n) for m in messages for n, r in enumerate(m.recipients)]
+    requests = [m.dsn_of(r) for m in messages for r in m.recipients]
     rows = await conn.fetch(
         INSERT,
         [m.queue_id for m in messages], [str(m.sender) for m in messages],
@@ -95,7 +96,9 @@ async def insert_messages(conn: asyncpg.Connection, messages: Sequence[NewMessag
         [q for q, _, _ in rcpts], [r.local for _, r, _ in rcpts],
         [r.domain for _, r, _ in rcpts],
         [m.arrival for m in messages for _ in m.recipients],
-        [n for _, _, n in rcpts], notice)
+        [n for _, _, n in rcpts], notice,
+        [m.ret for m in messages], [m.envid for m in messages],
+        [d.notify for d in requests], [d.orcpt for d in requests])
     entries: dict[str, list[ScheduleEntry]] = {m.queue_id: [] for m in messages}
     for rid, mid, domain, next_try, size, queue_id in rows:
         entries[queue_id].append(ScheduleEntry(rid, mid, domain, next_try, size))

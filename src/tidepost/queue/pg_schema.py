@@ -135,6 +135,16 @@ MIGRATIONS: tuple[str, ...] = (
         node     text NOT NULL
     );
     """,
+    # 5: DSN requests (RFC 3461): RET and ENVID per message, NOTIFY and ORCPT
+    # per recipient; '' is "not given".  A constant default is stored in the
+    # catalogue (PostgreSQL 11+): no table rewrite, nodes still on version 4
+    # keep inserting without the columns.
+    """
+    ALTER TABLE messages ADD COLUMN ret text NOT NULL DEFAULT '',
+                         ADD COLUMN envid text NOT NULL DEFAULT '';
+    ALTER TABLE recipients ADD COLUMN notify text NOT NULL DEFAULT '',
+                           ADD COLUMN orcpt text NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

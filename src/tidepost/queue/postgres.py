@@ -33,7 +33,8 @@ import asyncpg
 
 from tidepost.address import Address
 from tidepost.errors import QueueError
-from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
+from tidepost.model import (BodyType, MessageInfo, QueuedRecipient, RecipientDsn,
+                            RecipientState, ScheduleEntry)
 from tidepost.outcomes import Verdict
 from tidepost.queue import pg_views as views
 from tidepost.queue.backend import (NOTICE_RECONNECTED, ClaimResult, HoldState, NewMessage,
@@ -56,14 +57,15 @@ TURN_MEMORY = 3600.0   # seconds granted ETRN/ATRN requests are kept beyond the 
 LISTEN_RETRY = 1.0     # seconds between attempts to get the LISTEN connection back
 LISTEN_PROBE = 10.0    # seconds between probes of an idle LISTEN connection
 LISTEN_TIMEOUT = 5.0   # seconds a connect or probe of it may take
-INFO_COLUMNS = "m.id, m.queue_id, m.sender, m.arrival, m.size, m.body_type, m.smtputf8, m.warned"
+INFO_COLUMNS = ("m.id, m.queue_id, m.sender, m.arrival, m.size, m.body_type, m.smtputf8, "
+                "m.warned, m.ret, m.envid")
 
 
 def message_of(row: Sequence) -> MessageInfo:
     """A MessageInfo from the INFO_COLUMNS of a row."""
-    mid, queue_id, sender, arrival, size, body_type, smtputf8, warned = row
+    mid, queue_id, sender, arrival, size, body_type, smtputf8, warned, ret, envid = row
     return MessageInfo(mid, queue_id, sender_of(sender), arrival, size, BodyType(body_type),
-                       smtputf8, warned)
+                       smtputf8, warned, ret, envid)
 
 
 def sender_of(text: str) -> Address:
@@ -258,7 +260,8 @@ class PostgresQueue:
                     "FOR UPDATE SKIP LOCKED) "
                     "UPDATE recipients r SET state = $3, lease_owner = $6, lease_until = $4 + $7 "
                     "FROM picked WHERE r.id = picked.id "
-                    "RETURNING r.id, r.message_id, r.local, r.domain, r.attempts, r.uncertain",
+                    "RETURNING r.id, r.message_id, r.local, r.domain, r.attempts, r.uncertain, "
+                    "r.notify, r.orcpt",
                     ids, QUEUED, CLAIMED, now, force, owner, lease)
                 infos = await conn.fetch(f"SELECT {INFO_COLUMNS} FROM messages m "
                                          "WHERE m.id = ANY($1::int8[])",
@@ -531,9 +534,10 @@ def _claim_result(rows: list, infos: list, not_due: list) -> ClaimResult:
     """Group freshly claimed rows by message, in message then recipient order."""
     messages = {row[0]: message_of(row) for row in infos}
     by_message: dict[int, list[QueuedRecipient]] = {}
-    for rid, mid, local, domain, attempts, uncertain in sorted(rows, key=lambda r: (r[1], r[0])):
-        by_message.setdefault(mid, []).append(
-            QueuedRecipient(rid, mid, Address(local, domain), attempts, uncertain))
+    for rid, mid, local, domain, attempts, uncertain, notify, orcpt in sorted(
+            rows, key=lambda r: (r[1], r[0])):
+        by_message.setdefault(mid, []).append(QueuedRecipient(
+            rid, mid, Address(local, domain), attempts, uncertain, RecipientDsn(notify, orcpt)))
     return ClaimResult([(messages[m], r) for m, r in by_message.items()],
                        [ScheduleEntry(*row) for row in not_due])
 

@@ -31,7 +31,8 @@ from typing import Any, AsyncIterator, Callable, Sequence
 from tidepost.address import Address
 from tidepost.durable import sync_path
 from tidepost.errors import AlreadyQueued, QueueError
-from tidepost.model import BodyType, MessageInfo, QueuedRecipient, RecipientState, ScheduleEntry
+from tidepost.model import (BodyType, MessageInfo, QueuedRecipient, RecipientDsn,
+                            RecipientState, ScheduleEntry)
 from tidepost.outcomes import Verdict
 from tidepost.queue import sqlite_views as views
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingGroup,
@@ -104,6 +105,15 @@ MIGRATIONS: tuple[str, ...] = (
         changed      REAL NOT NULL
     );
     CREATE INDEX changes_by_age ON changes(changed);
+    """,
+    # 4: DSN requests (RFC 3461): RET and ENVID per message, NOTIFY and ORCPT
+    # per recipient.  '' is "not given"; mail queued before keeps today's
+    # default reports.  ADD COLUMN with a constant default rewrites no row.
+    """
+    ALTER TABLE messages ADD COLUMN ret TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN envid TEXT NOT NULL DEFAULT '';
+    ALTER TABLE recipients ADD COLUMN notify TEXT NOT NULL DEFAULT '';
+    ALTER TABLE recipients ADD COLUMN orcpt TEXT NOT NULL DEFAULT '';
     """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
@@ -248,14 +258,9 @@ class SqliteQueue:
     async def message_by_id(self, message_id: int) -> MessageInfo | None:
         """A queued message's facts, None once it left the queue."""
         def op(conn: sqlite3.Connection) -> MessageInfo | None:
-            row = conn.execute("SELECT id, queue_id, sender, arrival, size, body_type, "
-                               "smtputf8, warned FROM messages WHERE id=?",
+            row = conn.execute(f"SELECT {INFO_COLUMNS} FROM messages m WHERE m.id=?",
                                (message_id,)).fetchone()
-            if row is None:
-                return None
-            mid, queue_id, sender, arrival, size, body_type, smtputf8, warned = row
-            return MessageInfo(mid, queue_id, _sender(sender), arrival, size,
-                               BodyType(body_type), bool(smtputf8), bool(warned))
+            return None if row is None else _message_info(row)
         return await self._read(op)
 
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
@@ -343,14 +348,9 @@ class SqliteQueue:
     async def message_info(self, queue_id: str) -> MessageInfo | None:
         """The stored facts of one message."""
         def op(conn: sqlite3.Connection) -> MessageInfo | None:
-            row = conn.execute("SELECT id, queue_id, sender, arrival, size, body_type, "
-                               "smtputf8, warned FROM messages WHERE queue_id=?",
+            row = conn.execute(f"SELECT {INFO_COLUMNS} FROM messages m WHERE m.queue_id=?",
                                (queue_id,)).fetchone()
-            if row is None:
-                return None
-            mid, qid, sender, arrival, size, body_type, smtputf8, warned = row
-            return MessageInfo(mid, qid, _sender(sender), arrival, size, BodyType(body_type),
-                               bool(smtputf8), bool(warned))
+            return None if row is None else _message_info(row)
         return await self._read(op)
 
     async def hold_recipients(self, selection: Selection, now: float) -> list[Changed]:
@@ -449,18 +449,20 @@ def _insert(conn: sqlite3.Connection, message: NewMessage) -> list[ScheduleEntry
     conn.executemany("INSERT INTO transfers(key, queue_id, received) VALUES (?,?,?)",
                      [(key, queue_id, message.arrival) for key in message.transfer_keys])
     cursor = conn.execute(
-        "INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8) "
-        "VALUES (?,?,?,?,?,?)",
+        "INSERT INTO messages(queue_id, sender, arrival, size, body_type, smtputf8, ret, envid) "
+        "VALUES (?,?,?,?,?,?,?,?)",
         (queue_id, str(message.sender), message.arrival, len(message.body),
-         message.body_type.value, int(message.smtputf8)))
+         message.body_type.value, int(message.smtputf8), message.ret, message.envid))
     message_id = cursor.lastrowid
     conn.execute("INSERT INTO bodies(message_id, body) VALUES (?,?)", (message_id, message.body))
     entries = []
     for rcpt in message.recipients:
+        dsn = message.dsn_of(rcpt)
         rid = conn.execute(
-            "INSERT INTO recipients(message_id, local, domain, state, next_try) "
-            "VALUES (?,?,?,?,?)",
-            (message_id, rcpt.local, rcpt.domain, QUEUED, message.arrival)).lastrowid
+            "INSERT INTO recipients(message_id, local, domain, state, next_try, notify, orcpt) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (message_id, rcpt.local, rcpt.domain, QUEUED, message.arrival, dsn.notify,
+             dsn.orcpt)).lastrowid
         entries.append(ScheduleEntry(rid, message_id, rcpt.domain, message.arrival,
                                      len(message.body)))
     return entries
@@ -479,12 +481,12 @@ def _claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease: float,
     for chunk in _chunks(ids):
         rows = conn.execute(
             "SELECT r.id, r.message_id, r.local, r.domain, r.attempts, r.uncertain, "
-            "r.next_try, m.queue_id, m.sender, m.arrival, m.size, m.body_type, m.smtputf8, "
-            "m.warned FROM recipients r JOIN messages m ON m.id=r.message_id "
+            f"r.next_try, r.notify, r.orcpt, {INFO_COLUMNS} "
+            "FROM recipients r JOIN messages m ON m.id=r.message_id "
             f"WHERE r.state=? AND r.id IN ({_marks(chunk)}) ORDER BY r.message_id, r.id",
             (QUEUED, *chunk)).fetchall()
         due = [row for row in rows if force or row[6] <= now]
-        result.not_due.extend(ScheduleEntry(row[0], row[1], row[3], row[6], row[10])
+        result.not_due.extend(ScheduleEntry(row[0], row[1], row[3], row[6], row[13])
                               for row in rows if not (force or row[6] <= now))
         for part in _chunks([row[0] for row in due]):
             conn.execute(f"UPDATE recipients SET state=?, lease_owner=?, lease_until=? "
@@ -496,15 +498,24 @@ def _claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease: float,
 def _group_claimed(rows: list, result: ClaimResult) -> None:
     """Group freshly claimed rows by message."""
     by_message: dict[int, tuple[MessageInfo, list[QueuedRecipient]]] = {}
-    for (rid, mid, local, domain, attempts, uncertain, _next_try, queue_id, sender, arrival,
-         size, body_type, smtputf8, warned) in rows:
+    for row in rows:
+        rid, mid, local, domain, attempts, uncertain, _next_try, notify, orcpt = row[:9]
         if mid not in by_message:
-            info = MessageInfo(mid, queue_id, _sender(sender), arrival, size,
-                               BodyType(body_type), bool(smtputf8), bool(warned))
-            by_message[mid] = (info, [])
-        by_message[mid][1].append(
-            QueuedRecipient(rid, mid, Address(local, domain), attempts, bool(uncertain)))
+            by_message[mid] = (_message_info(row[9:]), [])
+        by_message[mid][1].append(QueuedRecipient(rid, mid, Address(local, domain), attempts,
+                                                  bool(uncertain), RecipientDsn(notify, orcpt)))
     result.claimed.extend(by_message.values())
+
+
+INFO_COLUMNS = ("m.id, m.queue_id, m.sender, m.arrival, m.size, m.body_type, m.smtputf8, "
+                "m.warned, m.ret, m.envid")
+
+
+def _message_info(row: Sequence[Any]) -> MessageInfo:
+    """A MessageInfo from the INFO_COLUMNS of a row."""
+    mid, queue_id, sender, arrival, size, body_type, smtputf8, warned, ret, envid = row
+    return MessageInfo(mid, queue_id, _sender(sender), arrival, size, BodyType(body_type),
+                       bool(smtputf8), bool(warned), ret, envid)
 
 
 def _sender(text: str) -> Address:

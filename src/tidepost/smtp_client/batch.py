@@ -42,7 +42,8 @@ from tidepost.model import BodyType, QueuedRecipient
 from tidepost.outcomes import Outcome, deferred
 from tidepost.smtp_client.replies import Reply
 from tidepost.smtp_client.session import SmtpSession
-from tidepost.smtp_client.transaction import Transaction, TransactionResult, reply_outcome
+from tidepost.smtp_client.transaction import (Transaction, TransactionResult, dsn_mail_parameters,
+                                              rcpt_command, reply_outcome)
 
 log = logging.getLogger("tidepost.smtp_client.batch")
 
@@ -157,7 +158,7 @@ class BatchSender:
                 self.octets_resumed += item.sent_from
             self._take(item)
             for octets in self.encoder.message(item.transfer_id, item.sent_from, item.tx.body,
-                                               _mail_line(item.tx), _rcpt_lines(item.tx),
+                                               *self._envelope_lines(item.tx),
                                                piece=self._step):
                 pending += octets
                 if self.encoder.unflushed >= self._step:
@@ -243,6 +244,11 @@ class BatchSender:
         for item in records:  # no `*` line for it: a server that broke the protocol
             self._resolve(item, [])
 
+    def _envelope_lines(self, tx: Transaction) -> tuple[str, list[str]]:
+        """The record's MAIL and RCPT lines; DSN parameters when the peer offers DSN."""
+        dsn = self.session.supports("DSN")
+        return _mail_line(tx, dsn), [rcpt_command(r, dsn) for r in tx.recipients]
+
     def _resolve(self, item: _Outbound, lines: list[tuple[str, Reply]]) -> None:
         """Give one record its result; later calls for it change nothing."""
         self._flight.pop(id(item), None)
@@ -262,7 +268,8 @@ class BatchSender:
                 outcomes.append(deferred(recipient.recipient_id, "4.5.0", f"host {peer} gave "
                                          "no outcome for this recipient (XBATCH)", peer.host))
             else:
-                outcomes.append(reply_outcome(recipient.recipient_id, reply, peer, "XBATCH"))
+                outcomes.append(reply_outcome(recipient.recipient_id, reply, peer, "XBATCH",
+                                              self.session.supports("DSN")))
         self.session.transactions += final is not None
         return TransactionResult(outcomes, replied=True, completed=final is not None)
 
@@ -328,17 +335,14 @@ def _may_be_held(tx: Transaction, chunk_size: int) -> bool:
     return len(tx.body) > chunk_size and any(r.attempts or r.uncertain for r in tx.recipients)
 
 
-def _mail_line(tx: Transaction) -> str:
-    """The record's MAIL line: BODY and SMTPUTF8 as SMTP would send them."""
-    params = [" BODY=8BITMIME" if tx.body_type is BodyType.EIGHT_BIT_MIME else "",
-              " SMTPUTF8" if tx.smtputf8 or not tx.sender.is_ascii
-              or any(not r.address.is_ascii for r in tx.recipients) else ""]
-    return f"MAIL FROM:<{tx.sender}>" + "".join(params)
-
-
-def _rcpt_lines(tx: Transaction) -> list[str]:
-    """The record's RCPT lines, in the transaction's order."""
-    return [f"RCPT TO:<{r.address}>" for r in tx.recipients]
+def _mail_line(tx: Transaction, dsn: bool) -> str:
+    """The record's MAIL line: BODY, SMTPUTF8 and (`dsn`) RET/ENVID as SMTP would send them."""
+    params = ["BODY=8BITMIME"] if tx.body_type is BodyType.EIGHT_BIT_MIME else []
+    if tx.smtputf8 or not tx.sender.is_ascii or any(not r.address.is_ascii
+                                                    for r in tx.recipients):
+        params.append("SMTPUTF8")
+    params += dsn_mail_parameters(tx) if dsn else []
+    return " ".join([f"MAIL FROM:<{tx.sender}>", *params])
 
 
 def _held_octets(reply: Reply) -> int:

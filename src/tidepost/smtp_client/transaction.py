@@ -25,6 +25,11 @@ recipient, in order; `send_transaction` never raises for SMTP or I/O trouble.
   message's transfer id) when the server is a tidepost offering XTIDEPOST
   TRANSFER (docs/EXTENSIONS.md): it then stores a repeat only once.  When they need
   it and the server lacks it, the affected recipients bounce with 5.6.7.
+- With DSN offered (RFC 3461), MAIL carries the message's RET= and ENVID=
+  and each RCPT its NOTIFY= and ORCPT=, as they came; the next hop then owns
+  the reports, and a recipient it accepts is Delivered with no action of
+  ours to report.  Without DSN, an accepted recipient is "relayed" (a
+  NOTIFY=SUCCESS sender hears that from us).
 - 2xx → Delivered, 4xx → Deferred, 5xx → Bounced; the reply to DATA, to
   the final "." or to BDAT LAST applies to every recipient accepted so far.  If the
   connection is lost or a 421 arrives, recipients without an answer are
@@ -41,8 +46,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tidepost.address import Address
+from tidepost.dsnparams import orcpt_parameter, xtext_encode
 from tidepost.errors import TempFailure
-from tidepost.model import BodyType, QueuedRecipient
+from tidepost.model import BodyType, MessageInfo, QueuedRecipient
 from tidepost.outcomes import Outcome, bounced, deferred, delivered
 from tidepost.smtp_client.pipeline import Turn
 from tidepost.submission import transfers
@@ -60,6 +66,31 @@ class Transaction:
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False                     # the message was submitted with SMTPUTF8
     transfer_id: str = ""                      # XTRANSFER= for a tidepost peer (EXTENSIONS.md)
+    ret: str = ""                              # RFC 3461 RET= and ENVID= (decoded)
+    envid: str = ""
+
+
+def message_transaction(message: MessageInfo, recipients: Sequence[QueuedRecipient],
+                        body: bytes, transfer_id: str = "") -> Transaction:
+    """The transaction that sends `message` (its stored envelope facts) to `recipients`."""
+    return Transaction(message.sender, recipients, body, message.body_type, message.smtputf8,
+                       transfer_id, message.ret, message.envid)
+
+
+def dsn_mail_parameters(tx: Transaction) -> list[str]:
+    """RET= and ENVID= for a next hop that offers DSN (RFC 3461 4.3, 4.4)."""
+    params = [f"RET={tx.ret}"] if tx.ret else []
+    return params + ([f"ENVID={xtext_encode(tx.envid)}"] if tx.envid else [])
+
+
+def rcpt_command(recipient: QueuedRecipient, dsn: bool) -> str:
+    """RCPT TO for one recipient, with its NOTIFY= and ORCPT= when `dsn` (offered)."""
+    params = []
+    if dsn and recipient.dsn.notify:
+        params.append(f"NOTIFY={recipient.dsn.notify}")
+    if dsn and recipient.dsn.orcpt:
+        params.append(f"ORCPT={orcpt_parameter(recipient.dsn.orcpt)}")
+    return " ".join([f"RCPT TO:<{recipient.address}>", *params])
 
 
 async def send_transaction(session: SmtpSession, tx: Transaction, *,
@@ -297,7 +328,7 @@ class _Exchange:
     def commands(self, rset: bool) -> bytes:
         """This transaction's group: [RSET,] MAIL, each RCPT, and DATA unless CHUNKING."""
         lines = ["RSET"] if rset else []
-        lines += [self.mail_command(), *map(_rcpt_command, self.pending)]
+        lines += [self.mail_command(), *map(self.rcpt_command, self.pending)]
         if not self.session.supports("CHUNKING"):
             lines.append("DATA")
         return "".join(line + "\r\n" for line in lines).encode("utf-8")
@@ -311,8 +342,8 @@ class _Exchange:
             return
         for recipient in list(self.pending):
             self.stage = "RCPT TO"
-            self.on_rcpt_reply(recipient, await self.session.command(_rcpt_command(recipient)),
-                               mail)
+            self.on_rcpt_reply(recipient, await self.session.command(
+                self.rcpt_command(recipient)), mail)
         if not self.accepted:
             return
         if self.session.supports("CHUNKING"):
@@ -361,13 +392,20 @@ class _Exchange:
             params.append("SMTPUTF8")
         if self.tx.transfer_id and transfers.TRANSFER in self.session.tidepost_features():
             params.append(f"{transfers.PARAMETER}={self.tx.transfer_id}")
+        if self.session.supports("DSN"):
+            params += dsn_mail_parameters(self.tx)
         return " ".join([f"MAIL FROM:<{self.tx.sender}>", *params])
+
+    def rcpt_command(self, recipient: QueuedRecipient) -> str:
+        """RCPT TO for one recipient, with DSN parameters when the server takes them."""
+        return rcpt_command(recipient, self.session.supports("DSN"))
 
     def settle(self, recipients: Sequence[QueuedRecipient], reply: Reply) -> None:
         """Record the outcome `reply` means for each of `recipients`."""
         for recipient in list(recipients):
             self.record(recipient, reply_outcome(recipient.recipient_id, reply,
-                                            self.session.peer, self.stage))
+                                                 self.session.peer, self.stage,
+                                                 self.session.supports("DSN")))
         self.accepted = [r for r in self.accepted if r.recipient_id not in self.settled]
 
     def settle_failure(self, failure: TempFailure) -> None:
@@ -398,20 +436,20 @@ class _Exchange:
         return [self.settled[r.recipient_id] for r in self.tx.recipients]
 
 
-def reply_outcome(recipient_id: int, reply: Reply, peer: Peer, stage: str) -> Outcome:
-    """Delivered, Deferred or Bounced as the reply's class says."""
+def reply_outcome(recipient_id: int, reply: Reply, peer: Peer, stage: str,
+                  dsn: bool = False) -> Outcome:
+    """Delivered, Deferred or Bounced as the reply's class says.
+
+    `dsn`: the peer offered DSN and got the request, so a success report is
+    its to send (Delivered with no action); otherwise it is "relayed".
+    """
     said = f"host {peer} said: {reply} (in reply to {stage})"
     if reply.code // 100 == 2:
-        return delivered(recipient_id, said, peer.host)
+        return delivered(recipient_id, said, peer.host, "" if dsn else "relayed")
     if reply.code // 100 == 5:
         return bounced(recipient_id, reply.status, said, peer.host)
     status = reply.status if reply.is_transient else "4.5.0"
     return deferred(recipient_id, status, said, peer.host)
-
-
-def _rcpt_command(recipient: QueuedRecipient) -> str:
-    """RCPT TO for one recipient."""
-    return f"RCPT TO:<{recipient.address}>"
 
 
 def _header_section(body: bytes) -> bytes:

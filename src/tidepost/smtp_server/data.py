@@ -51,7 +51,8 @@ async def submit_message(submission: Submission, transaction: Transaction, body:
                          session: Session) -> Reply:
     """Queue the message; the reply reflects its commit."""
     envelope = Envelope(transaction.sender, tuple(transaction.recipients),
-                        transaction.body_type, transaction.smtputf8)
+                        transaction.body_type, transaction.smtputf8, transaction.ret,
+                        transaction.envid, transaction.dsn)
     try:
         if transaction.transfer_id and submission.transfers is not None:
             return await _submit_transfer(submission, envelope, body, session,

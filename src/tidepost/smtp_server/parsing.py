@@ -1,13 +1,14 @@
 """Parsing the arguments of MAIL FROM and RCPT TO, once, at the edge.
 
 `parse_mail(arg, max_size)` turns `FROM:<a@b> SIZE=123 BODY=8BITMIME
-SMTPUTF8` into a `MailCommand`; `parse_rcpt(arg)` turns `TO:<c@d>` into an
-`Address`.  On bad input each returns the `Reply` to give instead, so the
+SMTPUTF8` into a `MailCommand`; `parse_rcpt(arg)` turns `TO:<c@d>
+NOTIFY=FAILURE` into a `RcptCommand`.  On bad input each returns the `Reply` to give instead, so the
 session never sees a half-parsed command.  Pure functions, no I/O.
 
-Accepted MAIL parameters (RFC 1870, 6152, 6531): SIZE=digits, BODY=7BIT or
-8BITMIME, SMTPUTF8; and XTRANSFER=id (docs/EXTENSIONS.md) when the session
-offered it (`transfers=True`).  RCPT takes none.  Unknown or repeated parameters get
+Accepted MAIL parameters (RFC 1870, 6152, 6531, 3461): SIZE=digits, BODY=7BIT
+or 8BITMIME, SMTPUTF8, RET=FULL|HDRS, ENVID=xtext; and XTRANSFER=id
+(docs/EXTENSIONS.md) when the session offered it (`transfers=True`).  RCPT
+takes NOTIFY= and ORCPT= (RFC 3461; values checked in dsnparams.py).  Unknown or repeated parameters get
 555 5.5.4, malformed ones 501 5.5.4, a declared SIZE over `max_size` 552 5.3.4.
 Angle brackets around the path are required (RFC 5321 4.1.2); a space after
 the colon is tolerated, as most servers do.
@@ -15,11 +16,13 @@ the colon is tolerated, as most servers do.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
 from tidepost.address import Address, AddressError, parse_path
-from tidepost.model import BodyType
+from tidepost.dsnparams import DsnParameterError, parse_envid, parse_notify, parse_orcpt, parse_ret
+from tidepost.model import NO_DSN_REQUEST, BodyType, RecipientDsn
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.replies import Reply
 from tidepost.submission.transfers import PARAMETER as TRANSFER_PARAMETER, valid_transfer_id
@@ -38,6 +41,16 @@ class MailCommand:
     body_type: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
     transfer_id: str = ""   # XTRANSFER=, exactly-once between tidepost nodes
+    ret: str = ""           # RET= (RFC 3461): "", FULL or HDRS
+    envid: str = ""         # ENVID= (RFC 3461), xtext decoded
+
+
+@dataclass(frozen=True, slots=True)
+class RcptCommand:
+    """A parsed RCPT TO: the recipient and its DSN request (RFC 3461)."""
+
+    address: Address
+    dsn: RecipientDsn = NO_DSN_REQUEST
 
 
 def parse_mail(arg: str, max_size: int, transfers: bool = False) -> MailCommand | Reply:
@@ -61,12 +74,11 @@ def parse_mail(arg: str, max_size: int, transfers: bool = False) -> MailCommand 
         return S.S501_BAD_SENDER
     if not sender.is_ascii and not command.smtputf8:
         return S.S553_NEEDS_SMTPUTF8
-    return MailCommand(sender, command.size, command.body_type, command.smtputf8,
-                       command.transfer_id)
+    return dataclasses.replace(command, sender=sender)
 
 
-def parse_rcpt(arg: str) -> Address | Reply:
-    """Parse the argument of RCPT (`TO:<addr>`) or return a refusal."""
+def parse_rcpt(arg: str) -> RcptCommand | Reply:
+    """Parse the argument of RCPT (`TO:<addr> [NOTIFY=..] [ORCPT=..]`) or return a refusal."""
     split = split_path(arg, "TO:")
     if split is None:
         return S.S501_RCPT_SYNTAX
@@ -74,10 +86,15 @@ def parse_rcpt(arg: str) -> Address | Reply:
     params = parse_parameters(rest)
     if isinstance(params, Reply):
         return params
-    if params:
+    if set(params) - {"NOTIFY", "ORCPT"}:
         return S.S555_UNKNOWN_PARAMETER
     try:
-        return parse_path(path)
+        dsn = RecipientDsn(parse_notify(params["NOTIFY"]) if "NOTIFY" in params else "",
+                           parse_orcpt(params["ORCPT"]) if "ORCPT" in params else "")
+    except DsnParameterError as exc:
+        return S.dsn_syntax(str(exc))
+    try:
+        return RcptCommand(parse_path(path), dsn)
     except AddressError:
         return S.S501_BAD_RECIPIENT
 
@@ -115,6 +132,7 @@ def _mail_parameters(params: dict[str, str | None], max_size: int,
     size: int | None = None
     body_type = BodyType.SEVEN_BIT
     transfer = ""
+    dsn: dict[str, str] = {}
     for key, value in params.items():
         if key == "SIZE":
             if value is None or not value.isascii() or not value.isdigit() or len(value) > 20:
@@ -131,6 +149,15 @@ def _mail_parameters(params: dict[str, str | None], max_size: int,
             if not valid_transfer_id(value):
                 return S.S501_SYNTAX
             transfer = value or ""
+        elif key in _DSN_MAIL_PARAMETERS:
+            try:
+                dsn[key] = _DSN_MAIL_PARAMETERS[key](value)
+            except DsnParameterError as exc:
+                return S.dsn_syntax(str(exc))
         elif key != "SMTPUTF8" or value is not None:
             return S.S555_UNKNOWN_PARAMETER
-    return MailCommand(Address("", ""), size, body_type, "SMTPUTF8" in params, transfer)
+    return MailCommand(Address("", ""), size, body_type, "SMTPUTF8" in params, transfer,
+                       dsn.get("RET", ""), dsn.get("ENVID", ""))
+
+
+_DSN_MAIL_PARAMETERS = {"RET": parse_ret, "ENVID": parse_envid}

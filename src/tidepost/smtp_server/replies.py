@@ -110,6 +110,11 @@ def s554_batch_stream(why: str) -> Reply:
     return Reply(554, "5.6.0", f"Batch stream refused: {why}")
 
 
+def dsn_syntax(why: str) -> Reply:
+    """MAIL or RCPT: a DSN parameter (RET, ENVID, NOTIFY, ORCPT) RFC 3461 does not allow."""
+    return Reply(501, "5.5.4", f"Bad DSN parameter: {why}")
+
+
 def rejected(code: int, status: str, text: str) -> Reply:
     """A reply given by the submission layer, made safe to send on one line."""
     text = "".join(c if c.isprintable() else " " for c in text) or "Rejected"

@@ -259,7 +259,7 @@ class Conversation(BatchVerbs, ChunkingVerbs):
     def extensions(self) -> list[str]:
         """The EHLO keywords offered now (subclasses may add to them)."""
         keywords = ["PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME",
-                    "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+                    "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
         keywords += self.chunking_keywords()
         if self._tls_available() and not self.session.tls:
             keywords.append("STARTTLS")
@@ -332,7 +332,8 @@ class Conversation(BatchVerbs, ChunkingVerbs):
         if isinstance(command, Reply):
             return command
         return Transaction(command.sender, command.body_type, command.smtputf8,
-                           transfer_id=command.transfer_id)
+                           transfer_id=command.transfer_id, ret=command.ret,
+                           envid=command.envid)
 
     def smtp_RCPT(self, arg: str) -> None:
         """RCPT TO: add a recipient if the policy allows it."""
@@ -344,9 +345,10 @@ class Conversation(BatchVerbs, ChunkingVerbs):
 
     def rcpt_verdict(self, transaction: Transaction, arg: str) -> Reply:
         """The reply to a RCPT argument; an accepted recipient joins `transaction`."""
-        rcpt = parse_rcpt(arg)
-        if isinstance(rcpt, Reply):
-            return rcpt
+        command = parse_rcpt(arg)
+        if isinstance(command, Reply):
+            return command
+        rcpt = command.address
         if not rcpt.is_ascii and not transaction.smtputf8:
             return S.S553_NEEDS_SMTPUTF8
         if len(transaction.recipients) >= self.limits.max_recipients:
@@ -354,6 +356,8 @@ class Conversation(BatchVerbs, ChunkingVerbs):
         verdict = self.check_recipient(rcpt)
         if verdict.code == 250:
             transaction.recipients.append(rcpt)
+            if command.dsn.notify or command.dsn.orcpt:
+                transaction.dsn[rcpt] = command.dsn
             self.counters.recipients_accepted += 1
         else:
             self.counters.recipients_rejected += 1

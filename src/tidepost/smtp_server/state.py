@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tidepost.address import Address
-from tidepost.model import BodyType
+from tidepost.model import BodyType, RecipientDsn
 
 if TYPE_CHECKING:
     from tidepost.smtp_server.chunking import ChunkedBody
@@ -43,6 +43,9 @@ class Transaction:
     smtputf8: bool = False
     recipients: list[Address] = field(default_factory=list)
     transfer_id: str = ""     # XTRANSFER= of a tidepost peer (docs/EXTENSIONS.md)
+    ret: str = ""             # RFC 3461 RET= and ENVID= of MAIL FROM
+    envid: str = ""
+    dsn: dict[Address, RecipientDsn] = field(default_factory=dict)  # NOTIFY/ORCPT given
     chunks: ChunkedBody | None = None  # the message so far, once BDAT began (chunking.py)
 
 

@@ -22,13 +22,15 @@ or, for the spool's own account, a direct write — and each ends here, in
 
 Wire format (socket and maildrop file alike): the line `TIDEPOST-SUBMIT 1`,
 one line of JSON (`recipients`, `from_headers`, `sender`, `full_name`,
-`size`), then exactly `size` octets of message with CRLF line endings.
+`size`, and the optional DSN request `notify`, `ret`, `envid` of -N, -R,
+-V: a bad one is refused, exit 64), then exactly `size` octets of message with CRLF line endings.
 The header line is at most MAX_HEADER octets.  Config keys read: hostname,
 local.domains, system.trusted_users, smtp.max_message_size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -38,7 +40,9 @@ from email.utils import getaddresses
 from tidepost.address import Address, AddressError, parse_path
 from tidepost.config.schema import Config
 from tidepost.errors import AlreadyQueued, QueueError, QueueFull
-from tidepost.model import BodyType, Envelope
+from tidepost.dsnparams import (DsnParameterError, parse_envid, parse_notify, parse_ret,
+                                xtext_encode)
+from tidepost.model import BodyType, Envelope, RecipientDsn
 from tidepost.submission.headers import header_section
 from tidepost.submission.local_message import complete_headers, remove_bcc
 from tidepost.submission.submit import ClientInfo, Submission, SubmissionRejected
@@ -63,11 +67,15 @@ class LocalRequest:
     from_headers: bool = False       # -t
     sender: str | None = None        # -f / -r as typed
     full_name: str | None = None     # -F
+    notify: str = ""                 # -N, -R, -V: the DSN request (RFC 3461), as stored
+    ret: str = ""
+    envid: str = ""
 
     def encode(self) -> bytes:
         """The request in the wire format (module docstring)."""
         head = {"recipients": list(self.recipients), "from_headers": self.from_headers,
                 "sender": self.sender, "full_name": self.full_name,
+                "notify": self.notify, "ret": self.ret, "envid": self.envid,
                 "size": len(self.message)}
         return MAGIC + json.dumps(head).encode() + b"\n" + self.message
 
@@ -83,7 +91,7 @@ def decode_head(line: bytes) -> dict:
     recipients = head.get("recipients")
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
         raise RequestError("recipients must be a list of strings")
-    for key in ("sender", "full_name"):
+    for key in ("sender", "full_name", "notify", "ret", "envid"):
         if head.get(key) is not None and not isinstance(head[key], str):
             raise RequestError(f"{key} must be a string")
     size = head.get("size")
@@ -109,7 +117,8 @@ def decode(data: bytes) -> LocalRequest:
 def request_from(head: dict, message: bytes) -> LocalRequest:
     """A LocalRequest from a checked header and its message bytes."""
     return LocalRequest(tuple(head["recipients"]), message, bool(head.get("from_headers")),
-                        head.get("sender"), head.get("full_name"))
+                        head.get("sender"), head.get("full_name"), head.get("notify") or "",
+                        head.get("ret") or "", head.get("envid") or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +242,9 @@ class LocalSubmitter:
             return LocalResult(EX_DATAERR, f"bad address: {exc}")
         if not recipients:
             return LocalResult(EX_USAGE, "no recipients given")
+        dsn_refusal = _dsn_refusal(request)
+        if dsn_refusal is not None:
+            return dsn_refusal
         refusal = self._recipient_refusal(recipients)
         if refusal is not None:
             return refusal
@@ -240,7 +252,7 @@ class LocalSubmitter:
         if warning:
             body = warning + body
         body = complete_headers(body, sender, request.full_name, config.hostname)
-        return _Prepared(_envelope(sender, recipients, body), body)
+        return _Prepared(_with_dsn(_envelope(sender, recipients, body), request), body)
 
     def _sender(self, asked: str | None, submitter: Submitter) -> tuple[Address, bytes]:
         """The envelope sender, and the warning header when -f was not honoured."""
@@ -284,6 +296,26 @@ def _envelope(sender: Address, recipients: list[Address], body: bytes) -> Envelo
     return Envelope(sender, tuple(dict.fromkeys(recipients)),
                     BodyType.EIGHT_BIT_MIME if eight_bit else BodyType.SEVEN_BIT,
                     not all(a.is_ascii for a in (sender, *recipients)))
+
+
+def _dsn_refusal(request: LocalRequest) -> LocalResult | None:
+    """The refusal of a DSN request the command line should have refused (a maildrop file)."""
+    try:
+        if request.notify:
+            parse_notify(request.notify)
+        if request.ret:
+            parse_ret(request.ret)
+        if request.envid:
+            parse_envid(xtext_encode(request.envid))
+    except DsnParameterError as exc:
+        return LocalResult(EX_USAGE, f"bad DSN request: {exc}")
+    return None
+
+
+def _with_dsn(envelope: Envelope, request: LocalRequest) -> Envelope:
+    """The envelope with the request's -N (for every recipient), -R and -V."""
+    dsn = {r: RecipientDsn(request.notify) for r in envelope.recipients} if request.notify else {}
+    return dataclasses.replace(envelope, ret=request.ret, envid=request.envid, dsn=dsn)
 
 
 def header_recipients(body: bytes) -> list[str]:

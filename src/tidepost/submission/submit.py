@@ -15,6 +15,7 @@ Config keys read: hostname, local.*, relay.domains (through Router).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from tidepost.clock import Clock
 from tidepost.eventlog import event
 from tidepost.config.schema import Config
 from tidepost.errors import AlreadyQueued
-from tidepost.model import Envelope, ScheduleEntry
+from tidepost.model import NO_DSN_REQUEST, Envelope, RecipientDsn, ScheduleEntry
 from tidepost.queue.backend import NewMessage, QueueBackend
 from tidepost.queue.sqlite import new_queue_id
 from tidepost.routing.routes import Router
@@ -108,7 +109,8 @@ class Submission:
         """
         if count_received(body) > MAX_RECEIVED:
             raise SubmissionRejected(554, "5.4.6", "Too many Received headers: mail loop")
-        recipients = self._expand(envelope.recipients)
+        expanded = self._expand(envelope)
+        recipients = tuple(expanded)
         if not recipients:
             raise SubmissionRejected(550, "5.1.1", "No valid recipients after alias expansion")
         too_big = [r for r in recipients if self.router.route_of(r.domain, len(body)) is None]
@@ -120,7 +122,9 @@ class Submission:
         stamped = received_header(client, self._hostname, queue_id, envelope, now) + body
         message = NewMessage(envelope.sender, recipients, stamped, now,
                              envelope.body_type, envelope.smtputf8, queue_id,
-                             transfer_keys=transfer_keys)
+                             transfer_keys=transfer_keys, ret=envelope.ret,
+                             envid=envelope.envid,
+                             dsn={r: d for r, d in expanded.items() if d != NO_DSN_REQUEST})
         entries = await self._queue.submit(message)
         log_received(queue_id, envelope.sender, recipients, stamped, client)
         self._on_queued(entries)
@@ -144,7 +148,7 @@ class Submission:
                 earlier = next(iter(known.values()))
                 event(log, earlier, "duplicate", transfer=client.transfer or None)
                 return earlier, True
-            partial = Envelope(envelope.sender, fresh, envelope.body_type, envelope.smtputf8)
+            partial = dataclasses.replace(envelope, recipients=fresh)
             try:
                 return await self.submit(partial, body, client, tuple(
                     dict.fromkeys(keys[r] for r in fresh))), False
@@ -152,16 +156,30 @@ class Submission:
                 continue
         raise SubmissionRejected(451, "4.3.0", "Transfer repeated concurrently; try again")
 
-    def _expand(self, recipients: tuple[Address, ...]) -> tuple[Address, ...]:
-        """Expand aliases of local recipients; drop duplicates, keep order."""
-        out: dict[Address, None] = {}
-        for rcpt in recipients:
-            if self.router.is_local(rcpt.domain):
-                for target in self.aliases.expand(rcpt.local, rcpt.domain):
-                    out[target] = None
-            else:
-                out[rcpt] = None
-        return tuple(out)
+    def _expand(self, envelope: Envelope) -> dict[Address, RecipientDsn]:
+        """Expand aliases of local recipients; drop duplicates, keep order.
+
+        Each final recipient maps to its DSN request.  An alias target
+        inherits the NOTIFY of the address it came from, and an ORCPT naming
+        that address when the client gave none: the report then says which
+        address the sender used (RFC 3461 4.2).
+        """
+        out: dict[Address, RecipientDsn] = {}
+        for rcpt in envelope.recipients:
+            request = envelope.dsn.get(rcpt, NO_DSN_REQUEST)
+            if not self.router.is_local(rcpt.domain):
+                out.setdefault(rcpt, request)
+                continue
+            for target in self.aliases.expand(rcpt.local, rcpt.domain):
+                out.setdefault(target, _inherited(request, rcpt, target))
+        return out
+
+
+def _inherited(request: RecipientDsn, original: Address, target: Address) -> RecipientDsn:
+    """The DSN request of an alias target: the original's, with its address as ORCPT."""
+    if target == original or request == NO_DSN_REQUEST or request.orcpt:
+        return request
+    return RecipientDsn(request.notify, f"rfc822;{original}")
 
 
 def log_received(queue_id: str, sender: Address, recipients: tuple[Address, ...],
