@@ -98,6 +98,25 @@ def test_success_reports_for_mailbox_and_relay_and_none_when_the_next_hop_takes_
     assert "NOTIFY" not in plain.path.read_text(errors="replace")
 
 
+def test_a_request_sent_with_bdat_is_kept_like_one_sent_with_data(node):
+    """CHUNKING and DSN together: the parameters belong to the envelope, not to DATA."""
+    tok = uuid.uuid4().hex
+    body = message(tok)
+    with smtplib.SMTP("127.0.0.1", node.port, local_hostname="client.test", timeout=30) as c:
+        c.ehlo()
+        assert c.has_extn("chunking") and c.has_extn("dsn")
+        assert c.mail(SENDER, ["RET=HDRS", f"ENVID=bdat-{tok}"])[0] == 250
+        assert c.rcpt("carol@site.test", ["NOTIFY=SUCCESS", "ORCPT=rfc822;c@site.test"])[0] == 250
+        c.send(b"BDAT %d LAST\r\n" % len(body) + body)
+        code, text = c.getreply()
+        assert code == 250, text
+    node.wait_for(lambda: reports(node, tok), what="the success report")
+    [raw] = reports(node, tok)
+    _, [block] = dsn_report(raw)
+    assert (block["action"], block["original-recipient"]) == ("delivered", "rfc822;c@site.test")
+    assert f"Original-Envelope-Id: bdat-{tok}".encode() in raw
+
+
 def test_failure_reports_follow_notify_and_ret(node):
     never, full, default = (uuid.uuid4().hex for _ in range(3))
     send(node.port, {"gone@hard.test": ["NOTIFY=NEVER"]}, message(never))
