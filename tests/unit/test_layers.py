@@ -10,7 +10,8 @@ PACKAGE = Path(tidepost.__file__).parent
 
 # Lower index = lower layer. Modules may import their own layer or below.
 LAYERS = [
-    {"address", "errors", "clock", "eventlog", "accounts", "sizes", "durable", "dsnparams"},
+    {"address", "errors", "clock", "eventlog", "eventloop", "accounts", "sizes", "durable",
+     "dsnparams"},
     {"model", "outcomes", "testing", "batchcodec"},
     {"config"},
     {"queue", "scheduler", "usage"},

@@ -13,8 +13,10 @@ Config keys read: log.level, log.syslog, log.syslog_socket, log.file, hostname.
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.handlers
+import os
 import sys
 from datetime import datetime
 
@@ -31,6 +33,7 @@ COMPONENTS = (
 )
 
 
+@functools.lru_cache(maxsize=256)
 def component_of(logger_name: str) -> str:
     """The log's component name for a logger."""
     for prefix, name in COMPONENTS:
@@ -46,19 +49,43 @@ class MailLogFormatter(logging.Formatter):
         super().__init__()
         self._hostname = hostname
         self._with_time = with_time
+        self._second = -1           # the whole second _stamp is for
+        self._stamp = ("", "")      # its ISO date and time, and its UTC offset
 
     def format(self, record: logging.LogRecord) -> str:
         """`TIMESTAMP HOST tidepost[PID]: level component: message` (no time for syslog)."""
         text = record.getMessage().replace("\n", " ")
         if record.exc_info:
             text += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        head = f"tidepost[{record.process}]: {record.levelname.lower()} " \
+        head = f"tidepost[{_PID.value}]: {record.levelname.lower()} " \
                f"{component_of(record.name)}: "
         if not self._with_time:
             return head + text
-        stamp = datetime.fromtimestamp(record.created).astimezone().isoformat(
-            timespec="milliseconds")
-        return f"{stamp} {self._hostname} {head}{text}"
+        return f"{self._timestamp(record.created)} {self._hostname} {head}{text}"
+
+    def _timestamp(self, created: float) -> str:
+        """ISO 8601 local time to the millisecond; the date part worked out once a second."""
+        second = int(created)
+        if second != self._second:
+            whole = datetime.fromtimestamp(second).astimezone().isoformat()
+            self._second, self._stamp = second, (whole[:19], whole[19:])
+        millis = min(int((created - second) * 1000), 999)
+        return f"{self._stamp[0]}.{millis:03d}{self._stamp[1]}"
+
+
+class _Pid:
+    """This process's id, asked once and again after a fork (getpid() is a system
+    call, and LogRecord asks it for every line)."""
+
+    def __init__(self) -> None:
+        self.value = os.getpid()
+        os.register_at_fork(after_in_child=self._refresh)
+
+    def _refresh(self) -> None:
+        self.value = os.getpid()
+
+
+_PID = _Pid()
 
 
 def setup_logging(config: Config | None, daemon: bool = False,
@@ -83,6 +110,13 @@ def setup_logging(config: Config | None, daemon: bool = False,
     for handler in handlers:
         if handler.formatter is None:
             handler.setFormatter(MailLogFormatter(hostname))
+    # Facts no handler writes, each a cost per record (the logging docs'
+    # "Optimization"): the caller's file and line (a walk up the stack),
+    # the thread, the process id (a system call), the multiprocessing name.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -35,6 +35,7 @@ from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
 from tidepost.errors import QueueError
 from tidepost.eventlog import event
+from tidepost.eventloop import running_loop
 from tidepost.manager.caps import CapKeeper
 from tidepost.manager.dispatch import Dispatcher
 from tidepost.manager.gates import RouteGates
@@ -201,8 +202,10 @@ class Manager(RouteStates):
             cap_keeper = tasks.create_task(self.caps.run(stopping, self._parked_on,
                                                          self._send_anyway))
             drain_watch = tasks.create_task(self.drains.run(stopping))
+            stop_watch = tasks.create_task(self._wake_at_stop(stopping))
             while not stopping.is_set():
-                await self._schedule_once(stopping)
+                await self._schedule_once()
+            stop_watch.cancel()
             poller.cancel()
             gate_keeper.cancel()
             cap_keeper.cancel()
@@ -336,7 +339,7 @@ class Manager(RouteStates):
         return len(self._in_flight) >= slots * BEHIND_PER_SLOT or (
             self._room() <= 0 and self.scheduler.has_due(self._clock.now()))
 
-    async def _schedule_once(self, stopping: asyncio.Event) -> None:
+    async def _schedule_once(self) -> None:
         """Dispatch what is due, or sleep until something may be."""
         room = self._room()
         decision = self.scheduler.next_batch(self._clock.now(), room) if room > 0 else None
@@ -346,13 +349,19 @@ class Manager(RouteStates):
         timeout = self._config.queue.poll_interval
         if decision is not None and decision.seconds is not None:
             timeout = min(timeout, max(decision.seconds, 0.0))
+        # One timer and one wait, no tasks: this runs after every submission
+        # (stopping also sets _wake: _wake_at_stop).
         self._wake.clear()
-        waiter = asyncio.ensure_future(self._wake.wait())
-        stopper = asyncio.ensure_future(stopping.wait())
-        await asyncio.wait({waiter, stopper}, timeout=timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        stopper.cancel()
+        alarm = running_loop().call_later(timeout, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            alarm.cancel()
+
+    async def _wake_at_stop(self, stopping: asyncio.Event) -> None:
+        """Wake the schedule loop when the daemon stops, so that it sees it."""
+        await stopping.wait()
+        self._wake.set()
 
     async def _run_gates(self, stopping: asyncio.Event) -> None:
         """Run gated routes when their schedule or batching rule says so."""

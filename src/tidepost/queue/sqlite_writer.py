@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tidepost.errors import QueueError, QueueFull
+from tidepost.eventloop import running_loop
 
 BATCH_LIMIT = 512          # operations per group commit
 CHECKPOINT_PAGES = 1000    # WAL pages (of 4 KiB) between checkpoints: SQLite's default
@@ -86,7 +87,7 @@ class Writer:
         makes it durable, so that window is one fsync long.  Other ops (a
         remote 250's outcome above all) are written at once.
         """
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         future = loop.create_future()
         with self._waiting:
             self._ops.append((op, future, loop, acknowledged))

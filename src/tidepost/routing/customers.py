@@ -30,7 +30,7 @@ import logging
 import os
 from pathlib import Path
 
-from tidepost.address import AddressError, domain_matches, normalise_domain
+from tidepost.address import AddressError, normalise_domain
 from tidepost.config.schema import Config
 
 log = logging.getLogger("tidepost.routing.customers")

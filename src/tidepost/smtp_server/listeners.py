@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from tidepost.config.schema import Config
+from tidepost.eventloop import current_task
 from tidepost.smtp_server import binding, bodies
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server import tls
@@ -143,7 +144,7 @@ class SmtpServer:
             nonlocal slot  # AUTH moves the connection into the reserve
             slot = self._admission.authenticated(slot)
 
-        task = asyncio.current_task()
+        task = current_task()
         assert task is not None
         self._tasks.add(task)
         self._client_of[task] = ip

@@ -40,6 +40,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
+from tidepost.eventloop import running_loop
+from tidepost.smtp_server.deadlines import Deadlines
 from tidepost.smtp_server.pace import DataPace
 
 CHUNK = 64 * 1024
@@ -117,6 +119,11 @@ class SmtpReader:
         self.min_data_rate = min_data_rate
         self.data_rate_window = data_rate_window
         self.bytes_read = 0
+        self._deadlines = Deadlines()
+
+    def close(self) -> None:
+        """Let go of the timer behind the read deadlines (the connection is over)."""
+        self._deadlines.close()
 
     @property
     def stream(self) -> ByteStream:
@@ -139,14 +146,15 @@ class SmtpReader:
             return self._take_line(end, limit)
         if self.line_deadline is None:
             return await self._read_line(limit, self.idle_timeout)
-        deadline = asyncio.timeout(self.line_deadline)
+        token = self._deadlines.start(self.line_deadline)
         try:
-            async with deadline:
-                return await self._read_line(limit, self._idle_within_line())
-        except TimeoutError:
-            if deadline.expired():  # the whole line's deadline, not one read's
+            return await self._read_line(limit, self._idle_within_line())
+        except asyncio.CancelledError:
+            if self._deadlines.expired(token):  # the whole line's deadline, not one read's
                 raise CommandTimeout() from None
             raise
+        finally:
+            self._deadlines.stop(token)
 
     def _idle_within_line(self) -> float | None:
         """The per-read idle timeout inside a line's deadline, None when it cannot fire.
@@ -198,9 +206,19 @@ class SmtpReader:
         if idle_timeout is None:
             data = await self._stream.read(CHUNK)
         else:
-            async with asyncio.timeout(idle_timeout):
-                data = await self._stream.read(CHUNK)
+            data = await self._read_within(self._deadlines.start(idle_timeout))
         self._take(data)
+
+    async def _read_within(self, token: int) -> bytes:
+        """One chunk from the stream; TimeoutError once the deadline `token` passes."""
+        try:
+            return await self._stream.read(CHUNK)
+        except asyncio.CancelledError:
+            if self._deadlines.expired(token):
+                raise TimeoutError() from None
+            raise
+        finally:
+            self._deadlines.stop(token)
 
     def _take(self, data: bytes) -> None:
         """Append what one read returned; b"" is the client's EOF."""
@@ -212,15 +230,16 @@ class SmtpReader:
     async def _read_paced(self, pace: DataPace | None) -> bytes:
         """One chunk of DATA; DataTooSlow when a window ends short of the rate."""
         if pace is None:
-            async with asyncio.timeout(self.idle_timeout):
+            if self.idle_timeout is None:
                 return self._counted(await self._stream.read(CHUNK))
-        loop = asyncio.get_running_loop()
+            return self._counted(await self._read_within(
+                self._deadlines.start(self.idle_timeout)))
+        loop = running_loop()
         idle_end = loop.time() + self.idle_timeout if self.idle_timeout else None
         while True:
             until = pace.window_end if idle_end is None else min(idle_end, pace.window_end)
             try:
-                async with asyncio.timeout_at(until):
-                    data = await self._stream.read(CHUNK)
+                data = await self._read_within(self._deadlines.start_at(until))
             except TimeoutError:
                 now = max(loop.time(), until)  # timers may fire a hair early
                 if idle_end is not None and now >= idle_end:
@@ -243,7 +262,7 @@ class SmtpReader:
         """The rate judge for a DATA section starting now, if a minimum is set."""
         if self.min_data_rate <= 0:
             return None
-        start = asyncio.get_running_loop().time()
+        start = running_loop().time()
         return DataPace(self.min_data_rate, self.data_rate_window, start)
 
     async def read_octets(self, count: int) -> bytes:

@@ -47,6 +47,7 @@ from typing import Any, Awaitable, Callable
 
 from tidepost.address import Address
 from tidepost.config.schema import Config
+from tidepost.eventloop import running_loop
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.access import AccessPolicy
 from tidepost.smtp_server.data import content_problem, submit_message
@@ -121,7 +122,7 @@ class Conversation(BatchVerbs, ChunkingVerbs):
         """Greet, then serve commands until QUIT, EOF, a timeout or the error limit."""
         self.counters.sessions += 1
         if self.limits.max_session_time:
-            now = asyncio.get_running_loop().time()
+            now = running_loop().time()
             self._session_end = now + self.limits.max_session_time
         self.reply(S.greeting(self.config.hostname))
         try:
@@ -143,6 +144,7 @@ class Conversation(BatchVerbs, ChunkingVerbs):
         finally:
             self.end_transaction()  # a message cut off mid-BDAT is not queued
             self._outbox.hang_up()
+            self._reader.close()  # its timer would keep the connection's objects alive
 
     async def _timed_out(self, reply: Reply) -> None:
         """Say a final 421 to a client too slow, without waiting for it to read it."""
@@ -228,7 +230,7 @@ class Conversation(BatchVerbs, ChunkingVerbs):
         """True once an untrusted client has used up `smtp.max_session_time`."""
         if self._session_end is None or self.session.may_relay:
             return False  # relay networks, AUTH and local users are never cut off
-        return asyncio.get_running_loop().time() >= self._session_end
+        return running_loop().time() >= self._session_end
 
     def authenticated(self, user: str) -> None:
         """AUTH succeeded: the client may relay and counts in the reserve."""
@@ -409,6 +411,7 @@ class Conversation(BatchVerbs, ChunkingVerbs):
             log.info("TLS handshake with %s failed: %s", self.session.peer_ip, exc)
             raise ClientDisconnected() from exc
         # A new reader: plaintext pipelined after STARTTLS is never read (RFC 3207 4.2).
+        self._reader.close()
         self._reader = self._new_reader(stream)
         ssl_object = getattr(self._outbox.writer, "get_extra_info", lambda name: None)(
             "ssl_object")

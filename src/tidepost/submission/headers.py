@@ -6,6 +6,7 @@ empty line) is looked at, with plain byte operations.
 
 from __future__ import annotations
 
+import functools
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ def has_header(body: bytes, name: bytes) -> bool:
 def received_header(client: ClientInfo, hostname: str, queue_id: str,
                     envelope: Envelope, now: float) -> bytes:
     """The Received: line this hop prepends (RFC 5321 4.4)."""
-    date = formatdate(now, localtime=True)
+    date = rfc5322_date(int(now))
     if client.protocol == "local":
         user = client.local_user or "unknown"
         uid = f" uid {client.uid}" if client.uid is not None else ""
@@ -50,6 +51,12 @@ def received_header(client: ClientInfo, hostname: str, queue_id: str,
     if len(envelope.recipients) == 1:
         target = f"\r\n\tfor <{envelope.recipients[0]}>"
     return f"Received: {origin} id {queue_id}{target};\r\n\t{date}\r\n".encode()
+
+
+@functools.lru_cache(maxsize=4)
+def rfc5322_date(second: int) -> str:
+    """The RFC 5322 date of a second, local time (worked out once for a second's messages)."""
+    return formatdate(second, localtime=True)
 
 
 def _clean(text: str) -> str:
