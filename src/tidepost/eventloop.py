@@ -27,3 +27,45 @@ def running_loop() -> asyncio.AbstractEventLoop:
 def current_task() -> asyncio.Task | None:
     """The task running now (asyncio.current_task, given the loop: a dict lookup)."""
     return asyncio.current_task(running_loop())
+
+
+class Flag:
+    """asyncio.Event's set/clear/is_set/wait, without a getpid() each wait.
+
+    For a flag waited on after every message (the manager's wake-up): it
+    takes its loop from running_loop() instead of asking asyncio each time.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future] = []
+
+    def is_set(self) -> bool:
+        """True once set, until cleared."""
+        return self._set
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        """Unset the flag."""
+        self._set = False
+
+    async def wait(self) -> bool:
+        """Return once the flag is set (at once if it is)."""
+        if self._set:
+            return True
+        waiter = running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if waiter in self._waiters:  # cancelled: set() did not take it
+                self._waiters.remove(waiter)

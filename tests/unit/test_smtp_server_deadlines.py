@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tidepost.eventloop import current_task, running_loop
+from tidepost.eventloop import current_task
 from tidepost.smtp_server.deadlines import Deadlines
 from tidepost.smtp_server.reader import CommandTimeout, SmtpReader
 
@@ -136,11 +136,3 @@ def test_complete_lines_keep_coming_under_one_timer():
         reader.close()
     asyncio.run(scenario())
 
-
-def test_running_loop_follows_a_new_loop():
-    async def which():
-        return running_loop()
-    first, second = asyncio.run(which()), asyncio.run(which())
-    assert first is not second and first.is_closed()
-    with pytest.raises(RuntimeError):
-        running_loop()  # no loop runs here now

@@ -35,7 +35,7 @@ from tidepost.config.schema import Config
 from tidepost.delivery.agent import AgentSession, DeliveryAgent
 from tidepost.errors import QueueError
 from tidepost.eventlog import event
-from tidepost.eventloop import running_loop
+from tidepost.eventloop import Flag, running_loop
 from tidepost.manager.caps import CapKeeper
 from tidepost.manager.dispatch import Dispatcher
 from tidepost.manager.gates import RouteGates
@@ -99,7 +99,7 @@ class Manager(RouteStates):
         self.drains = DrainWatch(config.route, clock, config.spool_path / "control")
         self._backoff = Backoff.from_config(config.queue)
         self.scheduler = RamQueue(lambda entry: router.route_of(entry.domain, entry.size))
-        self._wake = asyncio.Event()
+        self._wake = Flag()  # an asyncio.Event, minus a getpid() per wait
         self._in_flight: set[int] = set()
         self._warned: set[int] = set()
         # Outcomes the store could not take (its database away): recorded again

@@ -25,6 +25,7 @@ from typing import Callable
 from tidepost.address import Address
 from tidepost.clock import Clock
 from tidepost.eventlog import event
+from tidepost.eventloop import running_loop
 from tidepost.config.schema import Config
 from tidepost.errors import AlreadyQueued
 from tidepost.model import NO_DSN_REQUEST, Envelope, RecipientDsn, ScheduleEntry
@@ -126,7 +127,11 @@ class Submission:
                              envid=envelope.envid,
                              dsn={r: d for r, d in expanded.items() if d != NO_DSN_REQUEST})
         entries = await self._queue.submit(message)
-        log_received(queue_id, envelope.sender, recipients, stamped, client)
+        # Logged once the caller has had its turn: its 250 goes out first.  The
+        # line cost a sixth of the loop's time on the client's path; written
+        # while the client sends its next command, it costs the client nothing.
+        running_loop().call_soon(log_received, queue_id, envelope.sender, recipients,
+                                 stamped, client)
         self._on_queued(entries)
         return queue_id
 
