@@ -362,6 +362,11 @@ class Config:
                     or self.queue.backend == "postgresql")
 
     @property
+    def node_name(self) -> str:
+        """This node's name in a cluster: queue.node, else the host name."""
+        return self.queue.node or self.hostname
+
+    @property
     def local_domains(self) -> frozenset[str]:
         """Local domains, the host name included."""
         return frozenset({*self.local.domains, self.hostname.lower()})

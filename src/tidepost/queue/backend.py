@@ -311,6 +311,6 @@ def open_configured_queue(config: Config, owner: str = "") -> QueueBackend:
             raise ConfigError(["queue.backend: postgresql needs asyncpg "
                                "(pip install 'tidepost[postgresql]')"]) from None
         return PostgresQueue(queue.dsn, owner=owner,
-                             node=queue.node or config.hostname,
+                             node=config.node_name,
                              node_timeout=queue.node_timeout)
     return open_queue(queue.backend, config.spool_path)

@@ -39,7 +39,7 @@ def release_book(config: Config, directory: SharedDirectory | None) -> ReleaseBo
     """The cluster's book when the queue has shared lists, else the spool's file."""
     if directory is None:
         return FileReleases(config)
-    return SharedReleases(directory, config.queue.node or config.hostname)
+    return SharedReleases(directory, config.node_name)
 
 
 def releases_path(config: Config) -> Path:
