@@ -251,6 +251,43 @@ def test_record_that_fails_changes_nothing(queue):
     assert (row.state, row.attempts) == ("claimed", 0)
 
 
+def test_records_made_at_once_each_report_their_own_messages(queue):
+    """A flush finishes jobs on many connections at once; the store may write
+    their records in one transaction, but each record still gets its own DSNs
+    and removals, and one that fails spoils none of the others."""
+    a = run(queue.submit(message(ALICE, queue_id="AAAA000000C1")))
+    b = run(queue.submit(message(ALICE, BOB, queue_id="AAAA000000C2")))
+    c = run(queue.submit(message(ALICE, queue_id="AAAA000000C3")))
+    run(queue.submit(message(BOB, queue_id="AAAA000000C4")))  # stays queued
+    run(queue.claim(ids(a + b + c), RUNNER, LEASE, T0))
+    dsn = message(SENDER, sender=NULL_SENDER, arrival=T0 + 1, body=b"DSN")
+    clash = message(SENDER, sender=NULL_SENDER, queue_id="AAAA000000C4")
+
+    async def at_once():
+        return await asyncio.gather(
+            queue.record(RUNNER, [final(delivered(ids(a)[0], "250 ok"))]),
+            queue.record(RUNNER, [final(bounced(ids(b)[0], "5.1.1", "unknown"))],
+                         new_messages=[dsn]),
+            queue.record(RUNNER, [final(delivered(ids(b)[1], "250 ok"))]),
+            queue.record(RUNNER, [final(delivered(ids(c)[0], "250 ok"))],
+                         new_messages=[clash]),
+            return_exceptions=True)
+    first, with_dsn, last_of_b, failed = run(at_once())
+    assert isinstance(failed, Exception)
+    assert (first.removed, first.entries) == (["AAAA000000C1"], [])
+    assert with_dsn.removed + last_of_b.removed == ["AAAA000000C2"]  # reported once
+    assert [e.domain for e in with_dsn.entries] == ["sender.example"] and \
+        last_of_b.entries == []
+    rows = {(r.queue_id, r.state) for r in run(queue.rows())}
+    assert rows == {("AAAA000000C3", "claimed"), ("AAAA000000C4", "queued"),
+                    (dsn_queue_id(queue, with_dsn.entries[0]), "queued")}
+
+
+def dsn_queue_id(queue, entry: ScheduleEntry) -> str:
+    """The queue id of the message an entry belongs to."""
+    return run(queue.message_by_id(entry.message_id)).queue_id
+
+
 def test_record_marks_messages_warned(queue):
     entries = run(queue.submit(message(ALICE)))
     run(queue.claim(ids(entries), RUNNER, LEASE, T0))

@@ -35,15 +35,14 @@ from tidepost.address import Address
 from tidepost.errors import QueueError
 from tidepost.model import (BodyType, MessageInfo, QueuedRecipient, RecipientDsn,
                             RecipientState, ScheduleEntry)
-from tidepost.outcomes import Verdict
 from tidepost.queue import pg_views as views
 from tidepost.queue.backend import (NOTICE_RECONNECTED, ClaimResult, HoldState, NewMessage,
                                     PendingGroup, QueueRow, RecipientUpdate, Recorded)
 from tidepost.queue.pg_directory import PgDirectory
-from tidepost.queue.pg_insert import GroupCommit, insert_messages, known_transfers, \
-    with_queue_id
+from tidepost.queue.pg_insert import GroupCommit, known_transfers, with_queue_id
 from tidepost.queue.pg_loop import LoopThread, relay_to
 from tidepost.queue.pg_nodes import NodeRow, Nodes
+from tidepost.queue.pg_record import RecordGroup, RecordRequest
 from tidepost.queue.pg_schema import migrate
 from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
 
@@ -107,6 +106,7 @@ class PostgresQueue:
         async with self._pool.acquire() as conn:
             await migrate(conn)
         self._writer = GroupCommit(self._pool, self._owner or "cli")
+        self._recorder = RecordGroup(self._pool)
         self.nodes = Nodes(self._pool, node_timeout)
         self.directory = PgDirectory(self._pool, self._call)
         self._listener: asyncpg.Connection | None = None
@@ -298,30 +298,14 @@ class PostgresQueue:
     async def record(self, owner: str, updates: Sequence[RecipientUpdate],
                      new_messages: Sequence[NewMessage] = (),
                      warned: Sequence[int] = ()) -> Recorded:
-        """Apply outcomes, queue DSNs, mark warnings and drop finished messages."""
+        """Apply outcomes, queue DSNs, mark warnings and drop finished messages.
+
+        Records made at the same moment share one transaction (queue/pg_record.py).
+        """
         dsns = [with_queue_id(m) for m in new_messages]
 
         async def op() -> Recorded:
-            async with self._pool.acquire() as conn, conn.transaction():
-                ids = [u.outcome.recipient_id for u in updates]
-                # The messages first, in id order: two nodes finishing the last
-                # recipients of one message then see each other's outcome, and
-                # one of them drops it.
-                await conn.execute(
-                    "SELECT 1 FROM messages WHERE id IN (SELECT message_id FROM recipients "
-                    "WHERE id = ANY($1::int8[])) ORDER BY id FOR UPDATE", ids)
-                requeued = await _apply_updates(conn, owner, updates)
-                # In the change log, so that every node knows them again (a node
-                # whose claim lost to this one dropped them from its scheduler).
-                await views.log_changes(conn, requeued, time.time())
-                if warned:  # a round trip saved for nearly every record
-                    await conn.execute("UPDATE messages SET warned = true "
-                                       "WHERE id = ANY($1::int8[])", list(warned))
-                entries = [e for batch in (await insert_messages(conn, dsns, owner)
-                                           if dsns else []) for e in batch]
-                removed = await _drop_finished(conn, [u.outcome.recipient_id for u in updates
-                                                      if u.next_try is None])
-            return Recorded(entries, removed)
+            return await self._recorder.record(RecordRequest(owner, updates, dsns, warned))
         return await self._call(op())
 
     async def walk(self) -> list[ScheduleEntry]:
@@ -507,6 +491,7 @@ class PostgresQueue:
 
         async def op() -> None:
             await self._writer.close()
+            await self._recorder.close()
             if self._owner:
                 await self.nodes.leave(self._owner)
             if self._listening is not None:
@@ -541,50 +526,6 @@ def _claim_result(rows: list, infos: list, not_due: list) -> ClaimResult:
             rid, mid, Address(local, domain), attempts, uncertain, RecipientDsn(notify, orcpt)))
     return ClaimResult([(messages[m], r) for m, r in by_message.items()],
                        [ScheduleEntry(*row) for row in not_due])
-
-
-async def _apply_updates(conn: asyncpg.Connection, owner: str,
-                         updates: Sequence[RecipientUpdate]) -> list[int]:
-    """Write each outcome held by `owner`: final state, or QUEUED again with its next try.
-
-    Returns the ids of the recipients queued again.
-    """
-    ids, states, attempted, errors, next_tries = [], [], [], [], []
-    for update in updates:
-        outcome = update.outcome
-        delivered = outcome.verdict is Verdict.DELIVERED
-        ids.append(outcome.recipient_id)
-        errors.append("" if delivered else f"{outcome.status} {outcome.reason}"[:500])
-        next_tries.append(update.next_try)
-        if update.next_try is None:
-            states.append(RecipientState.DELIVERED.value if delivered
-                          else RecipientState.BOUNCED.value)
-            attempted.append(1)
-        else:
-            states.append(QUEUED)
-            attempted.append(int(outcome.attempted))
-    rows = await conn.fetch(
-        "UPDATE recipients r SET state = u.state, lease_owner = NULL, lease_until = NULL, "
-        "attempts = r.attempts + u.attempted, last_error = u.error, "
-        "next_try = coalesce(u.next_try, r.next_try), "
-        "uncertain = CASE WHEN u.next_try IS NULL THEN r.uncertain ELSE false END "
-        "FROM unnest($1::int8[], $2::text[], $3::int[], $4::text[], $5::float8[]) "
-        "AS u(id, state, attempted, error, next_try) "
-        "WHERE r.id = u.id AND r.lease_owner = $6 AND r.state = $7 RETURNING r.id, r.state",
-        ids, states, attempted, errors, next_tries, owner, CLAIMED)
-    return [row[0] for row in rows if row[1] == QUEUED]
-
-
-async def _drop_finished(conn: asyncpg.Connection, finished: list[int]) -> list[str]:
-    """Delete messages none of whose recipients is undelivered; their queue ids."""
-    if not finished:
-        return []
-    rows = await conn.fetch(
-        "DELETE FROM messages WHERE id IN (SELECT message_id FROM recipients "
-        "WHERE id = ANY($1::int8[])) AND NOT EXISTS (SELECT 1 FROM recipients r "
-        "WHERE r.message_id = messages.id AND r.state = ANY($2::text[])) RETURNING queue_id",
-        finished, [QUEUED, CLAIMED, HELD])
-    return sorted(row[0] for row in rows)
 
 
 async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
