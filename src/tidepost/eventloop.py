@@ -69,3 +69,19 @@ class Flag:
         finally:
             if waiter in self._waiters:  # cancelled: set() did not take it
                 self._waiters.remove(waiter)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop for the daemon and the PostgreSQL store: uvloop's, else asyncio's.
+
+    uvloop (a pinned dependency) runs the socket transports in C: taking mail
+    in over SMTP costs about a fifth less CPU per message with it
+    (bench/accept.py, bench/README.md), and asyncpg's round trips on the
+    store's thread less too.  asyncio's loop is the fallback, so a system
+    without the wheel still runs.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

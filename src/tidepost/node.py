@@ -30,6 +30,7 @@ from tidepost.control.server import ControlServer
 from tidepost.delivery.agent import DeliveryAgent
 from tidepost.delivery.maildir import MaildirAgent, OwnerWriter
 from tidepost.delivery.smtp import SmtpAgent
+from tidepost.eventloop import new_event_loop
 from tidepost.manager.hangup import Probes
 from tidepost.manager.manager import Manager
 from tidepost.model import Envelope
@@ -130,21 +131,6 @@ def build_agents(config: Config, clock: Clock, is_held: Callable[[str], bool] | 
                           is_held=is_held, ledger=ledger, meter=meter,
                           own_endpoints=own_endpoints(config)),
     }
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The daemon's event loop: uvloop's when installed, else asyncio's.
-
-    uvloop (a pinned dependency) runs the socket transports in C: taking mail
-    in over SMTP costs about a fifth less CPU per message with it
-    (bench/accept.py, bench/README.md).  asyncio's loop is the fallback, so a
-    system without the wheel still runs.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def own_endpoints(config: Config) -> OwnEndpoints:
