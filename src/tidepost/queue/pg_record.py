@@ -183,6 +183,9 @@ async def apply_updates(conn: asyncpg.Connection, owner: str,
         else:
             states.append(QUEUED)
             attempted.append(int(outcome.attempted))
+    # `r.id = ANY` lets the planner find the rows by primary key; joined only
+    # to unnest's output it read every CLAIMED row of the queue (a whole
+    # domain after an ETRN) for each record.
     rows = await conn.fetch(
         "UPDATE recipients r SET state = u.state, lease_owner = NULL, lease_until = NULL, "
         "attempts = r.attempts + u.attempted, last_error = u.error, "
@@ -190,7 +193,8 @@ async def apply_updates(conn: asyncpg.Connection, owner: str,
         "uncertain = CASE WHEN u.next_try IS NULL THEN r.uncertain ELSE false END "
         "FROM unnest($1::int8[], $2::text[], $3::int[], $4::text[], $5::float8[]) "
         "AS u(id, state, attempted, error, next_try) "
-        "WHERE r.id = u.id AND r.lease_owner = $6 AND r.state = $7 RETURNING r.id, r.state",
+        "WHERE r.id = ANY($1::int8[]) AND r.id = u.id AND r.lease_owner = $6 AND r.state = $7 "
+        "RETURNING r.id, r.state",
         ids, states, attempted, errors, next_tries, owner, CLAIMED)
     return [row[0] for row in rows if row[1] == QUEUED]
 
