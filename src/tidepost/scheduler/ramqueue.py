@@ -43,12 +43,15 @@ class RamQueue:
         self._parked: dict[str, set[int]] = {}
         # Recipient ids by domain: an ETRN for one domain costs that domain's
         # entries, not a pass over the whole queue (1,000,000 held, say).
-        self._by_domain: dict[str, set[int]] = {}
+        # Dicts, not sets: a set grows fourfold and keeps 84 bytes an id at
+        # 100 ids a domain, a dict 47 (tracemalloc), an eighth of the daemon's
+        # memory per queued message.
+        self._by_domain: dict[str, dict[int, None]] = {}
 
     def insert(self, entry: ScheduleEntry) -> None:
         """Add or reschedule a recipient."""
         self._entries[entry.recipient_id] = entry
-        self._by_domain.setdefault(entry.domain, set()).add(entry.recipient_id)
+        self._by_domain.setdefault(entry.domain, {})[entry.recipient_id] = None
         heapq.heappush(self._heap, (entry.next_try, entry.recipient_id))
 
     def remove(self, recipient_id: int) -> None:
@@ -63,7 +66,7 @@ class RamQueue:
         """Drop `entry` from the domain index (it left the scheduler)."""
         ids = self._by_domain.get(entry.domain)
         if ids is not None:
-            ids.discard(entry.recipient_id)
+            ids.pop(entry.recipient_id, None)
             if not ids:
                 del self._by_domain[entry.domain]
 
