@@ -54,6 +54,33 @@ def test_held_route_parks_entries_and_release_makes_them_due_at_once():
     assert [e.recipient_id for e in batch.entries] == [1]
 
 
+def test_an_entry_inserted_due_on_a_held_route_is_parked_without_a_heap_item():
+    clock = FakeClock()
+    queue = make_queue()
+    queue.hold("uplink")
+    queue.insert(entry(1, "example.test", clock.now()), clock.now())  # due, held: parked
+    queue.insert(entry(2, "example.test", clock.now() + 600), clock.now())  # not due yet
+    queue.insert(entry(3, "lan.test", clock.now()), clock.now())  # due, not held
+    assert queue.statistics() == {"scheduled": 3, "heap": 2, "parked": 1}
+    batch = queue.next_batch(clock.now(), 10)
+    assert [e.recipient_id for e in batch.entries] == [3]
+    assert queue.entries_in_domains("uplink", lambda d: d == "example.test") == \
+        [entry(1, "example.test", clock.now()), entry(2, "example.test", clock.now() + 600)]
+    assert queue.release("uplink", clock.now()) == 1
+    batch = queue.next_batch(clock.now(), 10)
+    assert [e.recipient_id for e in batch.entries] == [1]  # due at once; 2 keeps its backoff
+    assert queue.next_batch(clock.now(), 10) == Sleep(600)
+
+
+def test_a_parked_entry_removed_is_not_released():
+    queue = make_queue()
+    queue.hold("uplink")
+    queue.insert(entry(1, "example.test", 0), 10)
+    queue.remove(1)  # claimed by an ETRN, say
+    assert queue.release("uplink", 20) == 0
+    assert queue.next_batch(20, 10) == Sleep(None) and len(queue) == 0
+
+
 def test_release_keeps_backoff_of_entries_not_yet_due():
     clock = FakeClock()
     queue = make_queue()

@@ -163,8 +163,9 @@ class Manager(RouteStates):
     def queued(self, entries: list[ScheduleEntry]) -> None:
         """Submission callback: new recipients are in the queue."""
         if self._daemon:
+            now = self._clock.now()
             for entry in entries:
-                self.scheduler.insert(entry)
+                self.scheduler.insert(entry, now)
             self._wake.set()
         self.size_notices.queued(entries)
 
@@ -316,8 +317,9 @@ class Manager(RouteStates):
         # Before the walk: a change made meanwhile is then read twice, never missed.
         self._last_change, _ = await self._queue.changes_since(0)
         entries = await self._watch.everything()
+        now = self._clock.now()
         for entry in entries:
-            self.scheduler.insert(entry)
+            self.scheduler.insert(entry, now)
         self._loaded = True
         self._ready.set()
         # The entries just read live as long as their mail waits (a relay may
