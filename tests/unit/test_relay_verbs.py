@@ -281,6 +281,21 @@ def test_authenticated_client_may_relay(credentials):
     assert replies[-1] == S.S250_RECIPIENT_OK
 
 
+def test_mail_auth_parameter_is_accepted_where_auth_is_offered(credentials):
+    # RFC 4954 5: a server offering AUTH MUST take MAIL FROM's AUTH= parameter
+    # (sendmail sends AUTH=<> after authenticating); without AUTH it stays unknown.
+    relay, _ = services(credentials)
+    replies = converse(f"EHLO me\r\nMAIL FROM:<a@b.test> AUTH=<>\r\nRSET\r\n"
+                       f"AUTH PLAIN {plain('ship', PASSWORD)}\r\n"
+                       "MAIL FROM:<a@b.test> AUTH=ship+2Bx@fleet.test\r\nRSET\r\n"
+                       "MAIL FROM:<a@b.test> AUTH=bad+zz\r\n".encode(), relay, "127.0.0.1")
+    assert replies[2:] == [S.S250_SENDER_OK, S.S250_OK, A.S235_AUTHENTICATED,
+                           S.S250_SENDER_OK, S.S250_OK, S.S501_SYNTAX]
+    relay, _ = services(None)
+    assert converse(b"EHLO me\r\nMAIL FROM:<a@b.test> AUTH=<>\r\n", relay)[-1] == \
+        S.S555_UNKNOWN_PARAMETER
+
+
 def test_credentials_file_format():
     line = format_line("ship", "pw", ("fleet.test", ".boats.test"))
     identity = parse_line(line, "x")

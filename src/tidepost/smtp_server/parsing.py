@@ -7,7 +7,9 @@ session never sees a half-parsed command.  Pure functions, no I/O.
 
 Accepted MAIL parameters (RFC 1870, 6152, 6531, 3461): SIZE=digits, BODY=7BIT
 or 8BITMIME, SMTPUTF8, RET=FULL|HDRS, ENVID=xtext; and XTRANSFER=id
-(docs/EXTENSIONS.md) when the session offered it (`transfers=True`).  RCPT
+(docs/EXTENSIONS.md) when the session offered it (`transfers=True`); AUTH=xtext
+or AUTH=<> (RFC 4954 5) where the server offers AUTH (`auth=True`), checked and
+dropped: tidepost never passes an AUTH= identity on, which that section allows.  RCPT
 takes NOTIFY= and ORCPT= (RFC 3461; values checked in dsnparams.py).  Unknown or repeated parameters get
 555 5.5.4, malformed ones 501 5.5.4, a declared SIZE over `max_size` 552 5.3.4.
 Angle brackets around the path are required (RFC 5321 4.1.2); a space after
@@ -21,7 +23,8 @@ import re
 from dataclasses import dataclass
 
 from tidepost.address import Address, AddressError, parse_path
-from tidepost.dsnparams import DsnParameterError, parse_envid, parse_notify, parse_orcpt, parse_ret
+from tidepost.dsnparams import (DsnParameterError, parse_envid, parse_notify, parse_orcpt,
+                                parse_ret, xtext_decode)
 from tidepost.model import NO_DSN_REQUEST, BodyType, RecipientDsn
 from tidepost.smtp_server import replies as S
 from tidepost.smtp_server.replies import Reply
@@ -53,10 +56,12 @@ class RcptCommand:
     dsn: RecipientDsn = NO_DSN_REQUEST
 
 
-def parse_mail(arg: str, max_size: int, transfers: bool = False) -> MailCommand | Reply:
+def parse_mail(arg: str, max_size: int, transfers: bool = False,
+               auth: bool = False) -> MailCommand | Reply:
     """Parse the argument of MAIL (`FROM:<addr> params`) or return a refusal.
 
-    `transfers`: XTRANSFER= is allowed (the session offered XTIDEPOST TRANSFER).
+    `transfers`: XTRANSFER= is allowed (the session offered XTIDEPOST TRANSFER);
+    `auth`: AUTH= is allowed (the server supports AUTH).
     """
     split = split_path(arg, "FROM:")
     if split is None:
@@ -65,6 +70,8 @@ def parse_mail(arg: str, max_size: int, transfers: bool = False) -> MailCommand 
     params = parse_parameters(rest)
     if isinstance(params, Reply):
         return params
+    if auth and "AUTH" in params and not _valid_auth_parameter(params.pop("AUTH")):
+        return S.S501_SYNTAX
     command = _mail_parameters(params, max_size, transfers)
     if isinstance(command, Reply):
         return command
@@ -158,6 +165,16 @@ def _mail_parameters(params: dict[str, str | None], max_size: int,
             return S.S555_UNKNOWN_PARAMETER
     return MailCommand(Address("", ""), size, body_type, "SMTPUTF8" in params, transfer,
                        dsn.get("RET", ""), dsn.get("ENVID", ""))
+
+
+def _valid_auth_parameter(value: str | None) -> bool:
+    """True for AUTH=<> or AUTH=xtext (RFC 4954 5)."""
+    if value == "<>":
+        return True
+    try:
+        return bool(value) and bool(xtext_decode(value))
+    except DsnParameterError:
+        return False
 
 
 _DSN_MAIL_PARAMETERS = {"RET": parse_ret, "ENVID": parse_envid}

@@ -283,6 +283,10 @@ class Conversation(BatchVerbs, ChunkingVerbs):
             features += (transfers.TRANSFER,)
         return features
 
+    def auth_supported(self) -> bool:
+        """True when this server takes AUTH (and so MAIL's AUTH=); subclasses say."""
+        return False
+
     def check_recipient(self, rcpt: Address) -> Reply:
         """Policy hook: the reply to RCPT TO for a parsed recipient."""
         return self.access.check_recipient(rcpt, self.session.may_relay)
@@ -330,7 +334,8 @@ class Conversation(BatchVerbs, ChunkingVerbs):
     def mail_verdict(self, arg: str) -> Transaction | Reply:
         """The transaction a MAIL argument starts, or its refusal (also for XBATCH)."""
         command = parse_mail(arg, self.limits.max_message_size,
-                             transfers.TRANSFER in self._xtidepost_features())
+                             transfers.TRANSFER in self._xtidepost_features(),
+                             auth=self.auth_supported())
         if isinstance(command, Reply):
             return command
         return Transaction(command.sender, command.body_type, command.smtputf8,

@@ -244,6 +244,10 @@ class RelayConversation(Conversation):
 
     # -- AUTH -----------------------------------------------------------------
 
+    def auth_supported(self) -> bool:
+        """A credentials file makes AUTH, and MAIL's AUTH= (RFC 4954 5), part of the server."""
+        return self.relay.credentials is not None
+
     def _auth_offered(self) -> bool:
         """AUTH only with a credentials file, and while some mechanism is allowed."""
         return (self.relay.credentials is not None and not self.session.authenticated
