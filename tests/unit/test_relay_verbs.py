@@ -272,6 +272,18 @@ def test_auth_failures(credentials):
         A.S502_AUTH_UNAVAILABLE
 
 
+def test_auth_plain_for_another_identity_is_refused_as_credentials(credentials):
+    # RFC 4616 2: a well-formed PLAIN response whose authzid the server does not
+    # allow fails authentication (535 5.7.8); it is not undecodable (501 5.5.2).
+    relay, _ = services(credentials)
+    other = base64.b64encode(f"nobody\0ship\0{PASSWORD}".encode()).decode()
+    same = base64.b64encode(f"ship\0ship\0{PASSWORD}".encode()).decode()
+    replies = converse(f"EHLO me\r\nAUTH PLAIN {other}\r\nAUTH PLAIN {same}\r\n".encode(),
+                       relay, "127.0.0.1")
+    assert replies[2:] == [A.S535_BAD_CREDENTIALS, A.S235_AUTHENTICATED]
+    assert relay.statistics["auth_failed"] == 1
+
+
 def test_authenticated_client_may_relay(credentials):
     relay, _ = services(credentials)
     replies = converse(f"EHLO me\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nRSET\r\n"

@@ -78,6 +78,8 @@ async def read_credentials(challenge: Challenge, mechanism: str, initial: str,
             return user.decode("utf-8"), password.decode("utf-8")
     except _Cancelled:
         return S501_CANCELLED
+    except _NotPermitted:
+        return S535_BAD_CREDENTIALS
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         return S501_UNDECODABLE
     except (LineTooLong, BareLineFeed):
@@ -99,6 +101,10 @@ class _Cancelled(Exception):
     """The client answered a challenge with `*`."""
 
 
+class _NotPermitted(Exception):
+    """A well-formed PLAIN response asking to act for another identity (RFC 4616 2)."""
+
+
 def _decode(response: str) -> bytes:
     """A base64 response; `*` cancels; `=` is the empty initial response."""
     response = response.strip()
@@ -116,7 +122,7 @@ def _plain(data: bytes) -> tuple[str, str]:
         raise ValueError("PLAIN needs three fields")
     authzid, user, password = (p.decode("utf-8") for p in parts)
     if authzid and authzid != user:
-        raise ValueError("acting for another user is not supported")
+        raise _NotPermitted("acting for another user is not supported")
     return user, password
 
 

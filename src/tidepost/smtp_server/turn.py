@@ -279,6 +279,10 @@ class RelayConversation(Conversation):
         result = await A.read_credentials(self._challenge, mechanism, initial.strip(),
                                           self.config.hostname)
         if isinstance(result, Reply):
+            if result == A.S535_BAD_CREDENTIALS:  # PLAIN for another identity
+                self.relay.statistics["auth_failed"] += 1
+                log.warning("AUTH %s failed from %s: authorization identity not allowed",
+                            mechanism.upper(), self.session.peer_ip)
             return self.reply(result)
         credentials = self.relay.credentials
         assert credentials is not None
