@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import logging
 import ssl
+import zlib
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -344,6 +345,30 @@ def test_error_count_disconnects():
         assert await c.at_eof()
         assert server.statistics().error_disconnects == 1
     run(scenario, make_config(max_errors=3))
+
+
+def test_refusals_inside_a_batch_count_as_errors(tmp_path):
+    # XBATCH records go through the SMTP checks, and so through the error
+    # limit: without it a client could harvest users or probe relaying in
+    # one session, however low smtp.max_errors (docs/BATCH.md).
+    record = (b"MSG h1 0 4\r\nMAIL FROM:<a@origin.test>\r\n"
+              + b"".join(b"RCPT TO:<%s@local.example>\r\n" % u
+                         for u in (b"ghost1", b"ghost2", b"alice", b"ghost3"))
+              + b"DATA 4\r\nhi\r\nEND\r\n")
+    deflate = zlib.compressobj()
+    chunk = deflate.compress(record) + deflate.flush(zlib.Z_SYNC_FLUSH)
+
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        await c.send(b"XBATCH %d\r\n" % len(chunk) + chunk)
+        assert (await c.reply()).code == 250
+        assert c.lines[:3] == [f"250-2.0.0 h1 {i} 550 5.1.1 No such user here"
+                               for i in (0, 1, 3)]
+        assert await c.reply() == S.S421_TOO_MANY_ERRORS
+        assert await c.at_eof()
+    config = dataclasses.replace(make_config(max_errors=3), spool=str(tmp_path))
+    assert len(run(scenario, config).submitted) == 1
 
 
 def test_pipelined_transaction_replies_in_order():

@@ -17,8 +17,12 @@ XBATCH <octets>: the chunk's octets follow the line at once (no 354, as
   (batch_inbound.py, batchcodec.py).  Otherwise a multi-line 250: one
   line per outcome of the messages the chunk completed, then
   `2.0.0 chunk N stored`, sent after everything the chunk carried is
-  queued or durably kept as a partial message.
-Config keys read: smtp.batch, smtp.batch_partial_lifetime (spool through
+  queued or durably kept as a partial message.  From a client that may not
+  relay (outside relay_networks, no AUTH), each 5xx outcome counts against
+  `smtp.max_errors` as the SMTP reply would, so XBATCH is no way round the
+  limit (user harvesting, relay probing); reaching it, 421 4.7.0 follows
+  the chunk's reply.  A trusted peer's batch of bounced recipients goes on.
+Config keys read: smtp.batch, smtp.batch_partial_lifetime, smtp.max_errors (spool through
 `config.spool_path`).
 """
 
@@ -52,12 +56,14 @@ class BatchVerbs:
     limits: Any
     _reader: Any
     _batch_stream: InboundBatch | None = None
+    _batch_errors = 0  # 5xx outcomes of the chunk being taken, for the error limit
 
     def reply(self, reply: Reply) -> None: ...  # Conversation's
     def reply_lines(self, code: int, lines: list[str]) -> None: ...
     def close_after_reply(self) -> None: ...
     async def flush(self) -> None: ...
     def _xtidepost_features(self) -> tuple[str, ...]: ...
+    def count_errors(self, count: int) -> None: ...
 
     def batch_features(self) -> list[str]:
         """`BATCH` when this server takes batch streams."""
@@ -79,6 +85,8 @@ class BatchVerbs:
     def batch_refused(self, command: str, reply: Reply, sender: str | None,
                       recipient: str | None) -> None:
         """The mail log's `reject` line for a refusal inside a batch (command XBATCH MAIL...)."""
+        if reply.code >= 500 and not self.session.may_relay:
+            self._batch_errors += 1
         log_reject(f"XBATCH {command}", self.session.peer_ip, self.session.helo, reply,
                    sender=sender, recipient=recipient)
 
@@ -120,13 +128,16 @@ class BatchVerbs:
         batch = await self._batch()
         if batch.broken:
             return self.reply(S.S503_BATCH_BROKEN)
+        self._batch_errors = 0
         try:
             lines = await batch.take(chunk)
         except codec.StreamError as error:
             log.info("batch stream from %s refused: %s", self.session.peer_ip, error)
-            return self.reply(S.s554_batch_stream(str(error)))
+            self.reply(S.s554_batch_stream(str(error)))
+            return self.count_errors(self._batch_errors)
         self.reply_lines(250, [f"2.0.0 {line}" for line in lines]
                          + [f"2.0.0 chunk {batch.chunks} stored"])
+        self.count_errors(self._batch_errors)  # after the outcomes: 421 comes last
         await self.flush()  # an acknowledgement frees the client's window: never hold it
 
     async def _batch(self) -> InboundBatch:

@@ -159,13 +159,19 @@ class Conversation(BatchVerbs, ChunkingVerbs):
         if reply.code >= 400:
             self._log_reject(reply)
         if reply.code >= 500:
-            self.session.errors += 1
-            self.counters.errors += 1
-            if self.session.errors >= self.limits.max_errors and not self._closing:
-                self.counters.error_disconnects += 1
-                self._log_reject(S.S421_TOO_MANY_ERRORS)
-                self._outbox.add(bytes(S.S421_TOO_MANY_ERRORS))
-                self._closing = True
+            self.count_errors(1)
+
+    def count_errors(self, count: int) -> None:
+        """Count `count` 5xx errors; reaching smtp.max_errors queues 421 and hangs up."""
+        if count <= 0:
+            return
+        self.session.errors += count
+        self.counters.errors += count
+        if self.session.errors >= self.limits.max_errors and not self._closing:
+            self.counters.error_disconnects += 1
+            self._log_reject(S.S421_TOO_MANY_ERRORS)
+            self._outbox.add(bytes(S.S421_TOO_MANY_ERRORS))
+            self._closing = True
 
     def _log_reject(self, reply: Reply) -> None:
         """The mail log's `reject` line for a refusal just given."""
