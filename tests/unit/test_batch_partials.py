@@ -76,3 +76,16 @@ def test_zero_space_keeps_nothing(tmp_path):
     partials = store(tmp_path, 0)
     assert not keep(partials, "t", b"x")
     assert partials.held("t") == 0
+
+
+def test_partials_of_one_owner_are_invisible_to_another(tmp_path):
+    # Transfer ids are the client's choice: a client must not resume (read into
+    # its own envelope), probe or drop another client's partly received message.
+    mine = PartialStore(tmp_path / "batch-partial", DAY, 1000, owner="auth:ship")
+    theirs = PartialStore(tmp_path / "batch-partial", DAY, 1000, owner="ip:192.0.2.9")
+    assert keep(mine, "t1", b"a" * 300)
+    assert theirs.held("t1") == 0 and theirs.load("t1", 300) is None
+    theirs.drop("t1")
+    assert keep(theirs, "t1", b"b" * 600)   # no room made by deleting its own name
+    assert mine.held("t1") == 300 and theirs.held("t1") == 600
+    assert mine.load("t1", 300) == b"a" * 300

@@ -371,6 +371,28 @@ def test_refusals_inside_a_batch_count_as_errors(tmp_path):
     assert len(run(scenario, config).submitted) == 1
 
 
+def test_a_partial_batch_message_is_resumed_only_by_its_own_client(tmp_path):
+    head = b"Subject: part\r\n\r\n"
+    record = (b"MSG p1 0 1000\r\nMAIL FROM:<a@origin.test>\r\n"
+              b"RCPT TO:<alice@local.example>\r\nDATA %d\r\n" % len(head) + head)
+    deflate = zlib.compressobj()
+    chunk = deflate.compress(record) + deflate.flush(zlib.Z_SYNC_FLUSH)
+
+    async def scenario(connect, server):
+        c = await connect()
+        await c.ehlo()
+        await c.send(b"XBATCH %d\r\n" % len(chunk) + chunk)
+        assert await c.reply() == Reply(250, "2.0.0", "chunk 1 stored")
+        host, port = server.addresses()[0]
+        other = Client(*await asyncio.open_connection(host, port,
+                                                      local_addr=("127.0.0.2", 0)))
+        await other.ehlo()
+        assert await other.cmd("XRESUME p1") == Reply(250, "2.0.0", "p1 0")
+        assert await c.cmd("XRESUME p1") == Reply(250, "2.0.0", f"p1 {len(head)}")
+        other.writer.close()
+    run(scenario, dataclasses.replace(make_config(), spool=str(tmp_path)))
+
+
 def test_pipelined_transaction_replies_in_order():
     async def scenario(connect, server):
         c = await connect()

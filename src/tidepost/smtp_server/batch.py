@@ -91,10 +91,15 @@ class BatchVerbs:
                    sender=sender, recipient=recipient)
 
     def _partials(self) -> PartialStore:
-        """The spool's store of partly received messages."""
+        """The spool's store of partly received messages, this client's part of it.
+
+        Owned by the client's transfer namespace (an AUTH user, or the relay
+        networks), else by its address: one client never sees another's.
+        """
         smtp = self.config.smtp
+        owner = transfers.namespace(self.session.authenticated, self.session.may_relay)
         return PartialStore(self.config.spool_path / FOLDER, smtp.batch_partial_lifetime,
-                            smtp.batch_partial_space)
+                            smtp.batch_partial_space, owner or f"ip:{self.session.peer_ip}")
 
     def _batch_refusal(self) -> Reply | None:
         """Why XBATCH or XRESUME may not be used now, or None."""

@@ -1,8 +1,11 @@
 """Partly received batch messages, kept in the spool so that a new session resumes them.
 
-`PartialStore(folder, lifetime, space)` keeps one file per transfer id,
-`SPOOL/batch-partial/<transfer-id>`, holding the first octets of the
-message as received.  `append(tid, octets, start)` adds to it; `sync(tids)` makes
+`PartialStore(folder, lifetime, space, owner)` keeps one file per transfer
+id and owner, `SPOOL/batch-partial/<owner digest>-<transfer-id>`, holding
+the first octets of the message as received.  Transfer ids are the
+client's choice, so the owner (the client's transfer namespace, or its
+address) keeps one client from resuming, probing or dropping another's
+message.  `append(tid, octets, start)` adds to it; `sync(tids)` makes
 what was appended durable (fsync) before the XBATCH chunk that carried it
 is acknowledged, so the length the file has after a crash or a cut link is
 never more than what the client was told (it may be less, never wrong);
@@ -26,6 +29,7 @@ are safe file names.  Blocking file calls: the session runs them in a thread.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 
@@ -37,13 +41,14 @@ FOLDER = "batch-partial"
 class PartialStore:
     """Partial messages by transfer id, in one spool folder."""
 
-    def __init__(self, folder: Path, lifetime: float, space: int):
+    def __init__(self, folder: Path, lifetime: float, space: int, owner: str = ""):
         self.folder = folder
         self.lifetime = lifetime
         self.space = space
+        self._prefix = hashlib.sha256(owner.encode()).hexdigest()[:16] + "-" if owner else ""
 
     def _path(self, transfer_id: str) -> Path:
-        return self.folder / transfer_id
+        return self.folder / (self._prefix + transfer_id)
 
     def held(self, transfer_id: str) -> int:
         """Octets of the message held durably; 0 when none."""
@@ -92,8 +97,9 @@ class PartialStore:
         if size > self.space:
             return False
         others = []
+        name = self._path(transfer_id).name
         for path in self._files():
-            if path.name != transfer_id:
+            if path.name != name:
                 with contextlib.suppress(FileNotFoundError):
                     status = path.stat()
                     others.append((status.st_mtime, status.st_size, path))
