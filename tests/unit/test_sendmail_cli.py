@@ -69,3 +69,17 @@ def test_bcc_is_removed_with_its_continuation():
 
 def test_bare_cr_and_nul_in_local_input_cannot_reach_the_queue():
     assert from_local_input(b"a\rb\r\nc\0d\n", dot_ends_input=True) == b"a\r\nb\r\ncd\r\n"
+
+
+def test_over_long_local_lines_are_broken_so_that_smtp_takes_them():
+    # RFC 5321 4.5.3.1.6: at most 998 octets and CRLF; tidepost's own server (the
+    # relay) refuses longer with 554 5.6.0, so the message would bounce there.
+    # Broken as Postfix's smtp_line_length_limit does, with CRLF SPACE.
+    long = b"x" * 2500
+    body = from_local_input(b"Subject: " + long + b"\n\n" + long + b"\nshort\n", True)
+    lines = body.split(b"\r\n")
+    assert max(len(line) for line in lines) == 998
+    assert lines[1].startswith(b" ") and lines[3:] != [] and b"".join(
+        line.lstrip(b" ") if i else line for i, line in enumerate(lines[:3])) == \
+        b"Subject: " + long
+    assert body.endswith(b"\r\nshort\r\n") and body.replace(b"\r\n ", b"").count(long) == 2

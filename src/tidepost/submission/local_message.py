@@ -3,7 +3,7 @@
 Local programs write LF line endings and often omit From, Date and
 Message-ID; RFC 5322 requires From and Date, and a Message-ID is expected,
 so the submission adds them, as every sendmail does.  Only the header
-section is touched.
+section is touched (but for lines too long for SMTP, broken anywhere).
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from tidepost.address import Address
 from tidepost.submission.headers import has_header, header_section
 
 _FIELD = re.compile(rb"[!-9;-~]+:")
+MAX_LINE = 998  # octets a line may have before its CRLF (RFC 5321 4.5.3.1.6, RFC 5322 2.1.1)
 
 
 def from_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
     """CRLF-normalise standard input; a lone '.' line ends it unless -i.
 
     A bare CR inside a line becomes a line break and NUL octets are dropped,
-    as no SMTP server (tidepost's own included) accepts them in a message.
+    as no SMTP server (tidepost's own included) accepts them in a message;
+    for the same reason a line over MAX_LINE octets is broken with CRLF SPACE
+    (RFC 5321 4.5.3.1.6; Postfix's smtp_line_length_limit does the same).
     """
     raw = raw.replace(b"\0", b"")
     lines = raw.split(b"\n")
@@ -33,8 +36,17 @@ def from_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
         line = line[:-1] if line.endswith(b"\r") else line
         if dot_ends_input and line == b".":
             break
-        out.extend(line.split(b"\r"))
+        for part in line.split(b"\r"):
+            out.extend(_broken(part))
     return b"".join(line + b"\r\n" for line in out)
+
+
+def _broken(line: bytes) -> list[bytes]:
+    """`line` as lines of at most MAX_LINE octets, each continuation after a space."""
+    if len(line) <= MAX_LINE:
+        return [line]
+    step = MAX_LINE - 1
+    return [line[:MAX_LINE]] + [b" " + line[i:i + step] for i in range(MAX_LINE, len(line), step)]
 
 
 def complete_headers(body: bytes, sender: Address, full_name: str | None,
