@@ -88,7 +88,8 @@ class SmtpServerConfig:
         "still read and discarded)"))
     batch: bool = field(default=True, metadata=meta(
         "offer XTIDEPOST BATCH to tidepost peers: many messages per round trip, "
-        "compressed, resumable (docs/BATCH.md); other clients never see it"))
+        "compressed, resumable (docs/BATCH.md); an EHLO keyword that other clients "
+        "ignore; an untrusted client's refusals in a batch count against max_errors"))
     batch_partial_lifetime: float = field(default=86400.0, metadata=meta(
         "seconds a partly received batch message is kept in SPOOL/batch-partial for its "
         "sender to resume", low=60, high=30 * 86400, kind="duration"))
