@@ -30,7 +30,7 @@ MESSAGE = ("From: carol@site.test\r\nTo: alice@relay.test\r\nSubject: chunked\r\
            "\r\n.leading dot\r\n.\r\n..two dots\r\nQUIT\r\n\r\nüñí 8-bit\r\n"
            + "x" * 998 + "\r\nlast line\r\n").encode()
 TRACE = re.compile(rb"(?:(?:Received|Return-Path|Delivered-To|X-Original-To):"
-                   rb"[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*\Z")
+                   rb"[^\r\n]*\n(?:[ \t][^\r\n]*\n)*)*\Z")  # a Maildir file: LF lines
 
 
 class RecordingProxy:
@@ -123,7 +123,8 @@ def test_bdat_message_relayed_site_to_relay_arrives_byte_for_byte(tidepost_node,
     finally:
         proxy.close()
     delivered = relay.maildir("alice")[0]
-    assert delivered.endswith(MESSAGE) and TRACE.match(delivered[:-len(MESSAGE)])
+    message = MESSAGE.replace(b"\r\n", b"\n")  # the Maildir holds Unix text
+    assert delivered.endswith(message) and TRACE.match(delivered[:-len(message)])
     assert delivered.count(b"Received: ") == 2  # the site's and the relay's
     wire = bytes(proxy.sent)
     if chunking:
@@ -151,7 +152,7 @@ def test_bdat_refusals_keep_the_session_in_step(tidepost_node):
     assert replies(client, 3) == [250, 250, 250]
     client.quit()
     node.wait_for(lambda: len(node.maildir("alice")) == 1, what="the one good message")
-    assert node.maildir("alice")[0].endswith(b"Subject: ok\r\n\r\nfine\r\n")
+    assert node.maildir("alice")[0].endswith(b"Subject: ok\n\nfine\n")
     assert "5.6.0" in node.log_tail(200) and "5.3.4" in node.log_tail(200)
 
 

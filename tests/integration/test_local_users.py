@@ -146,7 +146,7 @@ def test_root_started_daemon_runs_as_its_account_and_users_get_their_own_mail(si
         folder_info = (site.bob.home / folder).stat()
         assert (folder_info.st_uid, stat.S_IMODE(folder_info.st_mode)) == (site.bob.uid, 0o700)
     text = delivered.read_bytes().decode()
-    assert text.startswith(f"Return-Path: <{site.alice.name}@box.test>\r\n")
+    assert text.startswith(f"Return-Path: <{site.alice.name}@box.test>\n")
     assert f"from userid {site.alice.name} uid {site.alice.uid}" in text
     read_own = site.bob.run("cat", str(delivered))
     assert read_own.returncode == 0 and b"hello" in read_own.stdout
@@ -167,11 +167,11 @@ def test_an_untrusted_user_cannot_choose_the_sender_or_forge_the_hosts_received(
     [delivered] = wait_for(lambda: site.maildir_files(site.bob), 20, what="bob's mail",
                            detail=site.log)
     text = delivered.read_bytes().decode()
-    assert text.startswith(f"Return-Path: <{site.alice.name}@box.test>\r\n")
+    assert text.startswith(f"Return-Path: <{site.alice.name}@box.test>\n")
     assert f"X-Authentication-Warning: box.test: {site.alice.name} set sender to " \
            "root@box.test using -f" in text
-    assert "\r\nX-Untrusted-Received: from mx.elsewhere.test by box.test" in text
-    assert "\r\nReceived: from mx.elsewhere.test" not in text
+    assert "\nX-Untrusted-Received: from mx.elsewhere.test by box.test" in text
+    assert "\nReceived: from mx.elsewhere.test" not in text
     own = site.sendmail(site.alice, "-f", f"{site.alice.name}@box.test", site.bob.name)
     assert own.returncode == 0
 

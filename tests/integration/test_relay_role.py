@@ -88,7 +88,7 @@ def test_held_until_the_site_asks_then_delivered_exactly_once(tidepost_node, unb
     assert "251 2.0.0 OK, no messages waiting for node site.test" in again
     time.sleep(1.0)
     assert len(site.maildir("alice")) == 3 and len(site.maildir("bob")) == 1  # exactly once
-    subjects = sorted(m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in site.maildir("alice"))
+    subjects = sorted(m.split(b"Subject: ")[1].split(b"\n")[0] for m in site.maildir("alice"))
     assert subjects == [b"held 0", b"held 1", b"held 2"]
     status = relay.cli("status", "-c", str(relay.config_path)).stdout.decode()
     assert "by ETRN" in status

@@ -134,7 +134,8 @@ def test_local_and_remote_delivery(tmp_path):
         assert await run_until(h, lambda: h.maildir("bob") and agent.deliveries)
         assert agent.deliveries == ["carol@example.test"]
         [mail] = h.maildir("bob")
-        assert mail.startswith(b"Return-Path: <alice@site.test>\r\nDelivered-To: bob@site.test")
+        assert mail.startswith(b"Return-Path: <alice@site.test>\nDelivered-To: bob@site.test")  # Unix text
+        assert b"\r" not in mail and mail.endswith(b"\n\nhello\n")  # LF lines, as every MTA writes
         assert b"Received: from client ([127.0.0.1])" in mail
         assert await h.queue.rows() == []
         await h.queue.close()

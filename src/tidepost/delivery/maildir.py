@@ -17,7 +17,8 @@ writes everything itself, as that user.  Names without an account
 (`local.users`, aliases) are written by the daemon, in the daemon's name.
 
 Prepends Return-Path and Delivered-To (RFC 5321 4.4; loop detection by
-convention).  Config key read: local.maildir ({spool}, {user}, {home}).
+convention) and writes LF line ends (Unix text, as every MTA's Maildir
+delivery does; the queue keeps SMTP's CRLF).  Config key read: local.maildir ({spool}, {user}, {home}).
 """
 
 from __future__ import annotations
@@ -79,22 +80,30 @@ class MaildirAgent:
         """Write the message into one recipient's Maildir (blocking; run in a thread)."""
         name = f"{int(job.message.arrival)}.{job.message.queue_id}R{rcpt.recipient_id}." \
                f"{self._hostname}"
-        prefix = (f"Return-Path: <{job.message.sender}>\r\n"
-                  f"Delivered-To: {rcpt.address}\r\n").encode()
+        data = unix_text(f"Return-Path: <{job.message.sender}>\r\n"
+                         f"Delivered-To: {rcpt.address}\r\n".encode() + job.body)
         account = self._account(rcpt.address.local)
         try:
             if account is not None and self._owner_writer is not None:
-                note = self._owner_writer.write_as(account, name, prefix + job.body,
-                                                   rcpt.uncertain)
+                note = self._owner_writer.write_as(account, name, data, rcpt.uncertain)
             else:
                 folder = maildir_path(self._template, self._spool, rcpt.address.local,
                                       account.home if account else "")
-                note = write_message(folder, name, prefix + job.body, rcpt.uncertain)
+                note = write_message(folder, name, data, rcpt.uncertain)
         except OSError as exc:
             return deferred(rcpt.recipient_id, "4.3.1" if exc.errno in (
                 errno.ENOSPC, errno.EDQUOT) else "4.2.0",
                 f"maildir of {rcpt.address.local}: {exc.strerror or exc}")
         return delivered(rcpt.recipient_id, note)
+
+
+def unix_text(message: bytes) -> bytes:
+    """A queued message (CRLF lines, no bare CR or LF) with LF line ends.
+
+    Maildir files hold Unix text, as Postfix's local(8), Exim and qmail
+    write them: mail readers and IMAP servers reading the files expect LF.
+    """
+    return message.replace(b"\r\n", b"\n")
 
 
 def write_message(folder: Path, name: str, data: bytes, uncertain: bool) -> str:
