@@ -125,6 +125,22 @@ async def run_until(harness: Harness, condition, timeout: float = 10.0):
         await task
 
 
+def test_mail_that_was_delivered_to_the_mailbox_before_is_a_loop_and_bounces(tmp_path):
+    # Another host (a Postfix forwarding with its own Delivered-To) sent it back.
+    async def scenario():
+        h = Harness(tmp_path, ScriptedAgent())
+        envelope = Envelope(ALICE, (Address("bob", "site.test"), Address("alice", "site.test")))
+        looped = b"Delivered-To: BOB@site.test\r\nSubject: again\r\n\r\nhello\r\n"
+        await h.submission.submit(envelope, looped, ClientInfo("127.0.0.1", "client"))
+        assert await run_until(h, lambda: len(h.maildir("alice")) >= 2)  # hers and the bounce
+        assert h.maildir("bob") == []
+        bounce = [m for m in h.maildir("alice") if b"Status: 5.4.6" in m]
+        assert bounce and b"mail forwarding loop for bob@site.test" in bounce[0]
+        assert [m for m in h.maildir("alice") if m.endswith(b"\n\nhello\n")]  # alice's copy
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
 def test_local_and_remote_delivery(tmp_path):
     agent = ScriptedAgent()
 

@@ -17,7 +17,8 @@ writes everything itself, as that user.  Names without an account
 (`local.users`, aliases) are written by the daemon, in the daemon's name.
 
 Prepends Return-Path and Delivered-To (RFC 5321 4.4; loop detection by
-convention) and writes LF line ends (Unix text, as every MTA's Maildir
+convention; a message already carrying this recipient's Delivered-To is a
+forwarding loop, bounced 5.4.6) and writes LF line ends (Unix text, as every MTA's Maildir
 delivery does; the queue keeps SMTP's CRLF).  Config key read: local.maildir ({spool}, {user}, {home}).
 """
 
@@ -34,7 +35,8 @@ from tidepost.config.schema import RouteConfig
 from tidepost.durable import sync_path
 from tidepost.delivery.agent import Overlap
 from tidepost.model import DeliveryJob, QueuedRecipient
-from tidepost.outcomes import Outcome, deferred, delivered
+from tidepost.outcomes import Outcome, bounced, deferred, delivered
+from tidepost.submission.headers import header_section
 
 
 class OwnerWriter(Protocol):
@@ -80,6 +82,9 @@ class MaildirAgent:
         """Write the message into one recipient's Maildir (blocking; run in a thread)."""
         name = f"{int(job.message.arrival)}.{job.message.queue_id}R{rcpt.recipient_id}." \
                f"{self._hostname}"
+        if delivered_to_before(job.body, str(rcpt.address)):
+            return bounced(rcpt.recipient_id, "5.4.6",
+                           f"mail forwarding loop for {rcpt.address}")
         data = unix_text(f"Return-Path: <{job.message.sender}>\r\n"
                          f"Delivered-To: {rcpt.address}\r\n".encode() + job.body)
         account = self._account(rcpt.address.local)
@@ -95,6 +100,21 @@ class MaildirAgent:
                 errno.ENOSPC, errno.EDQUOT) else "4.2.0",
                 f"maildir of {rcpt.address.local}: {exc.strerror or exc}")
         return delivered(rcpt.recipient_id, note)
+
+
+def delivered_to_before(message: bytes, address: str) -> bool:
+    """True when the message's header already says `Delivered-To: address`.
+
+    Then it has been delivered to this mailbox before and came back (a
+    forwarding loop through another host): bounced, as Postfix's local(8)
+    does, instead of going round until the Received limit stops it.
+    """
+    wanted = address.lower().encode()
+    for line in header_section(message).split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.lower() == b"delivered-to" and value.strip().lower() == wanted:
+            return True
+    return False
 
 
 def unix_text(message: bytes) -> bytes:
