@@ -463,7 +463,9 @@ def _insert(conn: sqlite3.Connection, message: NewMessage) -> list[ScheduleEntry
             "VALUES (?,?,?,?,?,?,?)",
             (message_id, rcpt.local, rcpt.domain, QUEUED, message.arrival, dsn.notify,
              dsn.orcpt)).lastrowid
-        entries.append(ScheduleEntry(rid, message_id, rcpt.domain, message.arrival,
+        # Interned, as the walk's: the scheduler keeps the entry as long as the
+        # mail waits, and a held site's 100,000 share a few domain strings.
+        entries.append(ScheduleEntry(rid, message_id, sys.intern(rcpt.domain), message.arrival,
                                      len(message.body)))
     return entries
 
