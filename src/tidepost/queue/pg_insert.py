@@ -13,16 +13,16 @@ one bad message does not spoil the others.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import asyncpg
 
 from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import RecipientState, ScheduleEntry
 from tidepost.queue.backend import NewMessage
+from tidepost.queue.pg_batches import Batches
 from tidepost.queue.pg_views import NOTICE_CHANNEL
 from tidepost.queue.sqlite import new_queue_id
 
@@ -107,83 +107,51 @@ async def insert_messages(conn: asyncpg.Connection, messages: Sequence[NewMessag
 
 
 class GroupCommit:
-    """Batches concurrent submits into shared transactions.
-
-    WRITERS transactions may be in progress at once, on connections of
-    their own: while one waits for its COMMIT's WAL flush, the next batch is
-    already being inserted, and PostgreSQL flushes both commits together.
-    """
+    """Concurrent submits in shared transactions (queue/pg_batches.py), WRITERS at once."""
 
     def __init__(self, pool: asyncpg.Pool, notice: str):
         self._pool = pool
         self._notice = notice
-        self._waiting: list[tuple[NewMessage, asyncio.Future]] = []
-        self._wanted = asyncio.Event()
-        self._closing = False
-        self._tasks = [asyncio.ensure_future(self._run()) for _ in range(WRITERS)]
+        self._batches: Batches[NewMessage] = Batches(self._commit, BATCH_LIMIT, WRITERS)
 
     async def submit(self, message: NewMessage) -> list[ScheduleEntry]:
         """Queue `message` in the next group commit; returns after COMMIT."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((with_queue_id(message), future))
-        self._wanted.set()
-        return await future
+        return await self._batches.submit(with_queue_id(message))
 
     async def close(self) -> None:
         """Finish the batches waiting, then stop."""
-        self._closing = True
-        self._wanted.set()
-        await asyncio.gather(*self._tasks)
+        await self._batches.close()
 
-    async def _run(self) -> None:
-        while True:
-            while not self._waiting:
-                if self._closing:
-                    return
-                self._wanted.clear()
-                await self._wanted.wait()
-            batch, self._waiting = self._waiting[:BATCH_LIMIT], self._waiting[BATCH_LIMIT:]
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[tuple[NewMessage, asyncio.Future]]) -> None:
+    async def _commit(self, batch: list[NewMessage]) -> list[Any]:
         """One transaction for the batch; one transaction per message if the batch fails.
 
         Only a statement's failure leads to the retry one by one: a failed
         COMMIT fails the whole batch (451 to each client; the outcome of
         that COMMIT is unknown, and retrying could store a message twice).
         """
-        results: list[tuple[object, BaseException | None]]
         try:
             async with self._pool.acquire() as conn:
                 transaction = conn.transaction()
                 await transaction.start()
                 try:
-                    values = await insert_messages(conn, [m for m, _ in batch], self._notice)
+                    values = await insert_messages(conn, batch, self._notice)
                 except (asyncpg.PostgresError, AlreadyQueued):
                     await transaction.rollback()
-                    results = [await self._one(conn, message) for message, _ in batch]
-                else:
-                    await transaction.commit()
-                    results = [(v, None) for v in values]
+                    return [await self._one(conn, message) for message in batch]
+                await transaction.commit()
+                return list(values)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            results = [(None, QueueError(f"queue write failed: {exc}"))] * len(batch)
-        for (_, future), (value, error) in zip(batch, results):
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+            return [QueueError(f"queue write failed: {exc}")] * len(batch)
 
     async def _one(self, conn: asyncpg.Connection,
-                   message: NewMessage) -> tuple[object, BaseException | None]:
+                   message: NewMessage) -> list[ScheduleEntry] | BaseException:
         """Insert one message in a transaction of its own; its entries or its error."""
         try:
             async with conn.transaction():
-                return (await insert_messages(conn, [message], self._notice))[0], None
+                return (await insert_messages(conn, [message], self._notice))[0]
         except AlreadyQueued as exc:
-            return None, exc
+            return exc
         except asyncpg.UniqueViolationError:
-            return None, QueueError(f"queue id {message.queue_id} is already in use")
+            return QueueError(f"queue id {message.queue_id} is already in use")
         except asyncpg.PostgresError as exc:
-            return None, QueueError(f"queue write failed: {exc}")
+            return QueueError(f"queue write failed: {exc}")

@@ -14,9 +14,8 @@ one bad record does not spoil the others; a failed COMMIT fails the batch.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import asyncpg
@@ -26,6 +25,7 @@ from tidepost.model import RecipientState, ScheduleEntry
 from tidepost.outcomes import Verdict
 from tidepost.queue import pg_views as views
 from tidepost.queue.backend import NewMessage, RecipientUpdate, Recorded
+from tidepost.queue.pg_batches import Batches
 from tidepost.queue.pg_insert import insert_messages
 
 QUEUED = RecipientState.QUEUED.value
@@ -35,7 +35,7 @@ BATCH_LIMIT = 256  # records per transaction
 WRITERS = 2        # transactions in progress at once
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RecordRequest:
     """One `record` call: a runner's outcomes, the DSNs they cause, warnings given."""
 
@@ -43,52 +43,25 @@ class RecordRequest:
     updates: Sequence[RecipientUpdate]
     dsns: Sequence[NewMessage]  # queue ids chosen
     warned: Sequence[int]
-    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
-                                 .create_future())
 
 
 class RecordGroup:
-    """Batches concurrent records into shared transactions (module docstring)."""
+    """Concurrent records of one runner in shared transactions (module docstring)."""
 
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
-        self._waiting: list[RecordRequest] = []
-        self._wanted = asyncio.Event()
-        self._closing = False
-        self._tasks = [asyncio.ensure_future(self._run()) for _ in range(WRITERS)]
+        self._batches: Batches[RecordRequest] = Batches(
+            self._commit, BATCH_LIMIT, WRITERS, key=lambda request: request.owner)
 
     async def record(self, request: RecordRequest) -> Recorded:
         """Write `request` in the next shared transaction; returns after COMMIT."""
-        self._waiting.append(request)
-        self._wanted.set()
-        return await request.done
+        return await self._batches.submit(request)
 
     async def close(self) -> None:
         """Finish the records waiting, then stop."""
-        self._closing = True
-        self._wanted.set()
-        await asyncio.gather(*self._tasks)
+        await self._batches.close()
 
-    async def _run(self) -> None:
-        while True:
-            while not self._waiting:
-                if self._closing:
-                    return
-                self._wanted.clear()
-                await self._wanted.wait()
-            await self._commit(self._next_batch())
-
-    def _next_batch(self) -> list[RecordRequest]:
-        """Up to BATCH_LIMIT waiting records of the first one's runner, in arrival order."""
-        owner = self._waiting[0].owner
-        batch, rest = [], []
-        for request in self._waiting:
-            (batch if request.owner == owner and len(batch) < BATCH_LIMIT else rest).append(request)
-        self._waiting = rest
-        return batch
-
-    async def _commit(self, batch: list[RecordRequest]) -> None:
-        results: list[Recorded | BaseException]
+    async def _commit(self, batch: list[RecordRequest]) -> list[Recorded | BaseException]:
         try:
             async with self._pool.acquire() as conn:
                 transaction = conn.transaction()
@@ -99,19 +72,11 @@ class RecordGroup:
                     await transaction.rollback()
                     if len(batch) == 1:
                         raise
-                    results = [await _one(conn, request) for request in batch]
-                else:
-                    await transaction.commit()
-                    results = list(recorded)
+                    return [await _one(conn, request) for request in batch]
+                await transaction.commit()
+                return list(recorded)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            results = [QueueError(f"queue database: {exc}")] * len(batch)
-        for request, result in zip(batch, results):
-            if request.done.done():
-                continue
-            if isinstance(result, BaseException):
-                request.done.set_exception(result)
-            else:
-                request.done.set_result(result)
+            return [QueueError(f"queue database: {exc}")] * len(batch)
 
 
 async def _one(conn: asyncpg.Connection, request: RecordRequest) -> Recorded | BaseException:
