@@ -278,11 +278,9 @@ class RelayConversation(Conversation):
                               else A.S504_UNKNOWN_MECHANISM)
         result = await A.read_credentials(self._challenge, mechanism, initial.strip(),
                                           self.config.hostname)
+        if result == A.S535_BAD_CREDENTIALS:  # PLAIN for another identity
+            return self._auth_failed(mechanism, "(authorization identity not allowed)")
         if isinstance(result, Reply):
-            if result == A.S535_BAD_CREDENTIALS:  # PLAIN for another identity
-                self.relay.statistics["auth_failed"] += 1
-                log.warning("AUTH %s failed from %s: authorization identity not allowed",
-                            mechanism.upper(), self.session.peer_ip)
             return self.reply(result)
         credentials = self.relay.credentials
         assert credentials is not None
@@ -293,13 +291,16 @@ class RelayConversation(Conversation):
             user, password = result
             identity = await asyncio.to_thread(credentials.check, user, password)
         if identity is None:
-            self.relay.statistics["auth_failed"] += 1
-            log.warning("AUTH %s failed for %r from %s", mechanism.upper(), user,
-                        self.session.peer_ip)
-            return self.reply(A.S535_BAD_CREDENTIALS)
+            return self._auth_failed(mechanism, f"for {user!r}")
         self.relay.statistics["auth_ok"] += 1
         self.authenticated(identity.user)
         self.reply(A.S235_AUTHENTICATED)
+
+    def _auth_failed(self, mechanism: str, what: str) -> None:
+        """Count, log and refuse a failed authentication (535 5.7.8)."""
+        self.relay.statistics["auth_failed"] += 1
+        log.warning("AUTH %s failed %s from %s", mechanism.upper(), what, self.session.peer_ip)
+        self.reply(A.S535_BAD_CREDENTIALS)
 
     def _auth_refusal(self) -> Reply | None:
         """The reply refusing AUTH now, or None."""
