@@ -32,10 +32,9 @@ from tidepost.model import BodyType, MessageInfo, QueuedRecipient
 from tidepost.outcomes import Outcome
 from tidepost.queue.backend import NewMessage
 from tidepost.queue.sqlite import new_queue_id
-from tidepost.submission.headers import header_section
+from tidepost.submission.headers import MAX_LINE, header_section
 
 MAX_RETURNED_HEADERS = 64 * 1024  # octets of the original's header section a DSN returns
-MAX_LINE = 998                    # octets per line, CRLF excluded (RFC 5322 2.1.1)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 

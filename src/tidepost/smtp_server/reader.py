@@ -43,10 +43,11 @@ from typing import Protocol
 from tidepost.eventloop import running_loop
 from tidepost.smtp_server.deadlines import Deadlines
 from tidepost.smtp_server.pace import DataPace
+from tidepost.submission.headers import MAX_LINE
 
 CHUNK = 64 * 1024
 END_OF_DATA = b"\r\n.\r\n"
-MAX_TEXT_LINE = 1000  # octets including CRLF (RFC 5321 4.5.3.1.6)
+MAX_TEXT_LINE = MAX_LINE + 2  # octets including CRLF (RFC 5321 4.5.3.1.6)
 
 
 class ReaderError(Exception):

@@ -10,6 +10,10 @@ import functools
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+# Octets a line of a message may have before its CRLF (RFC 5321 4.5.3.1.6,
+# RFC 5322 2.1.1).
+MAX_LINE = 998
+
 if TYPE_CHECKING:
     from tidepost.model import Envelope
     from tidepost.submission.submit import ClientInfo

@@ -13,10 +13,9 @@ import secrets
 from email.utils import formatdate
 
 from tidepost.address import Address
-from tidepost.submission.headers import has_header, header_section
+from tidepost.submission.headers import MAX_LINE, has_header, header_section
 
 _FIELD = re.compile(rb"[!-9;-~]+:")
-MAX_LINE = 998  # octets a line may have before its CRLF (RFC 5321 4.5.3.1.6, RFC 5322 2.1.1)
 
 
 def from_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
