@@ -347,6 +347,13 @@ def test_error_count_disconnects():
     run(scenario, make_config(max_errors=3))
 
 
+def xbatch(records: bytes) -> bytes:
+    """An XBATCH command carrying `records` as the first chunk of a batch stream."""
+    deflate = zlib.compressobj()
+    chunk = deflate.compress(records) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    return b"XBATCH %d\r\n" % len(chunk) + chunk
+
+
 def test_refusals_inside_a_batch_count_as_errors(tmp_path):
     # XBATCH records go through the SMTP checks, and so through the error
     # limit: without it a client could harvest users or probe relaying in
@@ -355,13 +362,11 @@ def test_refusals_inside_a_batch_count_as_errors(tmp_path):
               + b"".join(b"RCPT TO:<%s@local.example>\r\n" % u
                          for u in (b"ghost1", b"ghost2", b"alice", b"ghost3"))
               + b"DATA 4\r\nhi\r\nEND\r\n")
-    deflate = zlib.compressobj()
-    chunk = deflate.compress(record) + deflate.flush(zlib.Z_SYNC_FLUSH)
 
     async def scenario(connect, server):
         c = await connect()
         await c.ehlo()
-        await c.send(b"XBATCH %d\r\n" % len(chunk) + chunk)
+        await c.send(xbatch(record))
         assert (await c.reply()).code == 250
         assert c.lines[:3] == [f"250-2.0.0 h1 {i} 550 5.1.1 No such user here"
                                for i in (0, 1, 3)]
@@ -375,13 +380,11 @@ def test_a_partial_batch_message_is_resumed_only_by_its_own_client(tmp_path):
     head = b"Subject: part\r\n\r\n"
     record = (b"MSG p1 0 1000\r\nMAIL FROM:<a@origin.test>\r\n"
               b"RCPT TO:<alice@local.example>\r\nDATA %d\r\n" % len(head) + head)
-    deflate = zlib.compressobj()
-    chunk = deflate.compress(record) + deflate.flush(zlib.Z_SYNC_FLUSH)
 
     async def scenario(connect, server):
         c = await connect()
         await c.ehlo()
-        await c.send(b"XBATCH %d\r\n" % len(chunk) + chunk)
+        await c.send(xbatch(record))
         assert await c.reply() == Reply(250, "2.0.0", "chunk 1 stored")
         host, port = server.addresses()[0]
         other = Client(*await asyncio.open_connection(host, port,
