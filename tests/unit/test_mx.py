@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 
 import pytest
 
 from tidepost.config.schema import DnsConfig
 from tidepost.errors import PermFailure, TempFailure
-from tidepost.resolver.resolver import MxAnswer, MxRecord, Resolver, _nameserver, _parse_mx
+from tidepost.resolver.network import _nameserver
+from tidepost.resolver.resolver import MxAnswer, MxRecord, Resolver, _parse_mx
 from tidepost.smtp_client.mx import (NextHop, Target, host_hops, literal_address, next_hops,
                                      order_mx, parse_smarthost)
 
@@ -222,3 +225,28 @@ def test_our_endpoints_are_listen_addresses_and_with_a_wildcard_the_interfaces(t
     assert ("0:0::1", 587) in own
     assert own.ours(2525)("127.0.0.1") and not own.ours(25)("127.0.0.2")
     assert local_addresses(tmp_path / "none", tmp_path / "none6") == set()
+
+
+def test_dnspython_is_loaded_at_the_first_query_not_with_the_daemon():
+    # dnspython is 5 MiB of an idle daemon: a held site need not load it.
+    script = (
+        "import sys, asyncio\n"
+        "import tidepost.node\n"
+        "from tidepost.config.schema import DnsConfig\n"
+        "from tidepost.resolver.resolver import Resolver\n"
+        "resolver = Resolver(DnsConfig(nameservers=('127.0.0.1:9',), timeout=0.2))\n"
+        "print('dns' in sys.modules)\n"
+        "try:\n"
+        "    asyncio.run(resolver.mx('d.test'))\n"
+        "except Exception:\n"
+        "    pass\n"
+        "print('dns' in sys.modules)\n")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert loaded == ["False", "True"]
+
+
+def test_guarded_views_share_one_dns_client():
+    resolver = Resolver(DnsConfig(nameservers=("127.0.0.1:9",), timeout=0.2))
+    view = resolver.guarded(lambda name, rdtype: None)
+    assert view._network.client() is resolver._network.client()

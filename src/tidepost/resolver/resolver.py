@@ -1,10 +1,11 @@
 """DNS lookups for outbound mail: MX, A and AAAA, asynchronously.
 
-Role: the only place that sends DNS queries.  `Resolver.query(name, rdtype)`
-is the one method that touches the network; it returns an `Answer` (records
-as text, TTL in seconds, and whether the name exists) and never raises for
-NXDOMAIN or an empty answer, so that a persistent TTL cache (resolver/cache.py,
-a later issue) can wrap it and store negative answers too.  `mx()` and
+Role: the only way to send DNS queries.  `Resolver.query(name, rdtype)` is
+the one method that reaches the network (through resolver/network.py, the
+only module that imports dnspython, loaded at the first query); it returns
+an `Answer` (records as text, TTL in seconds, and whether the name exists)
+and never raises for NXDOMAIN or an empty answer, so that the persistent TTL
+cache (resolver/cache.py) can wrap it and store negative answers too.  `mx()` and
 `addresses()` are thin interpretations of `query()`.
 
 Errors: a timeout, SERVFAIL, REFUSED or no usable nameserver raises
@@ -30,16 +31,13 @@ import asyncio
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from tidepost.config.schema import DnsConfig
-from tidepost.errors import PermFailure, TempFailure
+from tidepost.errors import PermFailure
+
+if TYPE_CHECKING:
+    from tidepost.resolver.network import DnsClient
 
 # Called with (name, rdtype) before a query leaves the host; raises to refuse.
 Guard = Callable[[str, str], None]
@@ -112,29 +110,37 @@ class Resolver(Lookups):
 
     def __init__(self, dns_config: DnsConfig, *, guard: Guard | None = None):
         self.guard = guard
-        self._dns = _make_dns_resolver(dns_config)
+        self._network = _Network(dns_config)
 
     async def query(self, name: str, rdtype: str) -> Answer:
         """Ask the network for `rdtype` records of `name` (the one query method)."""
         if self.guard is not None:
             self.guard(name, rdtype)
-        try:
-            qname = dns.name.from_text(name)
-            answer = await self._dns.resolve(qname, rdtype, search=False,
-                                             raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN as error:
-            return Answer(name, rdtype, (), _nxdomain_ttl(error), exists=False)
-        except dns.exception.DNSException as error:
-            raise TempFailure("4.4.3", f"DNS {rdtype} lookup of {name} failed: "
-                              f"{_describe(error)}") from None
-        records = tuple(rd.to_text() for rd in answer.rrset or ())
-        return Answer(name, rdtype, records, answer.chaining_result.minimum_ttl)
+        return await self._network.client().query(name, rdtype)
 
     def guarded(self, guard: Guard) -> Resolver:
         """This resolver (same nameservers) with `guard` run after any existing guard."""
         view = copy.copy(self)
         view.guard = guard if self.guard is None else _both(self.guard, guard)
         return view
+
+
+class _Network:
+    """The dnspython client, made at the first query and shared by every guarded view.
+
+    dnspython is 5 MiB of the daemon's memory (a fifth of it idle): a held
+    site that answers from its DNS cache, or never sends, need not load it.
+    """
+
+    def __init__(self, dns_config: DnsConfig):
+        self._config = dns_config
+        self._client: DnsClient | None = None
+
+    def client(self) -> DnsClient:
+        if self._client is None:
+            from tidepost.resolver.network import DnsClient
+            self._client = DnsClient(self._config)
+        return self._client
 
 
 def _both(first: Guard, second: Guard) -> Guard:
@@ -145,58 +151,9 @@ def _both(first: Guard, second: Guard) -> Guard:
     return guard
 
 
-def _make_dns_resolver(dns_config: DnsConfig) -> dns.asyncresolver.Resolver:
-    """A dnspython resolver for the configured nameservers, or resolv.conf's."""
-    if not dns_config.nameservers:
-        try:
-            resolver = dns.asyncresolver.Resolver(configure=True)
-        except dns.resolver.NoResolverConfiguration:
-            # No resolv.conf: every query fails temporarily (NoNameservers)
-            # instead of the node failing to start.
-            resolver = dns.asyncresolver.Resolver(configure=False)
-    else:
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [_nameserver(entry) for entry in dns_config.nameservers]
-    resolver.lifetime = dns_config.timeout
-    resolver.timeout = min(resolver.timeout, dns_config.timeout)
-    resolver.cache = None  # caching is resolver/cache.py's job, with persistence
-    return resolver
-
-
-def _nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
-    """Parse "HOST", "HOST:PORT", "[V6]" or "[V6]:PORT" into a nameserver."""
-    host, port = entry, 53
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        if rest.startswith(":"):
-            port = int(rest[1:])
-    elif entry.count(":") == 1:
-        host, port_text = entry.split(":")
-        port = int(port_text)
-    return dns.nameserver.Do53Nameserver(host, port)
-
-
 def _parse_mx(text: str) -> MxRecord:
     """Parse MX rdata text such as "10 mx1.example." or "0 ."."""
     preference, exchange = text.split(None, 1)
     if exchange != ".":
         exchange = exchange.rstrip(".").lower()
     return MxRecord(int(preference), exchange)
-
-
-def _nxdomain_ttl(error: dns.resolver.NXDOMAIN) -> int:
-    """The negative-caching TTL of an NXDOMAIN answer (SOA minimum), or 0."""
-    try:
-        response = next(iter(error.responses().values()))
-        return response.resolve_chaining().minimum_ttl
-    except Exception:  # an odd response only costs us negative caching
-        return 0
-
-
-def _describe(error: dns.exception.DNSException) -> str:
-    """A one-line reason for a failed lookup."""
-    if isinstance(error, dns.exception.Timeout):
-        return "timed out"
-    if isinstance(error, dns.resolver.NoNameservers):
-        return "no nameserver answered (SERVFAIL or REFUSED)"
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
