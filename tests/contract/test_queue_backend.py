@@ -576,8 +576,8 @@ def test_a_version_2_spool_gets_the_change_log_and_keeps_its_mail(tmp_path: Path
     try:
         run(queue.hold_recipients(Selection(), T0))
         run(queue.release_recipients(Selection(), T0))
-        change, entries = run(queue.changes_since(0))
-        assert [e.domain for e in entries] == ["example.net"] and change > 0
+        changes = run(queue.changes_since(0))
+        assert [e.domain for e in changes.due] == ["example.net"] and changes.latest > 0
     finally:
         run(queue.close())
 

@@ -18,7 +18,7 @@ from tidepost.errors import QueueError
 from tidepost.model import RecipientState
 from tidepost.outcomes import delivered
 from tidepost.queue.backend import Recorded
-from tidepost.queue.selection import (CLAIMED, EVERY_STATE, QUEUED, Changed, Condition,
+from tidepost.queue.selection import (CLAIMED, EVERY_STATE, QUEUED, Changed, Changes, Condition,
                                       Place, Selection, Tally)
 
 CAROL = Address("carol", "mail.example.org")   # a subdomain of ALICE's
@@ -169,24 +169,39 @@ def test_hold_leaves_recipients_in_flight_alone(queue):
     assert run(queue.load_body(entries[0].message_id))
 
 
-def test_release_and_requeue_are_logged_as_changes_for_the_daemon(queue):
+def test_admin_changes_are_logged_for_the_daemon(queue):
     held = run(queue.submit(message(ALICE, queue_id="Q1")))
     deferred_one = run(queue.submit(message(BOB, arrival=T0 + 900, queue_id="Q2")))
-    start, nothing = run(queue.changes_since(0))
-    assert nothing == []
+    start = run(queue.changes_since(0)).latest
+    assert run(queue.changes_since(0)) == Changes(start, [], [])
     run(queue.hold_recipients(Selection(queue_ids=("Q1",)), T0))
-    assert run(queue.changes_since(start)) == (start, [])  # a hold needs no notice
+    after_hold = run(queue.changes_since(start))
+    assert after_hold.latest > start  # the daemon forgets a held recipient
+    assert (after_hold.due, after_hold.gone) == ([], ids(held))
     run(queue.release_recipients(Selection(), T0 + 10))
-    after_release, released = run(queue.changes_since(start))
-    assert ids(released) == ids(held) and released[0].next_try == T0 + 10
+    released = run(queue.changes_since(after_hold.latest))
+    assert ids(released.due) == ids(held) and released.due[0].next_try == T0 + 10
+    assert released.gone == []
     assert run(queue.requeue_recipients(Selection(queue_ids=("Q2",)), T0 + 20)) == \
         [Changed("Q2", 1)]
-    latest, requeued = run(queue.changes_since(after_release))
-    assert latest > after_release > start
-    assert [(e.recipient_id, e.next_try) for e in requeued] == [(ids(deferred_one)[0], T0 + 20)]
-    assert run(queue.changes_since(latest)) == (latest, [])
+    requeued = run(queue.changes_since(released.latest))
+    assert requeued.latest > released.latest
+    assert [(e.recipient_id, e.next_try) for e in requeued.due] == \
+        [(ids(deferred_one)[0], T0 + 20)]
+    assert run(queue.changes_since(requeued.latest)) == Changes(requeued.latest, [], [])
     run(queue.claim(ids(held), RUNNER, LEASE, T0 + 20))
-    assert ids(run(queue.changes_since(start))[1]) == ids(deferred_one)  # only QUEUED ones
+    since_start = run(queue.changes_since(start))
+    assert ids(since_start.due) == ids(deferred_one)  # only QUEUED ones
+    assert since_start.gone == ids(held)              # claimed since: not the scheduler's
+
+
+def test_deleted_recipients_are_logged_as_gone_for_the_daemon(queue):
+    entries = run(queue.submit(message(ALICE, BOB, queue_id="Q1")))
+    start = run(queue.changes_since(0)).latest
+    run(queue.delete_recipients(Selection(queue_ids=("Q1",)), T0))
+    changes = run(queue.changes_since(start))
+    assert changes.latest > start
+    assert (changes.due, changes.gone) == ([], ids(entries))
 
 
 def test_requeue_keeps_attempts_and_skips_held_and_claimed_recipients(queue):

@@ -93,3 +93,28 @@ def test_a_requeued_recipient_is_tried_now_not_at_its_retry_time(tmp_path):
             await admin.requeue_recipients(Selection(), time.time())
             assert await wait_until(lambda: agent.deliveries == ["carol@example.test"])
     asyncio.run(scenario())
+
+
+def test_the_scheduler_forgets_recipients_held_or_deleted_on_a_held_route(tmp_path):
+    # 10,000 deleted on a held route stayed in the daemon's memory until the
+    # route's next run (a relay's customer may not connect for weeks).
+    agent = ScriptedAgent()
+
+    async def scenario():
+        h = Harness(tmp_path, agent, held=True)
+        async with daemon_and_admin(h) as (admin, start):
+            kept = await h.send("carol@example.test")
+            gone = await h.send("dave@example.test")
+            start()
+            await asyncio.sleep(0.3)  # its start-up done: the change log is followed from here
+            assert len(h.manager.scheduler) == 2
+            await admin.delete_recipients(Selection(queue_ids=(gone,)), time.time())
+            assert await wait_until(lambda: len(h.manager.scheduler) == 1)
+            await admin.hold_recipients(Selection(queue_ids=(kept,)), time.time())
+            assert await wait_until(lambda: len(h.manager.scheduler) == 0)
+            await admin.release_recipients(Selection(queue_ids=(kept,)), time.time())
+            assert await wait_until(lambda: len(h.manager.scheduler) == 1)
+            await h.manager.release("uplink", "test")
+            assert await wait_until(lambda: agent.deliveries == ["carol@example.test"])
+        assert agent.deliveries == ["carol@example.test"]
+    asyncio.run(scenario())

@@ -16,8 +16,9 @@ listing's filters (`delete --all --domain spam.example`).  Each is one
 transaction in the queue, so a command killed midway changed all or
 nothing; it is safe beside the daemon and a `tidepost flush`, since a claim
 never hands out a HELD or deleted recipient.  A running daemon is told of
-released and requeued recipients through its control socket at once, and
-finds them in the queue's change log within its poll interval anyway.
+every change through its control socket at once (it reschedules released
+and requeued recipients and forgets held and deleted ones), and finds them
+in the queue's change log within its poll interval anyway.
 Every change is logged (docs/LOGGING.md): component `admin`, events
 held/released/requeued/deleted, with `by` (the user) and `nrcpt`.
 """
@@ -80,7 +81,7 @@ async def change(config: Config, action: str, filters: Filters, by: str = "") ->
         eventlog.event(log, item.queue_id, EVENTS[action], by=user, nrcpt=item.recipients)
         if item.removed:  # the message's last line, as after its last delivery
             eventlog.event(log, item.queue_id, "removed")
-    if changed and action in ("release", "requeue"):
+    if changed:  # the daemon reschedules or forgets them at once
         request(config.spool_path, "wake", timeout=5.0)  # None: no daemon; it loads at start
     _report(action, changed, [i for i in missing if i not in unknown], unknown)
     return EX_NOTFOUND if unknown else 0

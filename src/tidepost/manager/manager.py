@@ -315,7 +315,7 @@ class Manager(RouteStates):
             self.scheduler.hold(route)
         await self.caps.load()
         # Before the walk: a change made meanwhile is then read twice, never missed.
-        self._last_change, _ = await self._queue.changes_since(0)
+        self._last_change = (await self._queue.changes_since(0)).latest
         entries = await self._watch.everything()
         now = self._clock.now()
         for entry in entries:
@@ -451,13 +451,19 @@ class Manager(RouteStates):
             self._wake.set()
 
     async def _poll_changes(self) -> int:
-        """Reschedule recipients released or requeued by an admin since the last look.
+        """Follow what admins changed since the last look: reschedule or forget.
 
-        Their destinations' backoff is forgotten too: the admin asked for a
-        try now, as `postqueue -f` unthrottles Postfix's dead destinations.
+        Released and requeued recipients are rescheduled, and their
+        destinations' backoff is forgotten: the admin asked for a try now, as
+        `postqueue -f` unthrottles Postfix's dead destinations.  Held and
+        deleted ones leave the scheduler (on a held route they would stay in
+        memory until its next run).
         """
-        self._last_change, entries = await self._queue.changes_since(self._last_change)
-        fresh = [e for e in entries if e.recipient_id not in self._in_flight]
+        changes = await self._queue.changes_since(self._last_change)
+        self._last_change = changes.latest
+        for recipient_id in changes.gone:
+            self.scheduler.remove(recipient_id)
+        fresh = [e for e in changes.due if e.recipient_id not in self._in_flight]
         for entry in fresh:
             self.scheduler.insert(entry)  # replaces the entry, with its new next try
             destination = self._router.destination(entry.domain, entry.size)

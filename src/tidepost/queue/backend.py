@@ -32,7 +32,7 @@ from tidepost.errors import ConfigError
 from tidepost.model import (NO_DSN_REQUEST, BodyType, MessageInfo, QueuedRecipient,
                             RecipientDsn, ScheduleEntry)
 from tidepost.outcomes import Outcome
-from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
+from tidepost.queue.selection import Changed, Changes, Selection, Tally, TallyKey
 
 # The notice (`on_notice`) a store sends after its notices may have been lost
 # (its LISTEN connection to the database was down): listeners read everything.
@@ -223,7 +223,9 @@ class QueueBackend(Protocol):
         HELD recipients are never claimed, never expire and do not count
         attempts, whatever their route's state, until released.  Recipients
         in other states (in flight, already held) are left as they are.
-        Returns one Changed per message with at least one recipient held.
+        Each held recipient is noted in the change log, so that a daemon's
+        scheduler lets go of it.  Returns one Changed per message with at
+        least one recipient held.
         """
 
     async def release_recipients(self, selection: Selection, now: float) -> list[Changed]:
@@ -249,16 +251,19 @@ class QueueBackend(Protocol):
         holds one finds it gone when it records its outcome, which then
         changes nothing.  A message left with no undelivered recipient is
         deleted with its body (Changed.removed); its transfer keys stay.
-        Returns one Changed per message with at least one recipient deleted.
+        Each deleted recipient is noted in the change log (a daemon's
+        scheduler would keep it until its route's next run).  Returns one
+        Changed per message with at least one recipient deleted.
         """
 
-    async def changes_since(self, change: int) -> tuple[int, list[ScheduleEntry]]:
-        """Recipients released or requeued after change number `change`.
+    async def changes_since(self, change: int) -> Changes:
+        """Recipients held, released, requeued or deleted after change number `change`.
 
-        Returns the latest change number and the schedule entries of those
-        recipients that are QUEUED now, each once.  Change numbers grow with
-        each recipient released or requeued and are never reused; the log
-        keeps at least the last day.  A daemon passes back what it got last
+        Returns the latest change number, the schedule entries of those
+        recipients that are QUEUED now, each once, and the ids of the others
+        (held, deleted, or claimed since), each once.  Change numbers grow
+        with each recipient changed and are never reused; the log keeps at
+        least the last day.  A daemon passes back what it got last
         time, so it sees every change committed since (its scheduler is a
         cache; see docs/QUEUE.md).
         """

@@ -23,8 +23,8 @@ from tidepost.model import (NO_DSN_REQUEST, MessageInfo, QueuedRecipient, Recipi
 from tidepost.outcomes import Verdict
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingGroup,
                                     QueueRow, RecipientUpdate, Recorded)
-from tidepost.queue.selection import (EVERY_STATE, UNDELIVERED, Changed, Selection, Tally, TallyKey,
-                                      age_class, size_class)
+from tidepost.queue.selection import (EVERY_STATE, UNDELIVERED, Changed, Changes, Selection,
+                                      Tally, TallyKey, age_class, size_class)
 from tidepost.queue.sqlite import new_queue_id
 
 QUEUED = RecipientState.QUEUED
@@ -219,6 +219,7 @@ class MemoryQueue:
         picked = list(self._selected(selection, frozenset({QUEUED})))
         for row in picked:
             row.state = HELD
+        self._log_changes(picked, now)
         return self._changed(picked)
 
     async def release_recipients(self, selection: Selection, now: float) -> list[Changed]:
@@ -241,6 +242,7 @@ class MemoryQueue:
         """Selected undelivered recipients, and messages left with none, are deleted."""
         picked = list(self._selected(selection, UNDELIVERED))
         changed = self._changed(picked)
+        self._log_changes(picked, now)
         for row in picked:
             del self._recipients[row.recipient_id]
             self._messages[row.message_id].recipient_ids.remove(row.recipient_id)
@@ -248,13 +250,13 @@ class MemoryQueue:
         removed = {queue_ids[m] for m in queue_ids if self._drop_if_done(m)}
         return [dataclasses.replace(c, removed=c.queue_id in removed) for c in changed]
 
-    async def changes_since(self, change: int) -> tuple[int, list[ScheduleEntry]]:
-        """Recipients released or requeued after change number `change`."""
-        wanted = {rid for number, rid, _ in self._changes if number > change}
+    async def changes_since(self, change: int) -> Changes:
+        """Recipients changed after change number `change`."""
+        wanted = sorted({rid for number, rid, _ in self._changes if number > change})
         latest = max((number for number, _, _ in self._changes), default=change)
-        entries = [self._recipients[rid].entry() for rid in sorted(wanted)
+        entries = [self._recipients[rid].entry() for rid in wanted
                    if rid in self._recipients and self._recipients[rid].state is QUEUED]
-        return max(latest, change), entries
+        return Changes.of(max(latest, change), wanted, entries)
 
     async def pending_summary(self, now: float, size_bounds: Sequence[int] = ()
                               ) -> list[PendingGroup]:

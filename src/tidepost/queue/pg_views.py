@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import asyncpg
 
 from tidepost.model import RecipientState, ScheduleEntry
-from tidepost.queue.selection import (CLAIMED, HELD, QUEUED, UNDELIVERED, Changed, Condition,
+from tidepost.queue.selection import (CLAIMED, HELD, QUEUED, UNDELIVERED, Changed, Changes,
+                                      Condition,
                                       Place, Selection, Tally, TallyKey)
 
 CHANGE_MEMORY = 86400.0  # seconds the change log is kept, as in sqlite_views.py
@@ -160,9 +161,10 @@ def _changed(picked: list[tuple[int, int, str]]) -> list[Changed]:
 async def log_changes(conn: asyncpg.Connection, ids: list[int], now: float) -> None:
     """Note recipients in the change log (in commit order: see the module docstring).
 
-    Admin releases and requeues, and in a cluster also the recipients that
-    became QUEUED again after a claim (a deferral, a dead node's lease), so
-    that every node's scheduler learns them (QueueBackend.changes_since).
+    Admin holds, releases, requeues and deletes, and in a cluster also the
+    recipients that became QUEUED again after a claim (a deferral, a dead
+    node's lease), so that every node's scheduler learns them
+    (QueueBackend.changes_since).
     """
     if not ids:
         return
@@ -174,10 +176,12 @@ async def log_changes(conn: asyncpg.Connection, ids: list[int], now: float) -> N
 
 
 async def hold(conn: asyncpg.Connection, selection: Selection, now: float) -> list[Changed]:
-    """QUEUED -> HELD for the selected recipients."""
+    """QUEUED -> HELD for the selected recipients; logged as changes."""
     picked = await _picked(conn, selection, frozenset({QUEUED}))
+    ids = [p[0] for p in picked]
     await conn.execute("UPDATE recipients SET state = $1 WHERE id = ANY($2::int8[])",
-                       HELD.value, [p[0] for p in picked])
+                       HELD.value, ids)
+    await log_changes(conn, ids, now)
     return _changed(picked)
 
 
@@ -211,18 +215,19 @@ async def delete(conn: asyncpg.Connection, selection: Selection, now: float) -> 
         "DELETE FROM messages WHERE id = ANY($1::int8[]) AND NOT EXISTS "
         "(SELECT 1 FROM recipients r WHERE r.message_id = messages.id "
         "AND r.state = ANY($2::text[])) RETURNING queue_id", messages, UNDELIVERED_STATES)}
+    await log_changes(conn, [p[0] for p in picked], now)
     return [Changed(c.queue_id, c.recipients, c.queue_id in removed) for c in _changed(picked)]
 
 
-async def changes_since(conn: asyncpg.Connection, change: int
-                        ) -> tuple[int, list[ScheduleEntry]]:
-    """The latest change number, and QUEUED recipients changed after `change`."""
+async def changes_since(conn: asyncpg.Connection, change: int) -> Changes:
+    """The latest change number, and the recipients changed after `change`."""
     latest = await conn.fetchval("SELECT coalesce(max(id), 0) FROM changes")
     # The ids first: a join with the change log could scan every recipient.
     ids = [row[0] for row in await conn.fetch(
-        "SELECT DISTINCT recipient_id FROM changes WHERE id > $1 AND id <= $2", change, latest)]
+        "SELECT DISTINCT recipient_id FROM changes WHERE id > $1 AND id <= $2 ORDER BY 1",
+        change, latest)]
     rows = await conn.fetch(
         "SELECT r.id, r.message_id, r.domain, r.next_try, m.size FROM recipients r "
         "JOIN messages m ON m.id = r.message_id WHERE r.state = $1 AND r.id = ANY($2::int8[]) "
         "ORDER BY r.id", QUEUED.value, ids)
-    return max(latest, change), [ScheduleEntry(*row) for row in rows]
+    return Changes.of(max(latest, change), ids, [ScheduleEntry(*row) for row in rows])

@@ -44,7 +44,7 @@ from tidepost.queue.pg_loop import LoopThread, relay_to
 from tidepost.queue.pg_nodes import NodeRow, Nodes
 from tidepost.queue.pg_record import RecordGroup, RecordRequest
 from tidepost.queue.pg_schema import migrate
-from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
+from tidepost.queue.selection import Changed, Changes, Selection, Tally, TallyKey
 
 QUEUED = RecipientState.QUEUED.value
 CLAIMED = RecipientState.CLAIMED.value
@@ -438,9 +438,9 @@ class PostgresQueue:
         """Selected undelivered recipients, and messages left with none, are deleted."""
         return await self._change(views.delete, selection, now)
 
-    async def changes_since(self, change: int) -> tuple[int, list[ScheduleEntry]]:
-        """Recipients released or requeued after change number `change`."""
-        async def op() -> tuple[int, list[ScheduleEntry]]:
+    async def changes_since(self, change: int) -> Changes:
+        """Recipients changed after change number `change`."""
+        async def op() -> Changes:
             async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
                 return await views.changes_since(conn, change)
         return await self._call(op())

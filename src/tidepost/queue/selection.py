@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from tidepost.model import RecipientState
+from tidepost.model import RecipientState, ScheduleEntry
 
 QUEUED, CLAIMED, HELD = RecipientState.QUEUED, RecipientState.CLAIMED, RecipientState.HELD
 # Recipients still waiting for delivery: what the queue views show.
@@ -131,3 +131,18 @@ class Changed:
     queue_id: str
     recipients: int      # how many of its recipients changed state (or were deleted)
     removed: bool = False  # delete only: the message left the queue with them
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What the change log says since a change number (QueueBackend.changes_since)."""
+
+    latest: int                  # the change number to pass next time
+    due: list[ScheduleEntry]     # changed and QUEUED now: (re)schedule them
+    gone: list[int]              # changed and not QUEUED now (held, deleted, claimed): forget them
+
+    @classmethod
+    def of(cls, latest: int, changed: list[int], due: list[ScheduleEntry]) -> Changes:
+        """Changes whose `changed` ids are gone unless among the QUEUED `due`."""
+        queued = {entry.recipient_id for entry in due}
+        return cls(latest, due, [i for i in changed if i not in queued])

@@ -37,7 +37,7 @@ from tidepost.outcomes import Verdict
 from tidepost.queue import sqlite_views as views
 from tidepost.queue.backend import (ClaimResult, HoldState, NewMessage, PendingGroup,
                                     QueueRow, RecipientUpdate, Recorded)
-from tidepost.queue.selection import Changed, Selection, Tally, TallyKey
+from tidepost.queue.selection import Changed, Changes, Selection, Tally, TallyKey
 from tidepost.queue.sqlite_writer import Writer
 
 SCHEMA = """
@@ -369,8 +369,8 @@ class SqliteQueue:
         """Selected undelivered recipients, and messages left with none, are deleted."""
         return await self._writer.run(lambda conn: views.delete(conn, selection, now))
 
-    async def changes_since(self, change: int) -> tuple[int, list[ScheduleEntry]]:
-        """Recipients released or requeued after change number `change`."""
+    async def changes_since(self, change: int) -> Changes:
+        """Recipients changed after change number `change`."""
         return await self._read(lambda conn: views.changes_since(conn, change))
 
     async def pending_summary(self, now: float, size_bounds: Sequence[int] = ()

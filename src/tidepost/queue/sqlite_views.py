@@ -16,7 +16,8 @@ import sqlite3
 from typing import Sequence
 
 from tidepost.model import RecipientState, ScheduleEntry
-from tidepost.queue.selection import (CLAIMED, HELD, QUEUED, UNDELIVERED, Changed, Condition,
+from tidepost.queue.selection import (CLAIMED, HELD, QUEUED, UNDELIVERED, Changed, Changes,
+                                      Condition,
                                       Place, Selection, Tally, TallyKey)
 
 CHANGE_MEMORY = 86400.0  # seconds the change log is kept (QueueBackend.changes_since)
@@ -179,9 +180,11 @@ def _log_changes(conn: sqlite3.Connection, ids: list[int], now: float) -> None:
 
 
 def hold(conn: sqlite3.Connection, selection: Selection, now: float) -> list[Changed]:
-    """QUEUED -> HELD for the selected recipients."""
+    """QUEUED -> HELD for the selected recipients; logged as changes."""
     picked = _picked(conn, selection, frozenset({QUEUED}))
-    _update(conn, [p[0] for p in picked], "state = ?", [HELD.value])
+    ids = [p[0] for p in picked]
+    _update(conn, ids, "state = ?", [HELD.value])
+    _log_changes(conn, ids, now)
     return _changed(picked)
 
 
@@ -217,15 +220,19 @@ def delete(conn: sqlite3.Connection, selection: Selection, now: float) -> list[C
         "DELETE FROM messages WHERE id IN (SELECT id FROM picked) AND NOT EXISTS "
         "(SELECT 1 FROM recipients r WHERE r.message_id = messages.id AND r.state IN (?,?,?)) "
         "RETURNING queue_id", (QUEUED.value, CLAIMED.value, HELD.value))}
+    _log_changes(conn, [p[0] for p in picked], now)
     return [Changed(c.queue_id, c.recipients, c.queue_id in removed) for c in _changed(picked)]
 
 
-def changes_since(conn: sqlite3.Connection, change: int) -> tuple[int, list[ScheduleEntry]]:
-    """The latest change number, and QUEUED recipients changed after `change`."""
+def changes_since(conn: sqlite3.Connection, change: int) -> Changes:
+    """The latest change number, and the recipients changed after `change`."""
     latest = conn.execute("SELECT coalesce(max(id), 0) FROM changes").fetchone()[0]
+    changed = [row[0] for row in conn.execute(
+        "SELECT DISTINCT recipient_id FROM changes WHERE id > ? AND id <= ? ORDER BY 1",
+        (change, latest))]
     rows = conn.execute(
         "SELECT r.id, r.message_id, r.domain, r.next_try, m.size FROM recipients r "
         "JOIN messages m ON m.id = r.message_id WHERE r.state = ? AND r.id IN "
         "(SELECT recipient_id FROM changes WHERE id > ? AND id <= ?) ORDER BY r.id",
         (QUEUED.value, change, latest))
-    return max(latest, change), [ScheduleEntry(*row) for row in rows]
+    return Changes.of(max(latest, change), changed, [ScheduleEntry(*row) for row in rows])
