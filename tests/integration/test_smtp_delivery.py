@@ -52,6 +52,8 @@ v6.test. MX 10 mx.v6.test.
 mx.v6.test. AAAA ::1
 dual.test. AAAA ::1
 dual.test. A 127.0.0.2
+cname.test. MX 10 alias.cname.test.
+alias.cname.test. CNAME mx1.good.test.
 """
 
 
@@ -214,6 +216,13 @@ def test_implicit_mx_delivers_to_the_domain_itself(world):
 def test_ipv6_only_mx_host(world):
     (outcomes,), _ = deliver(agent(world), job("a@v6.test"))
     assert summary(outcomes) == ["delivered 2.0.0 mx.v6.test"]
+
+
+def test_mx_host_that_is_a_cname_is_followed_to_its_address(world):
+    # unbound's local data, like an authoritative server, answers with the
+    # CNAME alone; the resolver must follow it itself (as Postfix does).
+    (outcomes,), _ = deliver(agent(world), job("a@cname.test"))
+    assert summary(outcomes) == ["delivered 2.0.0 alias.cname.test"]
 
 
 def test_null_mx_and_nxdomain_bounce(world):

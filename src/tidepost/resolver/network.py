@@ -4,7 +4,9 @@ Role: the only module that imports dnspython, loaded by resolver.Resolver at
 its first query (it is 5 MiB of the daemon's memory).  `DnsClient.query()`
 returns an `Answer` and never raises for NXDOMAIN or an empty answer; a
 timeout, SERVFAIL, REFUSED or no usable nameserver raises
-`TempFailure("4.4.3")`.  The guards of held routes are resolver.py's: nothing
+`TempFailure("4.4.3")`.  An answer that is only a CNAME chain (a server
+that does not follow it, as an authoritative one) names its end in
+`Answer.cname`, for resolver.Resolver to ask again.  The guards of held routes are resolver.py's: nothing
 here is called for a query they refused.
 """
 
@@ -40,7 +42,9 @@ class DnsClient:
             raise TempFailure("4.4.3", f"DNS {rdtype} lookup of {name} failed: "
                               f"{_describe(error)}") from None
         records = tuple(rd.to_text() for rd in answer.rrset or ())
-        return Answer(name, rdtype, records, answer.chaining_result.minimum_ttl)
+        alias = "" if records or answer.canonical_name == qname \
+            else answer.canonical_name.to_text(omit_final_dot=True)
+        return Answer(name, rdtype, records, answer.chaining_result.minimum_ttl, cname=alias)
 
 
 def _make_dns_resolver(dns_config: DnsConfig) -> dns.asyncresolver.Resolver:

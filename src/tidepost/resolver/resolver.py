@@ -11,6 +11,9 @@ cache (resolver/cache.py) can wrap it and store negative answers too.  `mx()` an
 Errors: a timeout, SERVFAIL, REFUSED or no usable nameserver raises
 `TempFailure("4.4.3")`.  `addresses()` raises `PermFailure("5.1.2")` when the
 host name does not exist; `mx()` reports that as `MxAnswer.exists == False`.
+A CNAME chain that the nameserver answered without its end's records is
+followed with further queries (each through the guard), a looping or
+overlong one is TempFailure.
 
 Held routes: `guard(name, rdtype)`, when given, is called before every query
 that would go to the network; it raises `RouteHeld` to refuse (and is where
@@ -34,10 +37,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tidepost.config.schema import DnsConfig
-from tidepost.errors import PermFailure
+from tidepost.errors import PermFailure, TempFailure
 
 if TYPE_CHECKING:
     from tidepost.resolver.network import DnsClient
+
+MAX_CNAME_QUERIES = 8  # queries one lookup may send along a CNAME chain (a loop ends here)
 
 # Called with (name, rdtype) before a query leaves the host; raises to refuse.
 Guard = Callable[[str, str], None]
@@ -52,6 +57,7 @@ class Answer:
     records: tuple[str, ...]    # rdata in presentation form, e.g. "10 mx1.example."
     ttl: int                    # seconds; the negative TTL for empty answers
     exists: bool = True         # False for NXDOMAIN
+    cname: str = ""             # where a CNAME chain without such records ended, to ask next
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +119,21 @@ class Resolver(Lookups):
         self._network = _Network(dns_config)
 
     async def query(self, name: str, rdtype: str) -> Answer:
-        """Ask the network for `rdtype` records of `name` (the one query method)."""
-        if self.guard is not None:
-            self.guard(name, rdtype)
-        return await self._network.client().query(name, rdtype)
+        """Ask the network for `rdtype` records of `name` (the one query method).
+
+        A CNAME chain the server did not follow is followed here, as Postfix
+        does, up to MAX_CNAME_QUERIES queries; the answer keeps `name`.
+        """
+        asked, ttl = name, None
+        for _ in range(MAX_CNAME_QUERIES):
+            if self.guard is not None:
+                self.guard(asked, rdtype)
+            answer = await self._network.client().query(asked, rdtype)
+            ttl = answer.ttl if ttl is None else min(ttl, answer.ttl)
+            if not answer.cname:
+                return Answer(name, rdtype, answer.records, ttl, answer.exists)
+            asked = answer.cname
+        raise TempFailure("4.4.3", f"DNS {rdtype} lookup of {name}: CNAME chain too long")
 
     def guarded(self, guard: Guard) -> Resolver:
         """This resolver (same nameservers) with `guard` run after any existing guard."""
