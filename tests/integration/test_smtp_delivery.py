@@ -54,6 +54,7 @@ dual.test. AAAA ::1
 dual.test. A 127.0.0.2
 cname.test. MX 10 alias.cname.test.
 alias.cname.test. CNAME mx1.good.test.
+numeric.test. MX 10 127.0.0.2.
 """
 
 
@@ -223,6 +224,11 @@ def test_mx_host_that_is_a_cname_is_followed_to_its_address(world):
     # CNAME alone; the resolver must follow it itself (as Postfix does).
     (outcomes,), _ = deliver(agent(world), job("a@cname.test"))
     assert summary(outcomes) == ["delivered 2.0.0 alias.cname.test"]
+
+
+def test_mx_host_written_as_an_address_is_dialled(world):
+    (outcomes,), _ = deliver(agent(world), job("a@numeric.test"))
+    assert summary(outcomes) == ["delivered 2.0.0 127.0.0.2"]
 
 
 def test_null_mx_and_nxdomain_bounce(world):

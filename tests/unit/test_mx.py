@@ -124,6 +124,16 @@ def test_address_literal_domain_needs_no_dns():
     assert resolver.asked == []
 
 
+def test_mx_exchange_written_as_an_ip_address_is_dialled_without_dns():
+    # RFC 5321 5.1 wants a name there, but sites publish "MX 10 192.0.2.9.";
+    # Postfix (smtp_addr_one) and sendmail use the address, never look it up.
+    resolver = FakeResolver({"d.test": [(10, "192.0.2.9"), (20, "backup.d.test")]},
+                            {"backup.d.test": ["192.0.2.2"]})
+    assert hops(resolver, "d.test") == [("192.0.2.9", ["192.0.2.9"]),
+                                        ("backup.d.test", ["192.0.2.2"])]
+    assert "ADDR 192.0.2.9" not in resolver.asked
+
+
 @pytest.mark.parametrize("text, target", [
     ("relay.test", Target("relay.test", 25, True)),
     ("relay.test:587", Target("relay.test", 587, True)),

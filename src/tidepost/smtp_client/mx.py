@@ -14,7 +14,9 @@ resolver/resolver.py) and a domain or smarthost.  Output: an ordered list of
   hosts that do not exist, as Postfix and qmail treat it), otherwise
   TempFailure 4.4.3.  A domain with no MX and no address is PermFailure 5.4.4.
 - An address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]") or an IP address
-  needs no DNS at all.
+  needs no DNS at all; so does an MX exchange written as an IP address
+  ("MX 10 192.0.2.1.", not a name as RFC 5321 5.1 wants, but Postfix and
+  sendmail dial it, and looking it up as a name can only fail).
 - Given `ours` (address -> True when dialling it reaches this host, see
   loops.py), our own MX host and every host not more preferred than it are
   dropped (5.1: we are a backup MX and hand the mail to a better one); when
@@ -172,7 +174,7 @@ async def _implicit_mx(resolver: MxResolver, domain: str) -> list[NextHop]:
 async def _resolve_mx_hosts(resolver: MxResolver, domain: str,
                             hosts: list[str]) -> list[NextHop]:
     """Look up the MX hosts in parallel; keep those that have addresses."""
-    results = await asyncio.gather(*(resolver.addresses(h) for h in hosts),
+    results = await asyncio.gather(*(_host_addresses(resolver, h) for h in hosts),
                                    return_exceptions=True)
     hops = [NextHop(h, r) for h, r in zip(hosts, results) if isinstance(r, list) and r]
     if hops:
@@ -185,6 +187,12 @@ async def _resolve_mx_hosts(resolver: MxResolver, domain: str,
         raise PermFailure("5.4.4", f"no MX host of {domain} exists: {', '.join(hosts)}")
     raise TempFailure("4.4.3", f"no MX host of {domain} has an address: {', '.join(hosts)}"
                       + _first_reason(results))
+
+
+async def _host_addresses(resolver: MxResolver, host: str) -> list[str]:
+    """The addresses of one MX host; an exchange written as an IP address is that address."""
+    literal = literal_address(host)
+    return [literal] if literal else await resolver.addresses(host)
 
 
 def _first_reason(results: list[object]) -> str:
