@@ -345,6 +345,21 @@ def test_8bit_mail_to_server_without_8bitmime_is_sent_without_body_param():
     assert verdicts(outcomes) == ["delivered 2.0.0"]
 
 
+def test_8bit_body_to_server_without_8bitmime_bounces_5_6_3_and_sends_nothing():
+    # RFC 6152 3: such a message is converted or returned, never sent raw.
+    body = "Subject: caf\u00e9\r\n\r\nGr\u00fc\u00dfe\r\n".encode()
+    async def main():
+        async with ScriptedServer(extensions=("PIPELINING",)) as server:
+            outcomes = await transact(server, tx("a@dest.test", "b@dest.test", body=body,
+                                                 body_type=BodyType.EIGHT_BIT_MIME))
+        return server.connections[0], outcomes
+    conn, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["bounced 5.6.3"] * 2
+    assert "does not support 8BITMIME" in outcomes[0].reason
+    assert not any(c.startswith("MAIL") for c in conn.commands)
+    assert conn.messages == []
+
+
 def test_utf8_recipient_without_smtputf8_bounces_only_that_recipient():
     async def main():
         async with ScriptedServer(extensions=("PIPELINING", "SIZE")) as server:

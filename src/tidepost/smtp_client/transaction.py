@@ -20,8 +20,9 @@ recipient, in order; `send_transaction` never raises for SMTP or I/O trouble.
   the gate is open: no waiting for their replies, at the price of a wasted
   body when the server refuses them (greylisting does, on every retry).
 - MAIL FROM carries SIZE= when offered, BODY=8BITMIME for 8bit mail when
-  offered (8bit mail to a server without 8BITMIME is sent as is, as Postfix
-  does), SMTPUTF8 when the envelope or headers need it, and XTRANSFER= (the
+  offered (8BITMIME mail whose content is not ASCII bounces 5.6.3 at a
+  server without 8BITMIME, nothing sent: RFC 6152 3 allows converting or
+  returning it, never sending it raw; we do not convert), SMTPUTF8 when the envelope or headers need it, and XTRANSFER= (the
   message's transfer id) when the server is a tidepost offering XTIDEPOST
   TRANSFER (docs/EXTENSIONS.md): it then stores a repeat only once.  When they need
   it and the server lacks it, the affected recipients bounce with 5.6.7.
@@ -169,11 +170,16 @@ class _Exchange:
         self.completed = False
 
     def precheck(self) -> None:
-        """Bounce what the server's SIZE or missing SMTPUTF8 rules out."""
+        """Bounce what the server's SIZE or missing 8BITMIME or SMTPUTF8 rules out."""
         limit, size = self.session.size_limit, len(self.tx.body)
         if limit and size > limit:
             self.refuse(self.pending, "5.3.4", f"message size {size} exceeds size "
                         f"limit {limit} of host {self.session.peer}")
+            return
+        if self.tx.body_type is BodyType.EIGHT_BIT_MIME and not self.session.supports(
+                "8BITMIME") and not self.tx.body.isascii():
+            self.refuse(self.pending, "5.6.3", f"host {self.session.peer} does not support "
+                        "8BITMIME, which this message needs (RFC 6152)")
             return
         envelope_needs = not self.tx.sender.is_ascii or (
             self.tx.smtputf8 and not _header_section(self.tx.body).isascii())
