@@ -39,19 +39,24 @@ class Outcome:
     # 2.3.3): "delivered" into a mailbox, "relayed" to a next hop that sends
     # no DSNs, or "" when the next hop took the DSN request on (RFC 3461 5.2).
     action: str = "delivered"
+    # The remote server's reply that decided the outcome, as it said it
+    # ("550 5.1.1 <u@d>: no such user"): a DSN's "Diagnostic-Code: smtp;"
+    # (RFC 3464 2.3.6).  Empty when the outcome is our own diagnosis.
+    diagnostic: str = ""
 
 
 def delivered(recipient_id: int, reason: str, remote_mta: str = "",
-              action: str = "delivered") -> Outcome:
+              action: str = "delivered", diagnostic: str = "") -> Outcome:
     """Build a Delivered outcome (`action`: see Outcome.action)."""
     return Outcome(recipient_id, Verdict.DELIVERED, "2.0.0", reason, remote_mta,
-                   action=action)
+                   action=action, diagnostic=diagnostic)
 
 
 def deferred(recipient_id: int, status: str, reason: str, remote_mta: str = "",
-             retry_after: float | None = None) -> Outcome:
+             retry_after: float | None = None, diagnostic: str = "") -> Outcome:
     """Build a Deferred outcome (status must be 4.x.x)."""
-    return Outcome(recipient_id, Verdict.DEFERRED, status, reason, remote_mta, retry_after)
+    return Outcome(recipient_id, Verdict.DEFERRED, status, reason, remote_mta, retry_after,
+                   diagnostic=diagnostic)
 
 
 def not_attempted(recipient_id: int, status: str, reason: str) -> Outcome:
@@ -59,6 +64,8 @@ def not_attempted(recipient_id: int, status: str, reason: str) -> Outcome:
     return Outcome(recipient_id, Verdict.DEFERRED, status, reason, attempted=False)
 
 
-def bounced(recipient_id: int, status: str, reason: str, remote_mta: str = "") -> Outcome:
+def bounced(recipient_id: int, status: str, reason: str, remote_mta: str = "",
+            diagnostic: str = "") -> Outcome:
     """Build a Bounced outcome (status must be 5.x.x)."""
-    return Outcome(recipient_id, Verdict.BOUNCED, status, reason, remote_mta)
+    return Outcome(recipient_id, Verdict.BOUNCED, status, reason, remote_mta,
+                   diagnostic=diagnostic)

@@ -11,6 +11,7 @@ batch stream: the parameters cross it and the relay's sink sees them.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import uuid
 
@@ -129,6 +130,9 @@ def test_failure_reports_follow_notify_and_ret(node):
     [returned] = reports(node, full)
     dsn, [block] = dsn_report(returned)
     assert block["action"] == "failed" and block["original-recipient"] == "rfc822;x@hard.test"
+    # RFC 3464 2.3.6: the Diagnostic-Code of type smtp is the server's reply itself.
+    assert re.fullmatch(r"smtp; 5\d\d 5\.\d+\.\d+ .+", block["diagnostic-code"]), block
+    assert block["remote-mta"] == "dns; 127.0.0.4"
     assert b"Original-Envelope-Id: full-1" in returned
     assert [p.get_content_type() for p in dsn.iter_parts()][2] == "message/rfc822"
     assert f"body line {full}".encode() in returned

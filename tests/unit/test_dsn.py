@@ -45,8 +45,9 @@ def test_deferred_past_lifetime_becomes_a_5_4_7_bounce():
 
 def test_bounce_report_is_rfc3464_with_headers_only():
     j = job()
-    result = settle(j, [bounced(3, "5.1.1", "550 5.1.1 no such user", "mx.example.test")],
-                    BACKOFF, 50, False)
+    said = "host mx.example.test[192.0.2.1]:25 said: 550 5.1.1 no such user (in reply to RCPT TO)"
+    result = settle(j, [bounced(3, "5.1.1", said, "mx.example.test",
+                                diagnostic="550 5.1.1 no such user")], BACKOFF, 50, False)
     add_dsns(result, j, ORIGINAL, "site.test", 50)
     [dsn] = result.dsns
     assert dsn.sender.is_null and dsn.recipients == (Address("alice", "site.test"),)
@@ -61,8 +62,18 @@ def test_bounce_report_is_rfc3464_with_headers_only():
                   "Action: failed", "Status: 5.1.1", "Remote-MTA: dns; mx.example.test",
                   "Diagnostic-Code: smtp; 550 5.1.1 no such user"):
         assert field in status
+    assert said.encode() in dsn.body  # the person's part says who said it
     assert b"x" * 100 not in dsn.body  # the body is not returned
     assert b"Subject: hello" in dsn.body
+
+
+def test_our_own_diagnosis_is_not_passed_off_as_a_remote_reply():
+    j = job()
+    result = settle(j, [bounced(1, "5.3.4", "message size 20000 exceeds size limit 1000 of "
+                                "host mx.example.test[192.0.2.1]:25", "mx.example.test")],
+                    BACKOFF, 50, False)
+    add_dsns(result, j, ORIGINAL, "site.test", 50)
+    assert b"Diagnostic-Code: x-tidepost; message size 20000 exceeds" in result.dsns[0].body
 
 
 def test_never_bounce_a_bounce():

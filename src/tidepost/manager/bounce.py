@@ -143,8 +143,7 @@ def _status_fields(message: MessageInfo, failures: list[Failure], hostname: str,
                  f"Status: {outcome.status}\n")
         if outcome.remote_mta:
             block += f"Remote-MTA: dns; {outcome.remote_mta}\n"
-        diagnostic = "smtp" if outcome.remote_mta else "x-tidepost"
-        block += f"Diagnostic-Code: {diagnostic}; {_one_line(outcome.reason)}\n"
+        block += f"Diagnostic-Code: {_diagnostic_code(outcome)}\n"
         block += f"Last-Attempt-Date: {formatdate(now, localtime=True)}\n"
         blocks.append(block)
     return "\n".join(blocks)
@@ -155,6 +154,13 @@ def _action(kind: str, outcome: Outcome) -> str:
     if kind == SUCCESS:
         return outcome.action
     return "delayed" if kind == DELAY else "failed"
+
+
+def _diagnostic_code(outcome: Outcome) -> str:
+    """The remote server's own reply ("smtp; 550 5.1.1 ..."), else our diagnosis."""
+    if outcome.diagnostic:
+        return f"smtp; {_one_line(outcome.diagnostic)}"
+    return f"x-tidepost; {_one_line(outcome.reason)}"
 
 
 def _one_line(text: str) -> str:

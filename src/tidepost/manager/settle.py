@@ -51,7 +51,8 @@ def settle(job: DeliveryJob, outcomes: list[Outcome], backoff: Backoff, now: flo
             continue
         if outcome.verdict is Verdict.DEFERRED and expired:
             outcome = bounced(outcome.recipient_id, "5.4.7",
-                              f"delivery time expired: {outcome.reason}", outcome.remote_mta)
+                              f"delivery time expired: {outcome.reason}", outcome.remote_mta,
+                              outcome.diagnostic)
         if outcome.verdict is Verdict.DEFERRED:
             next_try = backoff.next_try(recipient.attempts + 1, now)
             if outcome.retry_after is not None:

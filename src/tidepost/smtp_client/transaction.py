@@ -451,11 +451,12 @@ def reply_outcome(recipient_id: int, reply: Reply, peer: Peer, stage: str,
     """
     said = f"host {peer} said: {reply} (in reply to {stage})"
     if reply.code // 100 == 2:
-        return delivered(recipient_id, said, peer.host, "" if dsn else "relayed")
+        return delivered(recipient_id, said, peer.host, "" if dsn else "relayed",
+                         diagnostic=str(reply))
     if reply.code // 100 == 5:
-        return bounced(recipient_id, reply.status, said, peer.host)
+        return bounced(recipient_id, reply.status, said, peer.host, diagnostic=str(reply))
     status = reply.status if reply.is_transient else "4.5.0"
-    return deferred(recipient_id, status, said, peer.host)
+    return deferred(recipient_id, status, said, peer.host, diagnostic=str(reply))
 
 
 def _header_section(body: bytes) -> bytes:
