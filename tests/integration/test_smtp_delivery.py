@@ -55,6 +55,8 @@ dual.test. A 127.0.0.2
 cname.test. MX 10 alias.cname.test.
 alias.cname.test. CNAME mx1.good.test.
 numeric.test. MX 10 127.0.0.2.
+backup.test. MX 10 mx.soft.test.
+backup.test. MX 20 mx1.good.test.
 """
 
 
@@ -245,6 +247,13 @@ def test_4xx_to_rcpt_defers_and_5xx_after_data_bounces(world):
     assert summary(soft) == ["deferred 4.3.0 mx.soft.test"]
     assert summary(hard) == ["bounced 5.3.0 mx.hard.test"] * 2
     assert "(in reply to end of DATA)" in hard[0].reason
+
+
+def test_4xx_to_rcpt_at_the_primary_mx_delivers_through_the_backup(world):
+    before = len(dumped(world[2]["127.0.0.2"]))
+    (outcomes,), _ = deliver(agent(world), job("a@backup.test", "b@backup.test"))
+    assert summary(outcomes) == ["delivered 2.0.0 mx1.good.test"] * 2
+    assert len(dumped(world[2]["127.0.0.2"])) == before + 1
 
 
 def test_no_host_answers_fails_the_destination(world):

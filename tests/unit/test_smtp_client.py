@@ -595,6 +595,51 @@ def test_refused_greeting_moves_on_to_the_next_host():
     assert len(connections) == 1
 
 
+def two_mx() -> FakeResolver:
+    """dest.test with MX hosts mx1 (10) and mx2 (20), both on 127.0.0.1."""
+    return FakeResolver({"dest.test": [(10, "mx1.dest.test"), (20, "mx2.dest.test")]},
+                        {"mx1.dest.test": ["127.0.0.1"], "mx2.dest.test": ["127.0.0.1"]})
+
+
+async def _deliver_two_mx(primary: ScriptedServer, backup: ScriptedServer, *jobs: DeliveryJob):
+    """Deliver `jobs` over one session to dest.test, mx1 = primary, mx2 = backup."""
+    session = agent(two_mx(), 0).session(None, "dest.test")
+    session.target = session.target._replace(port=0)
+    ports = {"mx1.dest.test": primary.port, "mx2.dest.test": backup.port}
+    return [await _deliver_with_ports(session, ports, j) for j in jobs]
+
+
+def test_a_4xx_reply_from_the_primary_mx_sends_those_recipients_to_the_next_one():
+    # RFC 5321 5.1 backup MX; Postfix (smtp_bulk_fail, smtp_rcpt_fail) keeps
+    # a soft-failed recipient for the next server unless this one was the last.
+    async def main():
+        async with ScriptedServer(rcpt={"grey@dest.test": "450 4.7.1 greylisted",
+                                        "gone@dest.test": "550 5.1.1 no such user"}) as mx1, \
+                ScriptedServer() as mx2:
+            [outcomes] = await _deliver_two_mx(mx1, mx2, job("ok@dest.test", "grey@dest.test",
+                                                             "gone@dest.test"))
+        return mx1.connections, mx2.connections, outcomes
+    first, second, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0", "delivered 2.0.0", "bounced 5.1.1"]
+    assert [o.remote_mta for o in outcomes] == ["mx1.dest.test", "mx2.dest.test",
+                                                "mx1.dest.test"]
+    assert len(first[0].messages) == 1
+    assert [c for c in second[0].commands if c.startswith("RCPT")] == ["RCPT TO:<grey@dest.test>"]
+    assert len(second[0].messages) == 1
+
+
+def test_a_4xx_to_mail_from_at_the_primary_tries_the_next_mx_and_the_last_one_decides():
+    async def main():
+        async with ScriptedServer(replies={"MAIL": ["451 4.3.0 try later"] * 2}) as mx1, \
+                ScriptedServer(replies={"MAIL": ["250 2.1.0 ok", "452 4.3.1 full"]}) as mx2:
+            results = await _deliver_two_mx(mx1, mx2, job("a@dest.test"), job("b@dest.test"))
+        return mx2.connections, results
+    second, (one, two) = asyncio.run(main())
+    assert verdicts(one) == ["delivered 2.0.0"] and one[0].remote_mta == "mx2.dest.test"
+    assert verdicts(two) == ["deferred 4.3.1"] and two[0].remote_mta == "mx2.dest.test"
+    assert len(second) == 2  # one backup connection per job, the primary kept for the next
+
+
 async def _deliver_with_ports(session, ports: dict[str, int], the_job: DeliveryJob):
     """Deliver with each host on its own port (scripted servers share 127.0.0.1)."""
     import tidepost.delivery.smtp as smtp_module

@@ -12,6 +12,11 @@ hosts (every address of each, IPv6 first) and keeps the connection for later
 jobs: a job after a completed transaction starts with MAIL FROM.  A job's
 recipients are split into transactions of recipients_per_transaction.
 
+Backup MX: recipients that a host's 4xx reply deferred (greylisting, a
+full or busy server) are tried once more, in the same job, at the next
+host that gives a session, as Postfix does; 5xx replies and lost
+connections are not.
+
 Destination failure: when no host gives a usable session, every recipient
 is Deferred 4.4.1 with the last error, and `destination_failed` is set to
 that (status, reason) so the manager defers the destination's other jobs.
@@ -45,6 +50,7 @@ round trip go to the link meter (usage/meter.py) under the route's name.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -202,11 +208,11 @@ class SmtpAgentSession:
                 continue
             transaction = message_transaction(job.message, chunk, job.body, transfer_id(
                 job.message.queue_id, job.message.arrival))
+            gate = overlap.gate if start == 0 else None
             chunk_outcomes, smtp = await self._transact(
-                smtp, transaction, first_of_job=start == 0,
-                gate=overlap.gate if start == 0 else None,
+                smtp, transaction, first_of_job=start == 0, gate=gate,
                 on_turn=overlap.mark_ready if last else None)
-            outcomes += chunk_outcomes
+            outcomes += await self._fall_back(smtp, transaction, chunk_outcomes, gate)
         return outcomes
 
     async def _transact(self, smtp: SmtpSession, transaction: Transaction, *,
@@ -236,6 +242,44 @@ class SmtpAgentSession:
                                        stream=stream)
         self._account(smtp, transaction, result)
         return result.outcomes, smtp
+
+    async def _fall_back(self, smtp: SmtpSession, transaction: Transaction,
+                         outcomes: list[Outcome], gate: asyncio.Event | None) -> list[Outcome]:
+        """Recipients a 4xx reply deferred: once more at the next MX host that answers.
+
+        As Postfix does (a soft error keeps the recipient for the next server
+        unless this was the last): a greylisting or busy primary lets a
+        backup MX take the mail.  The backup gets its own connection for this
+        transaction only; the primary's stays for the next jobs.
+        """
+        soft = {o.recipient_id for o in outcomes if o.verdict is Verdict.DEFERRED
+                and o.diagnostic.startswith("4")}
+        later = self._hosts_after(smtp.peer.host)
+        if not soft or not later:
+            return outcomes
+        retry = dataclasses.replace(transaction, recipients=[
+            r for r in transaction.recipients if r.recipient_id in soft])
+        try:
+            backup = await self._dial_hosts(later)
+        except DeliveryError:
+            return outcomes
+        self._connections += 1
+        try:
+            result = await run_transaction(backup, retry, gate=gate)
+            self._account(backup, retry, result)
+        finally:
+            try:
+                await backup.quit()
+            except Exception:
+                backup.close()
+        again = {o.recipient_id: o for o in result.outcomes}
+        return [again.get(o.recipient_id, o) for o in outcomes]
+
+    def _hosts_after(self, host: str) -> list[NextHop]:
+        """The next hops less preferred than `host` (none if it is the last)."""
+        hops = self._hops or []
+        names = [hop.host for hop in hops]
+        return hops[names.index(host) + 1:] if host in names else []
 
     async def _connection(self) -> SmtpSession:
         """The open connection, or a new one to the first host that answers.
