@@ -63,7 +63,8 @@ class ScriptedSession:
         pass
 
 
-def make_config(spool: Path, held: bool = False, concurrency: int = 10, route_extra: str = ""):
+def make_config(spool: Path, held: bool = False, concurrency: int = 10, route_extra: str = "",
+                queue_extra: str = ""):
     return parse_config(f'''
 hostname = "site.test"
 spool = "{spool}"
@@ -75,6 +76,7 @@ system_users = false
 min_backoff = "1s"
 max_backoff = "1s"
 poll_interval = "0.1s"
+{queue_extra}
 [delivery]
 destination_concurrency = {concurrency}
 [[route]]
@@ -86,8 +88,8 @@ start_held = {"true" if held else "false"}
 
 class Harness:
     def __init__(self, spool: Path, agent: ScriptedAgent, held: bool = False, owner="test:1:1",
-                 concurrency: int = 10, route_extra: str = ""):
-        self.config = make_config(spool, held, concurrency, route_extra)
+                 concurrency: int = 10, route_extra: str = "", queue_extra: str = ""):
+        self.config = make_config(spool, held, concurrency, route_extra, queue_extra)
         self.queue = SqliteQueue(spool / "queue.sqlite")
         router = Router(self.config)
         agents = {"local": MaildirAgent(self.config.local.maildir, spool, "site.test"),
@@ -193,6 +195,27 @@ def test_bounce_of_a_bounce_is_dropped(tmp_path):
         assert await run_until(h, lambda: agent.attempts)
         await asyncio.sleep(0.3)
         assert await h.queue.rows() == [] and h.maildir("alice") == []
+        await h.queue.close()
+    asyncio.run(scenario())
+
+
+def test_delay_warning_names_the_delayed_recipients_of_every_destination(tmp_path):
+    # One message, two destinations (two jobs): the warning the first job sends
+    # must not stop the second job's recipient from being told about (RFC 3461).
+    agent = ScriptedAgent(lambda rcpt, attempt: "deferred")
+
+    async def scenario():
+        h = Harness(tmp_path, agent, queue_extra='delay_warning = "1s"')
+        await h.send("carol@one.test", "dave@two.test")
+        def warned():
+            return b"".join(m for m in h.maildir("alice") if b"Action: delayed" in m)
+        assert await run_until(h, lambda: b"carol@one.test" in warned()
+                               and b"dave@two.test" in warned(), timeout=8)
+        assert await run_until(h, lambda: min(agent.attempts.values()) >= 5, timeout=8)
+        reports = [m for m in h.maildir("alice") if b"Action: delayed" in m]
+        for rcpt in (b"Final-Recipient: rfc822; carol@one.test",
+                     b"Final-Recipient: rfc822; dave@two.test"):
+            assert sum(rcpt in m for m in reports) == 1  # each told once
         await h.queue.close()
     asyncio.run(scenario())
 

@@ -43,7 +43,7 @@ from tidepost.manager.hangup import DrainWatch
 from tidepost.manager.notices import Notices, SizeNotices
 from tidepost.manager.route_states import RouteStates
 from tidepost.manager.watch import QueueWatch
-from tidepost.manager.settle import add_dsns, needs_dsn, settle
+from tidepost.manager.settle import Settlement, add_dsns, needs_dsn, settle
 from tidepost.model import DeliveryJob, MessageInfo, QueuedRecipient, ScheduleEntry
 from tidepost.outcomes import Outcome, Verdict, deferred
 from tidepost.queue.backend import NOTICE_RECONNECTED, ClaimResult, QueueBackend
@@ -101,7 +101,8 @@ class Manager(RouteStates):
         self.scheduler = RamQueue(lambda entry: router.route_of(entry.domain, entry.size))
         self._wake = Flag()  # an asyncio.Event, minus a getpid() per wait
         self._in_flight: set[int] = set()
-        self._warned: set[int] = set()
+        # Delay warnings this daemon sent: message id -> the recipients named.
+        self._warned: dict[int, set[int]] = {}
         # Outcomes the store could not take (its database away): recorded again
         # by the poller once it can, the recipients staying leased meanwhile.
         self._unrecorded: list[tuple[DeliveryJob, list[Outcome]]] = []
@@ -567,6 +568,16 @@ class Manager(RouteStates):
                     self._dispatcher.submit(job, destination)
         return sum(len(recipients) for _, recipients in result.claimed)
 
+    def _forget_warned(self, message_id: int, result: Settlement) -> None:
+        """Drop warned recipients that are final now, and the message once none is left."""
+        named = self._warned.get(message_id)
+        if named is None:
+            return
+        named.difference_update(u.outcome.recipient_id for u in result.updates
+                                if u.next_try is None)
+        if not named and all(u.next_try is None for u in result.updates):
+            del self._warned[message_id]  # ids are not reused, but keep it small
+
     def _cause_of(self, destination: Destination | None, recipients: list) -> str:
         """Why a scheduled attempt happens: a recent release, a retry, or new mail."""
         recent = self._route_cause.get(destination.route) if destination else None
@@ -578,13 +589,15 @@ class Manager(RouteStates):
         """Write a job's outcomes, queue its DSNs, reschedule what was deferred."""
         now = self._clock.now()
         message = job.message
+        named = self._warned.get(message.message_id)
         result = settle(job, outcomes, self._backoff, now,
-                        message.warned or message.message_id in self._warned)
+                        message.warned and named is None, named or frozenset())
         if needs_dsn(result) and not message.sender.is_null:
             original = job.body or await self._queue.load_body(message.message_id)
             add_dsns(result, job, original, self._config.hostname, now)
         if result.warned:
-            self._warned.add(message.message_id)
+            self._warned.setdefault(message.message_id, set()).update(
+                f.recipient.recipient_id for f in result.delays)
         recorded = await self._queue.record(
             self._owner, result.updates, result.dsns,
             [message.message_id] if result.warned else [])
@@ -592,8 +605,7 @@ class Manager(RouteStates):
         for dsn, kind in zip(result.dsns, result.dsn_kinds):
             event(log, message.queue_id, "dsn", kind=kind.lower(), dsn_id=dsn.queue_id,
                   to=f"<{message.sender}>")
-        if all(u.next_try is None for u in result.updates):
-            self._warned.discard(message.message_id)  # ids are not reused, but keep it small
+        self._forget_warned(message.message_id, result)
         for update in result.updates:
             self._in_flight.discard(update.outcome.recipient_id)
             self._log(job, update.outcome, now)

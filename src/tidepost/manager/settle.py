@@ -4,7 +4,8 @@ Delivered and Bounced are final.  Deferred goes back to the queue with the
 next retry time from the backoff policy, unless the message has outlived the
 queue lifetime, in which case it becomes Bounced with status 5.4.7.  Bounced
 recipients produce one DSN per job to the sender; a message still deferred
-past the delay-warning age produces one "delayed" DSN per message.  Mail
+past the delay-warning age produces one "delayed" DSN naming each of its
+delayed recipients once (one per destination job).  Mail
 from the null sender produces no DSN at all.
 
 Each recipient's NOTIFY (RFC 3461) decides which reports it is in: none for
@@ -16,6 +17,7 @@ as before.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from tidepost.manager.bounce import DELAY, FAILURE, SUCCESS, Failure, make_dsn
@@ -39,8 +41,15 @@ class Settlement:
 
 
 def settle(job: DeliveryJob, outcomes: list[Outcome], backoff: Backoff, now: float,
-           already_warned: bool) -> Settlement:
-    """Decide each recipient's next state; collect what the sender must hear."""
+           already_warned: bool, warned_recipients: AbstractSet[int] = frozenset()
+           ) -> Settlement:
+    """Decide each recipient's next state; collect what the sender must hear.
+
+    `already_warned`: the message's delay warning went out and it is not
+    known to whom (an earlier life of the daemon, another node): none is
+    sent again.  `warned_recipients`: those named in a warning already; the
+    message's other recipients (its other destinations) are still told.
+    """
     result = Settlement()
     by_id = {r.recipient_id: r for r in job.recipients}
     expired = backoff.expired(job.message.arrival, now)
@@ -58,7 +67,7 @@ def settle(job: DeliveryJob, outcomes: list[Outcome], backoff: Backoff, now: flo
             if outcome.retry_after is not None:
                 next_try = max(next_try, now + outcome.retry_after)
             result.updates.append(RecipientUpdate(outcome, next_try))
-            if recipient.dsn.wants(DELAY):
+            if recipient.dsn.wants(DELAY) and outcome.recipient_id not in warned_recipients:
                 result.delays.append(Failure(recipient, outcome))
             continue
         result.updates.append(RecipientUpdate(outcome, None))
