@@ -76,6 +76,25 @@ def test_our_own_diagnosis_is_not_passed_off_as_a_remote_reply():
     assert b"Diagnostic-Code: x-tidepost; message size 20000 exceeds" in result.dsns[0].body
 
 
+def test_a_report_on_a_utf8_recipient_is_a_global_delivery_status():
+    # RFC 6533 3: a delivery-status part with a UTF-8 address is
+    # message/global-delivery-status; message/delivery-status is 7-bit ASCII.
+    j = job()
+    utf8 = dataclasses.replace(j.recipients[0], address=Address("j\u00f6rg", "example.test"))
+    j = dataclasses.replace(j, recipients=[utf8, *j.recipients[1:]])
+    result = settle(j, [bounced(1, "5.6.7", "no SMTPUTF8 at the next hop", "mx.example.test"),
+                        bounced(2, "5.1.1", "no such user", "mx.example.test")],
+                    BACKOFF, 50, False)
+    add_dsns(result, j, ORIGINAL, "site.test", 50)
+    report = email.message_from_bytes(result.dsns[0].body, policy=policy.default)
+    assert [p.get_content_type() for p in report.iter_parts()][1] == \
+        "message/global-delivery-status"
+    assert "Final-Recipient: utf-8; j\u00f6rg@example.test".encode() in result.dsns[0].body
+    ascii_only = settle(job(), [bounced(2, "5.1.1", "no such user")], BACKOFF, 50, False)
+    add_dsns(ascii_only, job(), ORIGINAL, "site.test", 50)
+    assert b"Content-Type: message/delivery-status" in ascii_only.dsns[0].body
+
+
 def test_never_bounce_a_bounce():
     j = job(sender=Address("", ""))
     result = settle(j, [bounced(1, "5.1.1", "no such user")], BACKOFF, 50, False)

@@ -7,7 +7,8 @@ a 20 MB attachment to say it failed is waste.  A sender that asked for the
 whole message (RET=FULL, RFC 3461 4.3) gets it back in a failure report as
 message/rfc822; success and delay reports return headers only, as RFC 3461
 recommends.  The ENVID and ORCPT the client gave (RFC 3461) come back as
-Original-Envelope-Id and Original-Recipient fields.  Whatever octets the original
+Original-Envelope-Id and Original-Recipient fields; a report naming a UTF-8
+recipient (RFC 6533) has a message/global-delivery-status part instead.  Whatever octets the original
 holds (a local submission may carry bare CRs, NULs, endless lines, or no
 blank line at all, so that its "header section" is the whole message), the
 DSN is well formed: at most `MAX_RETURNED_HEADERS` octets of them are
@@ -74,8 +75,7 @@ def make_dsn(message: MessageInfo, original: bytes, failures: list[Failure],
     parts = [
         _part("text/plain; charset=utf-8",
               _human_text(message, failures, hostname, kind)),
-        _part("message/delivery-status",
-              _status_fields(message, failures, hostname, now, kind)),
+        _status_part(_status_fields(message, failures, hostname, now, kind)),
         _returned(message, original, kind),
     ]
     body = head + "".join(f"--{boundary}\r\n{p}" for p in parts) + f"--{boundary}--\r\n"
@@ -89,6 +89,13 @@ def _returned(message: MessageInfo, original: bytes, kind: str) -> str:
         return _part("message/rfc822", original.decode("utf-8", "replace"))
     return _part("text/rfc822-headers",
                  header_section(original)[:MAX_RETURNED_HEADERS].decode("utf-8", "replace"))
+
+
+def _status_part(fields: str) -> str:
+    """The delivery-status part: message/global-delivery-status once it is not
+    ASCII (a UTF-8 recipient, RFC 6533 3), since message/delivery-status is 7-bit."""
+    kind = "message/delivery-status" if fields.isascii() else "message/global-delivery-status"
+    return _part(kind, fields)
 
 
 def _part(content_type: str, text: str) -> str:
