@@ -387,6 +387,17 @@ def test_message_over_announced_size_bounces_5_3_4():
     assert verdicts(asyncio.run(main())) == ["bounced 5.3.4"]
 
 
+def test_the_reply_to_the_dot_is_awaited_longer_than_other_replies():
+    # RFC 5321 4.5.3.2.6: 10 minutes for the reply to the end of data (a
+    # server may scan the message first); giving up earlier makes a duplicate.
+    async def main():
+        async with ScriptedServer(delays={"DOT": 1.0}) as server:
+            return await transact(server, tx("a@dest.test"), command_timeout=0.3,
+                                  data_done_timeout=3.0)
+    assert verdicts(asyncio.run(main())) == ["delivered 2.0.0"]
+    assert DeliveryConfig().data_done_timeout == 600.0
+
+
 def test_mail_from_refused_settles_all_recipients():
     async def main():
         async with ScriptedServer(replies={"MAIL": ["553 5.7.1 sender refused"],

@@ -191,6 +191,10 @@ class DeliveryConfig:
         "seconds to wait for a TCP connection and greeting", low=0.1, kind="duration"))
     command_timeout: float = field(default=300.0, metadata=meta(
         "seconds to wait for a reply (RFC 5321 4.5.3.2)", low=0.1, kind="duration"))
+    data_done_timeout: float = field(default=600.0, metadata=meta(
+        "seconds to wait for the reply to a message's content (the final dot, BDAT LAST): "
+        "RFC 5321 4.5.3.2.6 asks for 10 minutes, as servers scan the message first; "
+        "giving up sooner delivers it again later", low=0.1, kind="duration"))
     max_concurrency: int = field(default=100, metadata=meta(
         "deliveries in flight at once, all destinations", low=1, high=10000))
     destination_concurrency: int = field(default=10, metadata=meta(

@@ -19,7 +19,8 @@ Linux, the kernel's TCP counters (`wire()`: TLS and retransmissions
 included, as the link carried them; usage/wire.py).
 
 Config read ([delivery]): connect_timeout (TCP connect and greeting),
-command_timeout (each later reply), starttls ("opportunistic": STARTTLS when
+command_timeout (each later reply), data_done_timeout (the reply to a
+message's content, RFC 5321 4.5.3.2.6), starttls ("opportunistic": STARTTLS when
 offered, no certificate check, and plain text again if the handshake fails).
 """
 
@@ -65,11 +66,13 @@ class SmtpSession:
     """Connection state of one SMTP client conversation over open streams."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 peer: Peer, *, command_timeout: float = 300.0):
+                 peer: Peer, *, command_timeout: float = 300.0,
+                 data_done_timeout: float = 600.0):
         self.reader = reader
         self.writer = writer
         self.peer = peer
         self.command_timeout = command_timeout
+        self.data_done_timeout = data_done_timeout  # the reply to the content (RFC 5321 4.5.3.2.6)
         self.extensions: dict[str, str] = {}  # EHLO keyword (upper case) -> parameters
         self.tls = False
         self.broken = False       # the connection can carry no more commands
@@ -271,7 +274,8 @@ async def connect(peer: Peer, config: DeliveryConfig,
         raise ConnectFailed(f"connect to {peer}: timed out") from None
     except OSError as error:
         raise ConnectFailed(f"connect to {peer}: {_strerror(error)}") from None
-    return SmtpSession(reader, writer, peer, command_timeout=config.command_timeout)
+    return SmtpSession(reader, writer, peer, command_timeout=config.command_timeout,
+                       data_done_timeout=config.data_done_timeout)
 
 
 def insecure_tls_context() -> ssl.SSLContext:

@@ -281,7 +281,7 @@ class _Exchange:
         self.stage = "end of DATA"
         await self.session.write(dot_stuff(self.tx.body) + turn.take_next(rset=False))
         turn.wrote()
-        self.settle_final(await self.read_reply())
+        self.settle_final(await self.read_reply(self.session.data_done_timeout))
 
     async def send_bdat(self, turn: Turn) -> bool:
         """BDAT after the MAIL and RCPT replies; False (and nothing sent) when none was accepted."""
@@ -303,7 +303,7 @@ class _Exchange:
     async def finish_bdat(self, turn: Turn, mail: Reply) -> None:
         """The reply to BDAT LAST decides every accepted recipient."""
         self.stage = "BDAT"
-        reply = await self.read_reply()
+        reply = await self.read_reply(self.session.data_done_timeout)
         turn.clean = reply.code // 100 == 2
         if mail.is_positive:
             self.settle_final(reply)
@@ -319,9 +319,9 @@ class _Exchange:
         if self.gate is not None:
             await self.gate.wait()
 
-    async def read_reply(self) -> Reply:
-        """One reply, noting that the server answered."""
-        reply = await self.session.read_reply()
+    async def read_reply(self, timeout: float | None = None) -> Reply:
+        """One reply (within `timeout`, else command_timeout), noting that the server answered."""
+        reply = await self.session.read_reply(timeout)
         self.replied = True
         return reply
 
@@ -362,7 +362,7 @@ class _Exchange:
         """BDAT LAST with the whole message, and its reply (no 354 to wait for)."""
         self.stage = "BDAT"
         await self.session.write(bdat_last(self.tx.body))
-        final = await self.session.read_reply()
+        final = await self.session.read_reply(self.session.data_done_timeout)
         if final.code // 100 == 2:
             self.session.needs_rset = False
         self.settle_final(final)
@@ -383,7 +383,7 @@ class _Exchange:
             return
         self.stage = "end of DATA"
         await self.session.write(dot_stuff(self.tx.body))
-        final = await self.session.read_reply()
+        final = await self.session.read_reply(self.session.data_done_timeout)
         self.session.needs_rset = False
         self.settle_final(final)
 
