@@ -54,11 +54,12 @@ class AlreadyQueued(TidepostError):
 class DeliveryError(TidepostError):
     """A delivery step failed with an RFC 3463 status and a reason."""
 
-    def __init__(self, status: str, reason: str, remote_mta: str = ""):
+    def __init__(self, status: str, reason: str, remote_mta: str = "", diagnostic: str = ""):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.remote_mta = remote_mta
+        self.diagnostic = diagnostic  # the remote reply behind it, if one ("421 4.3.2 ...")
 
 
 class TempFailure(DeliveryError):

@@ -416,6 +416,19 @@ def test_421_mid_transaction_defers_the_rest():
     outcomes = asyncio.run(main())
     assert verdicts(outcomes) == ["deferred 4.3.2", "deferred 4.3.2", "deferred 4.3.2"]
     assert "421 4.3.2 shutting down" in outcomes[1].reason
+    assert {o.diagnostic for o in outcomes} == {"421 4.3.2 shutting down"}  # the DSN's
+
+
+def test_a_421_from_the_primary_mx_sends_the_message_to_the_next_one():
+    async def main():
+        async with ScriptedServer(replies={"RCPT": ["421 4.3.2 too busy"]}) as mx1, \
+                ScriptedServer() as mx2:
+            [outcomes] = await _deliver_two_mx(mx1, mx2, job("a@dest.test", "b@dest.test"))
+        return mx2.connections, outcomes
+    second, outcomes = asyncio.run(main())
+    assert verdicts(outcomes) == ["delivered 2.0.0"] * 2
+    assert {o.remote_mta for o in outcomes} == {"mx2.dest.test"}
+    assert len(second[0].messages) == 1
 
 
 def test_starttls_failure_falls_back_to_plain_text_on_a_new_connection():

@@ -125,7 +125,7 @@ class SmtpSession:
         if reply.code == SERVICE_NOT_AVAILABLE:
             self.broken = True
             raise TempFailure(_temporary(reply.status), f"host {self.peer} said: {reply}",
-                              self.peer.host)
+                              self.peer.host, str(reply))
         self.replies += 1
         self.read += sum(len(line) + 6 for line in reply.lines)  # "250-" ... CRLF
         return reply

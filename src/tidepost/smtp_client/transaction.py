@@ -419,7 +419,8 @@ class _Exchange:
         reason = f"{failure.reason} (in reply to {self.stage})"
         for recipient in list(self.pending):
             self.record(recipient, deferred(recipient.recipient_id, failure.status,
-                                            reason, self.session.peer.host))
+                                            reason, self.session.peer.host,
+                                            diagnostic=failure.diagnostic))
 
     def refuse(self, recipients: Sequence[QueuedRecipient], status: str, reason: str) -> None:
         """Bounce recipients before any command is sent."""
