@@ -190,6 +190,14 @@ def test_users_cannot_read_the_queue_and_unknown_users_are_refused(site):
     assert (site.spool / "queue.sqlite").stat().st_uid == site.daemon.uid
 
 
+def test_mailq_and_sendmail_q_as_a_user_are_refused_plainly(site):
+    site.start()
+    for flags in (("-bp",), ("-q",), ("-qR", "example.org")):
+        done = site.sendmail(site.alice, *flags)
+        assert done.returncode == 77, (flags, done.stderr)
+        assert b"permission denied" in done.stderr and b"Traceback" not in done.stderr
+
+
 def test_mail_waits_in_the_maildrop_while_the_daemon_is_down(site):
     site.start()
     site.stop()

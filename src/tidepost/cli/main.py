@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from tidepost import __version__
 from tidepost.errors import QueueError
@@ -64,19 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if personality in ("sendmail", "tidepost-sendmail", "mailq", "newaliases"):
         from tidepost.cli import sendmail
-        return sendmail.run_as(personality, argv)
+        return _with_queue(personality, lambda: sendmail.run_as(personality, argv))
     if argv and argv[0] == "sendmail":
         from tidepost.cli import sendmail
-        return sendmail.run(argv[1:])
+        return _with_queue("sendmail", lambda: sendmail.run(argv[1:]))
     parser = build_parser((COMMANDS[argv[0]],) if argv and argv[0] in COMMANDS else MODULES)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return EX_USAGE
+    return _with_queue(args.command, lambda: args.run(args))
+
+
+def _with_queue(command: str, action: Callable[[], int]) -> int:
+    """Run `action`; a queue this user cannot open (mailq, sendmail -q) exits plainly."""
     try:
-        return args.run(args)
+        return action()
     except (QueueError, PermissionError) as exc:
-        return _queue_unusable(args.command, exc)
+        return _queue_unusable(command, exc)
 
 
 def _queue_unusable(command: str, error: Exception) -> int:
