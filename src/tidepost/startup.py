@@ -96,7 +96,8 @@ def prepare_daemon(config: Config) -> Startup:
     try:
         odmr = config.relay.odmr_listen if (
             config.has_customers or config.relay.credentials_file) else ()
-        startup.bound = bind_all(config.smtp.listen + odmr)
+        startup.bound = bind_all(config.smtp.listen)
+        startup.bound.update(bind_all(odmr, "relay.odmr_listen"))
         if dropping:
             _become(account, config)
     except BaseException:

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tidepost: {exc}", file=sys.stderr)
         return EX_NOPERM
     except OSError as exc:
-        print(f"tidepost: cannot start: {exc}", file=sys.stderr)
+        reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror or exc
+        print(f"tidepost: cannot start: {reason}", file=sys.stderr)
         return 71
     return 0

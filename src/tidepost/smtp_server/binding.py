@@ -47,9 +47,19 @@ def bind(entry: str) -> list[socket.socket]:
     return bound
 
 
-def bind_all(entries: tuple[str, ...]) -> dict[str, list[socket.socket]]:
-    """Sockets for every entry, by entry."""
-    return {entry: bind(entry) for entry in entries}
+def bind_all(entries: tuple[str, ...], key: str = "smtp.listen"
+             ) -> dict[str, list[socket.socket]]:
+    """Sockets for every entry, by entry; OSError naming `key` and the entry that failed."""
+    bound: dict[str, list[socket.socket]] = {}
+    try:
+        for entry in entries:
+            bound[entry] = bind(entry)
+    except OSError as exc:
+        for sock in (sock for socks in bound.values() for sock in socks):
+            sock.close()
+        raise OSError(exc.errno, f"{key}: cannot listen on {entry}: "
+                                 f"{exc.strerror or exc}") from exc
+    return bound
 
 
 def _listen(address: str, port: int, family: int) -> socket.socket:
