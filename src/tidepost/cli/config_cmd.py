@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import pwd
-import ssl
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tidepost.config.schema import Config
 from tidepost.errors import ConfigError
 from tidepost.routing.customers import parse_domains_text
 from tidepost.smtp_server.credentials import CredentialsError, parse_line
+from tidepost.smtp_server.tls import context_from_config
 from tidepost.submission.aliases import load_aliases_file
 
 
@@ -112,16 +112,11 @@ def _credentials_problems(path: str) -> list[str]:
 
 
 def _tls_problems(config: Config) -> list[str]:
-    """A certificate and key that do not load (STARTTLS would fail at start)."""
-    certificate, key = config.smtp.tls_certificate, config.smtp.tls_key
-    if not certificate:
-        return ["smtp.tls_key: set without smtp.tls_certificate"] if key else []
+    """A certificate and key that do not load (serve would refuse to start)."""
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            certificate, key or None)
-    except (OSError, ssl.SSLError) as exc:
-        return [f"{certificate}: smtp.tls_certificate: cannot load the certificate and "
-                f"key: {exc}"]
+        context_from_config(config)
+    except ConfigError as exc:
+        return exc.problems
     return []
 
 

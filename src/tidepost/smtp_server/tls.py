@@ -28,16 +28,34 @@ import asyncio
 import ssl
 
 from tidepost.config.schema import Config
+from tidepost.errors import ConfigError
 
 HANDSHAKE_TIMEOUT = 30.0  # seconds
 
 
 def context_from_config(config: Config) -> ssl.SSLContext | None:
-    """A server TLS context from the configured certificate, or None."""
-    if not config.smtp.tls_certificate:
+    """A server TLS context from the configured certificate, or None.
+
+    ConfigError names the key and the file that cannot be read or loaded
+    (`serve` exits 78 with it; `config check` reports the same line).
+    """
+    certificate, key = config.smtp.tls_certificate, config.smtp.tls_key
+    if not certificate:
+        if key:
+            raise ConfigError(["smtp.tls_key: set without smtp.tls_certificate"])
         return None
+    for name, path in (("smtp.tls_certificate", certificate), ("smtp.tls_key", key)):
+        try:
+            if path:
+                open(path, "rb").close()
+        except OSError as exc:
+            raise ConfigError([f"{path}: {name}: cannot read: {exc.strerror or exc}"]) from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.smtp.tls_certificate, config.smtp.tls_key or None)
+    try:
+        context.load_cert_chain(certificate, key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"{certificate}: smtp.tls_certificate: cannot load the certificate "
+                           f"and key{f' {key}' if key else ''}: {exc}"]) from None
     return context
 
 
