@@ -120,6 +120,16 @@ def test_an_admin_change_wants_ids_or_all(queue_spool, argv, capsys):
     assert "name queue ids, or give --all" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["queue", "show"], ["queue", "--no-such-option"],
+                                  ["no-such-command"], ["flush", "--route"]])
+def test_a_usage_error_found_by_the_option_parser_exits_64(queue_spool, argv, capsys):
+    from tidepost.cli.main import main
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "-c", str(_config_file(queue_spool))])
+    assert stopped.value.code == 64  # EX_USAGE, as the README promises; argparse says 2
+    assert "error:" in capsys.readouterr().err
+
+
 def test_options_before_or_after_the_action_both_count(queue_spool, capsys):
     from tidepost.cli.main import main
     spool = queue_spool.fill()

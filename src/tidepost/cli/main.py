@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from tidepost import __version__
 from tidepost.errors import QueueError
@@ -39,6 +40,15 @@ Exit codes (sysexits): 0 ok, 1 a check failed, 64 usage, 65 bad data,
 77 permission denied, 78 configuration error."""
 
 
+class UsageParser(argparse.ArgumentParser):
+    """argparse, with its usage errors exiting 64 (EX_USAGE, as every tidepost command) not 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the usage and the error, exit EX_USAGE."""
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(modules: tuple[str, ...] = MODULES) -> argparse.ArgumentParser:
     """The argument parser for every subcommand but sendmail (or those of `modules`).
 
@@ -47,7 +57,7 @@ def build_parser(modules: tuple[str, ...] = MODULES) -> argparse.ArgumentParser:
     a command run by name loads its own module only (`tidepost queue`
     prints its first line in 0.2 s).
     """
-    parser = argparse.ArgumentParser(prog="tidepost", description=DESCRIPTION, epilog=EPILOG,
+    parser = UsageParser(prog="tidepost", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tidepost {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
