@@ -153,3 +153,20 @@ def test_sendmail_bp_prints_the_listing(queue_spool, capsys):
     assert sendmail.run(["-bp", "-C", str(_config_file(spool))]) == 0
     out = capsys.readouterr().out
     assert "held (message)" in out and out.endswith("-- 8 messages, 8 recipients\n")
+
+
+def test_show_into_a_pager_that_quits_early_ends_quietly(queue_spool):
+    import subprocess
+    import sys
+    from pathlib import Path
+    spool = queue_spool.fill()
+    eve = next(queue_id for rcpt, queue_id in spool.queue_ids.items() if rcpt.startswith("eve@"))
+    tidepost = Path(sys.executable).parent / "tidepost"
+    # `tidepost queue show ID --body | head -1`: more than a pipe holds, read one line
+    shown = subprocess.Popen([str(tidepost), "queue", "show", *[eve] * 200, "--body", "-c",
+                              str(_config_file(spool))], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    shown.stdout.readline()
+    shown.stdout.close()
+    assert shown.wait(30) == 0
+    assert b"Traceback" not in shown.stderr.read()

@@ -25,6 +25,7 @@ held/released/requeued/deleted, with `by` (the user) and `nrcpt`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -34,7 +35,7 @@ import time
 from tidepost import eventlog
 from tidepost.cli.logsetup import setup_logging
 from tidepost.cli.queue_filters import Filters, read_view, selection_for
-from tidepost.cli.queue_list import many
+from tidepost.cli.queue_list import many, quiet_stdout
 from tidepost.cli.queue_view import QueueView, span
 from tidepost.config.schema import Config
 from tidepost.control.client import request
@@ -120,6 +121,8 @@ async def show_messages(config: Config, queue_ids: list[str], body: bool) -> int
             if not await _show_one(queue, view, queue_id, body):
                 print(f"tidepost queue show: {queue_id}: no such message", file=sys.stderr)
                 status = EX_NOTFOUND
+    except BrokenPipeError:  # `tidepost queue show ID --body | less`, quit early
+        quiet_stdout()
     finally:
         await queue.close()
     return status
@@ -138,15 +141,16 @@ async def _show_one(queue: QueueBackend, view: QueueView, queue_id: str, body: b
           f"{', delay warning sent' if info.warned else ''}")
     print(f"sender:     <{info.sender}>")
     selection = Selection((Condition(EVERY_STATE),), queue_ids=(queue_id,))
-    async for row in queue.select(selection):
-        undelivered = RecipientState(row.state) in UNDELIVERED
-        state = view.state_of(row)[1] if undelivered else row.state
-        route = view.route_of(row.domain, row.size)
-        print(f"recipient:  <{row.recipient}>  route {route}, {state}, "
-              f"{row.attempts} attempts" + (f", next try {view.clock(row.next_try)}"
-                                            if row.state == "queued" else ""))
-        if row.last_error:
-            print(f"            last error: {row.last_error}")
+    async with contextlib.aclosing(queue.select(selection)) as rows:
+        async for row in rows:
+            undelivered = RecipientState(row.state) in UNDELIVERED
+            state = view.state_of(row)[1] if undelivered else row.state
+            route = view.route_of(row.domain, row.size)
+            print(f"recipient:  <{row.recipient}>  route {route}, {state}, "
+                  f"{row.attempts} attempts" + (f", next try {view.clock(row.next_try)}"
+                                                if row.state == "queued" else ""))
+            if row.last_error:
+                print(f"            last error: {row.last_error}")
     message = await queue.load_body(info.message_id)
     text = (message if body else header_section(message)).decode("utf-8", "replace")
     print("-- message" if body else "-- headers")

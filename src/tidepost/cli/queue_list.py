@@ -241,13 +241,13 @@ async def list_queue(config: Config, filters: Filters, as_json: bool = False,
                 writer.row(row)
         writer.finish(filters.is_everything())
     except BrokenPipeError:  # `tidepost queue | head`: the reader has all it wants
-        _quiet_stdout()
+        quiet_stdout()
     finally:
         await queue.close()
     return 0
 
 
-def _quiet_stdout() -> None:
+def quiet_stdout() -> None:
     """Point standard output at /dev/null so that the exit flush cannot fail again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
