@@ -65,6 +65,19 @@ def test_who_exists():
     assert aliases.expand("postmaster", "") == [Address("postmaster", "site.test")]
 
 
+def test_postmaster_without_an_alias_or_account_reaches_root_on_a_real_machine():
+    # With Maildirs in {home}/Maildir the mailbox `postmaster` (no account,
+    # no home) could never be written: its mail was deferred for days, then
+    # bounced.  RFC 5321 4.5.1: postmaster must be deliverable.
+    system = dataclasses.replace(CONFIG, local=dataclasses.replace(CONFIG.local,
+                                                                   system_users=True))
+    assert Aliases(system, {}).expand("PostMaster", "") == [Address("root", "site.test")]
+    assert Aliases(system, {"root": ["alice"]}).expand("postmaster", "site.test") == \
+        [Address("alice", "site.test")]
+    assert Aliases(system, {"postmaster": ["bob"]}).expand("postmaster", "") == \
+        [Address("bob", "site.test")]
+
+
 def test_an_alias_defined_twice_names_both_lines():
     with pytest.raises(ConfigError) as caught:
         parse_aliases("root: alice\n# c\nRoot: bob\n", "aliases")

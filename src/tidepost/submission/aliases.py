@@ -10,7 +10,8 @@ its file and line: an alias that silently expanded to nothing would refuse
 mail only at the end of DATA.
 
 `postmaster` always resolves (RFC 5321 4.5.1): to its alias if there is one,
-else to the mailbox `postmaster`.  `user+detail` resolves like `user`.
+else to the user `postmaster`, else (system accounts on) to `root` and its
+alias, else to the mailbox `postmaster`.  `user+detail` resolves like `user`.
 Config keys read: local.domains, local.aliases_file, local.users,
 local.system_users.
 """
@@ -126,6 +127,10 @@ class Aliases:
                         continue
                 else:
                     self._expand(target.lower(), domain, depth + 1, seen, out)
+            return
+        if base == "postmaster" and self._system_users and not self._is_user(base):
+            # No alias, no account: root, as the aliases file `tidepost install` writes
+            self._expand("root", domain, depth + 1, seen, out)
             return
         out.append(Address(base, domain))
 
