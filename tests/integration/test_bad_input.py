@@ -117,6 +117,16 @@ def test_oversize_and_too_many_recipients(held_node):
     client.close()
 
 
+def test_an_oversize_message_from_sendmail_is_refused_for_good_not_deferred(held_node):
+    # The daemon refuses it from the header, before reading it all: the
+    # client must still read that answer (exit 65), not report a broken
+    # pipe as a temporary failure (75) that makes its caller retry forever.
+    big = "Subject: big\n\n" + ("z" * 76 + "\n") * 40000  # 3 MB, limit 64k
+    done = held_node.sendmail(["bob"], big, check=False)
+    assert done.returncode == 65, done.stderr
+    assert b"max_message_size" in done.stderr
+
+
 def test_garbage_and_unknown_commands(held_node):
     client = Client(held_node.port)
     client.send(b"FROBNICATE\r\n")

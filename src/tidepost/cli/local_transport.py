@@ -51,8 +51,11 @@ def via_socket(path: Path, request: LocalRequest) -> LocalResult | None:
                 sock.connect(str(path))
             except (FileNotFoundError, ConnectionRefusedError, PermissionError):
                 return None
-            sock.sendall(request.encode())
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.sendall(request.encode())
+                sock.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused from its header (too large): the answer is waiting
             answer = sock.makefile("rb").readline()
     except OSError as exc:
         return LocalResult(EX_TEMPFAIL, f"the mail daemon did not answer: {exc}")
