@@ -95,3 +95,17 @@ def test_trusted_message_is_submitted_as_local():
         b"DATA\r\nhi\r\n.\r\nQUIT\r\n", trusted=True)
     assert replies[-2:] == [S.queued("Q1"), S.S221_BYE]
     assert recorder.submitted[0][2].protocol == "local"
+
+
+def test_a_client_flooding_recipients_past_the_limit_is_cut_off():
+    # Postfix: smtpd_recipient_overshoot_limit (1000) 452s are free, each
+    # one beyond counts as an error; without that a client could send RCPT
+    # after RCPT for ever and keep the event loop busy (200,000 in 15 s).
+    config = Config()
+    past = config.smtp.max_recipients + 1000 + config.smtp.max_errors
+    script = b"EHLO me\r\nMAIL FROM:<me@far.example>\r\n" + \
+        b"RCPT TO:<u@local.example>\r\n" * (past + 500)
+    replies, _, writer = converse(script, peer_ip="198.51.100.7")
+    assert replies.count(S.S250_RECIPIENT_OK) == config.smtp.max_recipients
+    assert replies.count(S.S452_TOO_MANY_RECIPIENTS) == 1000 + config.smtp.max_errors
+    assert replies[-1] == S.S421_TOO_MANY_ERRORS and writer.closed

@@ -26,7 +26,9 @@ message is not acknowledged.  DATA while input is already buffered behind it
 and the connection closed, so message text can never run as commands; a
 trusted session (a local script on stdin, which is always fully buffered)
 is exempt.
-Every 5xx reply counts as an error; the one that reaches `smtp.max_errors`
+Every 5xx reply counts as an error, and so does every 452 for a recipient
+past `smtp.max_recipients` beyond the first RECIPIENT_OVERSHOOT of them (as
+Postfix's smtpd_recipient_overshoot_limit); the one that reaches `smtp.max_errors`
 is followed by 421 4.7.0 and the connection is closed.  Every 4xx and 5xx
 reply but our own shutdown's is logged as a `reject` event (rejections.py),
 with the command it answered (CONNECT before the first one; for a timeout,
@@ -69,6 +71,7 @@ log = logging.getLogger("tidepost.smtp_server")
 
 COMMAND_LINE_LIMIT = 2048  # octets incl. CRLF: 512 (RFC 5321) plus ESMTP parameters
 FLUSH_THRESHOLD = 64 * 1024  # flush pending replies beyond this many octets
+RECIPIENT_OVERSHOOT = 1000  # 452s past max_recipients that cost no error (Postfix's default)
 
 
 TlsUpgrade = Callable[[Any, ssl.SSLContext], Awaitable[tuple[ByteStream, Writer]]]
@@ -354,7 +357,12 @@ class Conversation(BatchVerbs, ChunkingVerbs):
         self.note(recipient=path_word(arg))
         if transaction is None:
             return self.reply(S.S503_MAIL_FIRST)
-        self.reply(self.rcpt_verdict(transaction, arg))
+        verdict = self.rcpt_verdict(transaction, arg)
+        self.reply(verdict)
+        if verdict is S.S452_TOO_MANY_RECIPIENTS:
+            transaction.overshoot += 1
+            if transaction.overshoot > RECIPIENT_OVERSHOOT:
+                self.count_errors(1)
 
     def rcpt_verdict(self, transaction: Transaction, arg: str) -> Reply:
         """The reply to a RCPT argument; an accepted recipient joins `transaction`."""

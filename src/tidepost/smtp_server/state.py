@@ -47,6 +47,7 @@ class Transaction:
     envid: str = ""
     dsn: dict[Address, RecipientDsn] = field(default_factory=dict)  # NOTIFY/ORCPT given
     chunks: ChunkedBody | None = None  # the message so far, once BDAT began (chunking.py)
+    overshoot: int = 0        # RCPTs refused 452 past smtp.max_recipients (session.py)
 
 
 @dataclass(slots=True)
