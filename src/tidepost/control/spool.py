@@ -2,7 +2,8 @@
 
     SPOOL/                  0755  the daemon's account (system.user)
       queue.sqlite*         0600  the queue (never readable by local users)
-      dns-cache.sqlite      0600  ledger.jsonl 0600, control.sock 0600
+      dns-cache.sqlite*     0600  ledger.jsonl 0600, control.sock 0600
+      usage.sqlite*         0600  the link meter (bytes per sender)
       public/               0755  submit.sock 0666: local users hand mail to the daemon
       maildrop/             3733  setgid + sticky: users drop files they cannot
                                   list or read back, and cannot touch others'
@@ -12,7 +13,8 @@
 `prepare(spool, owner)` makes the folders with these modes; started as root,
 it gives the spool and the files in it that root left behind (a `flush` run
 by root before the daemon ever started, say) to `owner`, never touching
-what belongs to anyone else (users' Maildirs).
+what belongs to anyone else (users' Maildirs), and makes the stores
+(*.sqlite*) 0600 again if something left them readable by others.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ def prepare(spool: Path, owner: Account | None) -> None:
             os.chmod(folder, mode)
     if owner is not None:
         _adopt_root_files(spool, owner)
+    _make_stores_private(spool)
+
+
+def _make_stores_private(spool: Path) -> None:
+    """The stores 0600 again where others may read them (made by an older tidepost, say)."""
+    for entry in os.scandir(spool):
+        if ".sqlite" in entry.name and entry.is_file(follow_symlinks=False) and \
+                stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode) & 0o077 and \
+                _ours(Path(entry.path)):
+            os.chmod(entry.path, 0o600)
 
 
 def _ours(path: Path) -> bool:

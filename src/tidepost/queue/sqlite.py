@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from tidepost.address import Address
-from tidepost.durable import sync_path
+from tidepost.durable import private_file, sync_path
 from tidepost.errors import AlreadyQueued, QueueError
 from tidepost.model import (BodyType, MessageInfo, QueuedRecipient, RecipientDsn,
                             RecipientState, ScheduleEntry)
@@ -206,6 +206,7 @@ class SqliteQueue:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         try:
+            private_file(path)  # queued mail: never readable by local users
             with contextlib.closing(connect(path)) as conn:
                 if migrate(conn) == 0:
                     _sync_folder(path.parent)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tidepost.clock import Clock
+from tidepost.durable import private_file
 from tidepost.errors import RouteHeld
 from tidepost.resolver.cache_file import CACHE_FILE, read_statistics  # noqa: F401 - re-exported
 from tidepost.resolver.resolver import Answer, Guard, Lookups
@@ -163,7 +164,7 @@ class DnsCache:
 
 def _open(path: Path) -> sqlite3.Connection:
     """Open (creating) the cache file in WAL mode."""
-    db = sqlite3.connect(path, timeout=10.0, check_same_thread=False,
+    db = sqlite3.connect(private_file(path), timeout=10.0, check_same_thread=False,
                          isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")

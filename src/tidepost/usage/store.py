@@ -22,6 +22,7 @@ import sqlite3
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tidepost.durable import private_file
 from tidepost.usage.periods import DAY, MONTH, period_of
 
 USAGE_FILE = "usage.sqlite"
@@ -106,7 +107,7 @@ class UsageStore:
         """The connection, opened (and the schema made) on first use."""
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+            conn = sqlite3.connect(private_file(self.path), isolation_level=None, timeout=30,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
