@@ -24,7 +24,7 @@ from tidepost.clock import Clock, SystemClock
 from tidepost.config.schema import Config
 from tidepost.control import spool
 from tidepost.control.client import socket_path
-from tidepost.control.flagfiles import control_dir, wanted_holds
+from tidepost.control.flagfiles import FlagFiles, control_dir
 from tidepost.control.pickup import Maildrop, SubmitSocket
 from tidepost.control.server import ControlServer
 from tidepost.delivery.agent import DeliveryAgent
@@ -160,8 +160,10 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     relay = RelayRole(config, parts.manager, parts.router, parts.submission, SystemClock(),
                       queue=parts.queue)
 
+    flags = FlagFiles(config)
+
     def on_hangup() -> None:
-        _reload(parts, loop)
+        _reload(parts, loop, flags)
         relay.reload()
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
@@ -180,7 +182,7 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     await control.start()
     await submit.start()
     control_dir(config).mkdir(exist_ok=True)
-    await _apply_flag_files(parts, at_start=True)
+    await _apply_flag_files(parts, flags)
     pickup = asyncio.create_task(maildrop.run(config.queue.poll_interval))
     metering = asyncio.create_task(parts.meter.run(stopping))
     log.info("tidepost started as %s: %s, spool %s, config %s", startup.account.name,
@@ -240,14 +242,14 @@ def drain_probes(parts: Parts, relay: RelayRole, server: SmtpServer) -> Probes:
                   inbound=lambda: sum(1 for ip in server.clients() if outside(ip)))
 
 
-def _reload(parts: Parts, loop: asyncio.AbstractEventLoop) -> None:
+def _reload(parts: Parts, loop: asyncio.AbstractEventLoop, flags: FlagFiles) -> None:
     """SIGHUP: re-read the aliases file and the control flag files."""
     try:
         parts.aliases.replace(load_aliases_file(parts.config.local.aliases_file))
         log.info("aliases re-read")
     except Exception as exc:  # noqa: BLE001 - keep the old aliases
         log.error("SIGHUP: keeping the old aliases: %s", exc)
-    task = loop.create_task(_apply_flag_files(parts, at_start=False))
+    task = loop.create_task(_apply_flag_files(parts, flags))
     _background.add(task)
     task.add_done_callback(_background.discard)
 
@@ -255,13 +257,14 @@ def _reload(parts: Parts, loop: asyncio.AbstractEventLoop) -> None:
 _background: set[asyncio.Task] = set()
 
 
-async def _apply_flag_files(parts: Parts, at_start: bool) -> None:
-    """Hold or release routes as the control flag files say (see flagfiles.py)."""
+async def _apply_flag_files(parts: Parts, flags: FlagFiles) -> None:
+    """Hold or release the routes whose control flag files changed (see flagfiles.py)."""
+    changes = flags.changes()
     held = await parts.manager.held_routes()
-    for route, want_held in wanted_holds(parts.config).items():
+    for route, want_held in changes.items():
         if want_held and route not in held:
             await parts.manager.hold(route, "control file")
-        elif not want_held and route in held and not at_start:
+        elif not want_held and route in held:
             await parts.manager.release(route, "control file removed (SIGHUP)")
 
 

@@ -102,3 +102,21 @@ def test_a_second_daemon_on_the_same_spool_is_refused(daemon):
     assert second.returncode == 75
     assert f"pid {proc.pid}" in second.stderr
     assert (spool / "control.sock").exists()  # the first daemon's socket is untouched
+
+
+def test_sighup_without_flag_files_keeps_a_held_route_held(daemon):
+    # newaliases, logrotate and `kill -HUP` re-read the files; a route held
+    # by start_held or `tidepost link down` must not be released by that
+    # when no flag file ever named it: only a file that goes away releases.
+    proc, config, spool = daemon
+    assert route_state(config, "uplink") == "held"  # start_held
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert route_state(config, "uplink") == "held"
+    subprocess.run([TIDEPOST, "link", "up", "uplink", "-c", str(config)], check=True,
+                   capture_output=True)
+    subprocess.run([TIDEPOST, "link", "down", "uplink", "-c", str(config)], check=True,
+                   capture_output=True)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert route_state(config, "uplink") == "held"

@@ -7,11 +7,13 @@ keeps that habit.  The control directory is `SPOOL/control/`:
     holdlocal        hold local delivery (the `local` route)
     hold.ROUTE       hold the route called ROUTE
 
-On SIGHUP the files are authoritative for the routes they can name: a
-route whose file exists is held, one whose file is gone is released.  At
-start-up a file can only add holds (a route held by `tidepost link down`
-stays held even if no file names it).  `tidepost link` keeps working beside
-the files; whichever acted last decides.
+The files act when they change (`FlagFiles.changes`): at start-up a file
+that exists holds its route; on SIGHUP a file that appeared holds its
+route, one that went away releases it, and a route no file's change names
+keeps its state, so that a SIGHUP sent for another reason (newaliases,
+logrotate) never releases a route held by `start_held` or `tidepost link
+down`.  `tidepost link` keeps working beside the files; whichever acted
+last decides.
 """
 
 from __future__ import annotations
@@ -36,3 +38,19 @@ def wanted_holds(config: Config) -> dict[str, bool]:
         wanted[route.name] = (folder / f"hold.{route.name}").exists() or \
             (hold_remote and route.on_demand)
     return wanted
+
+
+class FlagFiles:
+    """The flag files as last read; each reading says what changed since (module docstring)."""
+
+    def __init__(self, config: Config):
+        self._config = config
+        self._last: dict[str, bool] = {}  # the first reading: every file present is new
+
+    def changes(self) -> dict[str, bool]:
+        """Routes whose files changed since the last reading, and whether they now hold them."""
+        wanted = wanted_holds(self._config)
+        changed = {route: held for route, held in wanted.items()
+                   if held != self._last.get(route, False)}
+        self._last = wanted
+        return changed
