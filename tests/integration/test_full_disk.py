@@ -117,3 +117,30 @@ def test_a_full_maildir_defers_and_delivers_later(tidepost_node, small_disks):
     assert tokens(mail / "alice") == ["waits"]
     assert not (mail / "bob").exists()  # no DSN
     assert node.stop() == 0
+
+
+def test_a_maildrop_file_waits_while_the_spool_is_full(tidepost_node, small_disks):
+    # A user's sendmail exited 0 with the daemon down: the file in the
+    # maildrop is the only copy.  Picked up onto a full spool (4.3.1, a
+    # temporary failure) it must stay there and be queued once there is
+    # room, as Postfix's pickup does, not be thrown away with a notice.
+    from tidepost.submission.local import LocalRequest
+    spool, _ = small_disks
+    node = tidepost_node(start=False)
+    node.move_spool(spool)
+    node.start()
+    data = LocalRequest(("alice",), body("dropped") + b"x" * 76 * 4000 + b"\r\n").encode()
+    drop = spool / "maildrop"
+    with fill(spool):
+        os.truncate(spool / "filler", os.path.getsize(spool / "filler") - len(data) - 40960)
+        (drop / "tmp.user").write_bytes(data)  # as a user's sendmail leaves it
+        os.chown(drop / "tmp.user", 65534, 0)  # a user's file (root's are refused)
+        os.rename(drop / "tmp.user", drop / "user")
+        node.wait_for(lambda: "maildrop file user could not be queued" in node.log_tail(200),
+                      what="the pick-up to fail for lack of space")
+        assert (drop / "user").exists()
+    node.wait_queue_empty()
+    assert tokens(spool / "mail" / "alice") == ["dropped"]
+    assert not (drop / "user").exists()
+    assert node.maildir("nobody") == []  # no 'not queued' notice
+    assert node.stop() == 0

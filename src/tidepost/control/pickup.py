@@ -15,7 +15,8 @@ written as `tmp.NAME`, fsync'd, and renamed to `NAME`; the daemon picks up
 complete files at start and every poll.  The file's owner is the
 submitter.  Files that are not plain files with one link, that belong to
 root or to the daemon, or that are too big are removed unread; a file that
-cannot be queued becomes a notice to its owner.  Each file is queued with
+cannot be queued becomes a notice to its owner, but one refused for now
+(a full spool: exit 75) stays for the next round.  Each file is queued with
 the transfer key `maildrop:UID:NAME:INODE:MTIME`, so a crash between the
 commit and the unlink cannot queue it twice.
 """
@@ -174,7 +175,7 @@ class Maildrop:
         return [name for _, name in sorted(found)]
 
     async def _take(self, name: str) -> int:
-        """Queue one file and remove it; 1 when it was queued."""
+        """Queue one file and remove it (kept on a temporary failure); 1 when it was queued."""
         read = await asyncio.to_thread(self._read, name)
         if read is None:
             return 0
@@ -188,6 +189,10 @@ class Maildrop:
             result = LocalResult(local.EX_DATAERR, f"bad maildrop file: {exc}")
         else:
             result = await self._submitter.submit(request, submitter, transfer_key=key)
+        if result.code == local.EX_TEMPFAIL:  # a full spool, say: the file is the only copy
+            log.warning("maildrop file %s could not be queued, kept for the next round: %s",
+                        name, result.text)
+            return 0
         if result.code != local.EX_OK:
             await self._submitter.notify_refused(submitter, result.text, data[:4096])
         await asyncio.to_thread(self._remove, name, "")
