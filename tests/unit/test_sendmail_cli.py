@@ -33,6 +33,7 @@ def test_modes():
     assert (opts.mode, opts.flush_domain) == ("flush", "example.test")
     assert parse_args(["-qRexample.test"]).flush_domain == "example.test"
     assert parse_args(["-bs"]).mode == "smtp"
+    assert parse_args(["-bi"]).mode == "aliases"  # newaliases, as in Postfix and Exim
     assert parse_args(["-C", "/etc/t.toml", "x"]).config == "/etc/t.toml"
 
 

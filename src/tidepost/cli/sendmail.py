@@ -42,7 +42,7 @@ IGNORED = ("-v", "-U", "-G", "-bm", "-em", "-ep", "-eq")
 class Options:
     """Parsed sendmail command line."""
 
-    mode: str = "deliver"            # deliver, list, smtp, flush
+    mode: str = "deliver"            # deliver, list, smtp, flush, aliases
     recipients: list[str] = field(default_factory=list)
     from_headers: bool = False       # -t
     dot_ends_input: bool = True      # cleared by -i / -oi
@@ -100,6 +100,8 @@ def _parse_flag(arg: str, args, opts: Options) -> None:
         opts.mode = "list"
     elif arg == "-bs":
         opts.mode = "smtp"
+    elif arg == "-bi":
+        opts.mode = "aliases"
     elif arg[:2] in DSN_FLAGS:
         _dsn_flag(arg, args, opts)
     elif arg.startswith("-qR"):
@@ -150,6 +152,7 @@ The envelope sender is you (USER@hostname); -f is honoured for trusted users
   -bm           deliver mail (the default)
   -bp           list the queue (mailq)
   -bs           speak SMTP on standard input and output
+  -bi           check the aliases file, have the daemon re-read it (newaliases)
   -q[TIME]      run the queue once now;  -qR DOMAIN: only for DOMAIN
   -N DSN        delivery reports wanted (RFC 3461): never, or any of success,failure,delay
   -R full|hdrs  a failure report returns the whole message or its headers only
@@ -170,6 +173,9 @@ def run(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"tidepost sendmail: {exc}", file=sys.stderr)
         return EX_USAGE
+    if opts.mode == "aliases":
+        from tidepost.cli import newaliases
+        return newaliases.run(["-C", opts.config] if opts.config else [])
     config = config_or_exit(opts.config)
     if opts.mode == "list":
         from tidepost.cli import queue
