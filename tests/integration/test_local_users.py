@@ -198,6 +198,19 @@ def test_mailq_and_sendmail_q_as_a_user_are_refused_plainly(site):
         assert b"permission denied" in done.stderr and b"Traceback" not in done.stderr
 
 
+def test_a_user_cannot_read_the_link_meter_and_is_told_plainly(site):
+    site.start()
+    made = subprocess.run([site.tidepost, "link", "usage", "-c", str(site.config)],
+                          capture_output=True)
+    assert made.returncode == 0, made.stderr  # as root: the meter's file now exists
+    for args in (("link", "usage"), ("link", "usage", "--senders")):
+        done = site.alice.run(site.tidepost, *args, "-c", str(site.config))
+        assert done.returncode == 77, (args, done.stderr)
+        assert b"permission denied" in done.stderr and b"Traceback" not in done.stderr
+    usage = site.spool / "usage.sqlite"
+    assert not usage.exists() or stat.S_IMODE(usage.stat().st_mode) == 0o600
+
+
 def test_mail_waits_in_the_maildrop_while_the_daemon_is_down(site):
     site.start()
     site.stop()

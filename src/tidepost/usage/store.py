@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tidepost.durable import private_file
+from tidepost.errors import QueueError
 from tidepost.usage.periods import DAY, MONTH, period_of
 
 USAGE_FILE = "usage.sqlite"
@@ -107,11 +108,14 @@ class UsageStore:
         """The connection, opened (and the schema made) on first use."""
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(private_file(self.path), isolation_level=None, timeout=30,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
+            try:
+                conn = sqlite3.connect(private_file(self.path), isolation_level=None,
+                                       timeout=30, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(SCHEMA)
+            except sqlite3.Error as exc:  # a user's `link usage`: the CLI says exit 77
+                raise QueueError(f"cannot open the link meter {self.path}: {exc}") from None
             self._conn = conn
         return self._conn
 
