@@ -53,6 +53,14 @@ def test_local_input_is_crlf_and_a_lone_dot_ends_it_unless_i():
         b"Subject: x\r\n\r\nline\r\n.\r\nafter\r\n"
 
 
+def test_a_leading_mbox_from_line_is_dropped_as_postfix_and_sendmail_do():
+    # Else the whole header went into the body: "From x date" is no field,
+    # so the message seemed to have none (Subject lost, From/Date added).
+    raw = b"From alice Thu Dec  3 17:00:00 2026\n>From old\nSubject: x\n\nFrom here on\n"
+    assert from_local_input(raw, dot_ends_input=True) == \
+        b"Subject: x\r\n\r\nFrom here on\r\n"
+
+
 def test_missing_headers_are_added_once():
     body = complete_headers(b"Subject: x\r\n\r\nhi\r\n", Address("root", "site.test"),
                             "Root", "site.test")

@@ -19,7 +19,7 @@ _FIELD = re.compile(rb"[!-9;-~]+:")
 
 
 def from_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
-    """CRLF-normalise standard input; a lone '.' line ends it unless -i.
+    """CRLF-normalise standard input; a lone '.' line ends it unless -i; no leading From_.
 
     A bare CR inside a line becomes a line break and NUL octets are dropped,
     as no SMTP server (tidepost's own included) accepts them in a message;
@@ -30,6 +30,8 @@ def from_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
+    while lines and lines[0].lstrip(b">").startswith(b"From "):
+        del lines[0]  # an mbox From_ line (or UUCP's >From): Postfix's sendmail drops them too
     out = []
     for line in lines:
         line = line[:-1] if line.endswith(b"\r") else line
