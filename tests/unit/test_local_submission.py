@@ -162,3 +162,16 @@ def test_a_pick_up_interrupted_after_the_commit_does_not_queue_twice(parts, tmp_
     assert asyncio.run(Maildrop(folder, submitter, 10_000_000).pick_up()) == 1
     assert not (folder / name).exists()
     assert len(asyncio.run(queue.rows())) == 1  # recognised, not queued again
+
+
+def test_a_recipient_argument_may_be_an_address_list_as_postfix_reads_it(parts):
+    # `sendmail "alice, bob"` and `sendmail "Bob <bob@box.test>"` (scripts, PHP's
+    # mail()) work with Postfix's and Sendmail's sendmail; they were refused 65.
+    _, queue, submitter = parts
+    request = LocalRequest(("alice, bob", "Bob Smith <bob@box.test>"), MESSAGE)
+    assert asyncio.run(submitter.submit(request, ALICE)).code == local.EX_OK
+    assert sorted(row.recipient for row in asyncio.run(queue.rows())) == \
+        ["alice@box.test", "bob@box.test"]
+    for bad in ("foo bar", "alice, <>", "alice, foo bar"):  # nothing guessed from garbage
+        assert asyncio.run(submitter.submit(LocalRequest((bad,), MESSAGE), ALICE)).code == \
+            local.EX_DATAERR, bad

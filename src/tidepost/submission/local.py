@@ -233,7 +233,7 @@ class LocalSubmitter:
             return LocalResult(EX_DATAERR, "message exceeds smtp.max_message_size")
         try:
             sender, warning = self._sender(request.sender, submitter)
-            recipients = [self._address(r) for r in request.recipients]
+            recipients = [self._address(r) for r in argument_recipients(request.recipients)]
             body = request.message
             if request.from_headers:
                 recipients += [self._address(r) for r in header_recipients(body)]
@@ -316,6 +316,23 @@ def _with_dsn(envelope: Envelope, request: LocalRequest) -> Envelope:
     """The envelope with the request's -N (for every recipient), -R and -V."""
     dsn = {r: RecipientDsn(request.notify) for r in envelope.recipients} if request.notify else {}
     return dataclasses.replace(envelope, ret=request.ret, envid=request.envid, dsn=dsn)
+
+
+def argument_recipients(arguments: tuple[str, ...]) -> list[str]:
+    """Command-line recipients; an argument may be an address list ("a, b", "Bob <b@x>").
+
+    As Postfix's sendmail reads them.  An argument that does not parse as a
+    list of addresses whole is kept as typed, so that it is refused, not guessed at.
+    """
+    out: list[str] = []
+    for argument in arguments:
+        pairs = getaddresses([argument]) if "," in argument or "<" in argument else []
+        residue = argument
+        for name, addr in pairs:
+            residue = residue.replace(addr, "", 1).replace(name, "", 1)
+        whole = pairs and all(addr for _, addr in pairs) and not residue.strip(' \t,<>"()')
+        out.extend([addr for _, addr in pairs] if whole else [argument])
+    return out
 
 
 def header_recipients(body: bytes) -> list[str]:
