@@ -57,3 +57,31 @@ def test_a_start_makes_world_readable_stores_private_again(tmp_path):
     assert {p.name: mode(p) for p in tmp_path.iterdir() if p.is_file()} == \
         {name: 0o600 for name in ("queue.sqlite", "queue.sqlite-wal", "usage.sqlite",
                                   "dns-cache.sqlite")}
+
+
+def test_the_mail_log_file_is_created_private_whatever_the_umask(tmp_path, umask_022):
+    # It names who mailed whom; made by `tidepost queue hold` or a cron
+    # `flush` (umask 022) it was 0644 and every user could read it.
+    import logging
+    from tidepost.cli.logsetup import setup_logging
+    from tidepost.config.load import parse_config
+    log_file = tmp_path / "mail.log"
+    config = parse_config(f'spool = "{tmp_path}"\n[log]\nfile = "{log_file}"\n', "t")
+    root = logging.getLogger()
+    kept = list(root.handlers), root.level
+    flags = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+    saved = {flag: getattr(logging, flag) for flag in flags}  # setup_logging turns them off
+    try:
+        setup_logging(config)
+        logging.getLogger("tidepost.admin").warning("X: held by=root, nrcpt=1")
+    finally:
+        for handler in list(root.handlers):
+            handler.close()
+            root.removeHandler(handler)
+        for handler in kept[0]:
+            root.addHandler(handler)
+        root.setLevel(kept[1])
+        for flag, value in saved.items():
+            setattr(logging, flag, value)
+    assert "held by=root" in log_file.read_text()
+    assert mode(log_file) == 0o600

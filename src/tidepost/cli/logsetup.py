@@ -19,8 +19,10 @@ import logging.handlers
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 
 from tidepost.config.schema import Config
+from tidepost.durable import private_file
 
 # Logger name prefixes (longest first wins) -> the component the log names.
 COMPONENTS = (
@@ -88,6 +90,15 @@ class _Pid:
 _PID = _Pid()
 
 
+class PrivateLogFile(logging.handlers.WatchedFileHandler):
+    """log.file, made 0600 whatever the umask (it names who mailed whom); reopened on rotation."""
+
+    def _open(self):  # noqa: ANN202 - logging's own signature
+        """Create the file 0600 if it is not there, then open it as logging does."""
+        private_file(Path(self.baseFilename))
+        return super()._open()
+
+
 def setup_logging(config: Config | None, daemon: bool = False,
                   level: int | None = None) -> None:
     """Install the handlers; `level` overrides log.level (serve -v)."""
@@ -104,7 +115,7 @@ def setup_logging(config: Config | None, daemon: bool = False,
             syslog.setFormatter(MailLogFormatter(hostname, with_time=False))
             handlers.append(syslog)
     if config is not None and config.log.file:
-        handlers.append(logging.handlers.WatchedFileHandler(config.log.file, delay=True))
+        handlers.append(PrivateLogFile(config.log.file, delay=True))
     if daemon or not handlers:
         handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:
