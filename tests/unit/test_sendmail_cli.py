@@ -1,9 +1,13 @@
 """sendmail flag parsing and the handling of locally typed messages."""
 
+import random
+import tracemalloc
+
 import pytest
 
 from tidepost.address import Address
 from tidepost.cli.sendmail import UsageError, parse_args
+from tidepost.submission.headers import MAX_LINE
 from tidepost.submission.local_message import complete_headers, from_local_input, remove_bcc
 
 
@@ -92,3 +96,45 @@ def test_over_long_local_lines_are_broken_so_that_smtp_takes_them():
         line.lstrip(b" ") if i else line for i, line in enumerate(lines[:3])) == \
         b"Subject: " + long
     assert body.endswith(b"\r\nshort\r\n") and body.replace(b"\r\n ", b"").count(long) == 2
+
+
+def _reference_local_input(raw: bytes, dot_ends_input: bool) -> bytes:
+    """from_local_input as it was written first, line by line: the behaviour to keep."""
+    lines = raw.replace(b"\0", b"").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    while lines and lines[0].lstrip(b">").startswith(b"From "):
+        del lines[0]
+    out = []
+    for line in lines:
+        line = line[:-1] if line.endswith(b"\r") else line
+        if dot_ends_input and line == b".":
+            break
+        for part in line.split(b"\r"):
+            if len(part) <= MAX_LINE:
+                out.append(part)
+            else:
+                out += [part[:MAX_LINE]] + [b" " + part[i:i + MAX_LINE - 1]
+                                            for i in range(MAX_LINE, len(part), MAX_LINE - 1)]
+    return b"".join(line + b"\r\n" for line in out)
+
+
+def test_local_input_matches_the_line_by_line_reference_on_random_input():
+    rng = random.Random(5321)
+    pieces = [b"a", b"bc", b".", b"\r", b"\n", b"\r\n", b"\0", b"From ", b">", b" ",
+              b"x" * 500, b"y" * 997, b"z" * 1200]
+    for _ in range(3000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 12)))
+        for dot in (True, False):
+            assert from_local_input(raw, dot) == _reference_local_input(raw, dot), (raw, dot)
+
+
+def test_local_input_of_30_mb_stays_within_a_few_copies():
+    raw = b"".join(b"line %d of a long message\n" % i for i in range(1_200_000))  # ~30 MB
+    tracemalloc.start()
+    try:
+        from_local_input(raw, dot_ends_input=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(raw)  # a list of lines alone took 2.5 times the message
