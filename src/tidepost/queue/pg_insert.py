@@ -14,7 +14,6 @@ one bad message does not spoil the others.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any, Sequence
 
 import asyncpg
@@ -102,7 +101,7 @@ async def insert_messages(conn: asyncpg.Connection, messages: Sequence[NewMessag
         [d.notify for d in requests], [d.orcpt for d in requests])
     entries: dict[str, list[ScheduleEntry]] = {m.queue_id: [] for m in messages}
     for rid, mid, domain, next_try, size, queue_id in rows:
-        entries[queue_id].append(ScheduleEntry(rid, mid, sys.intern(domain), next_try, size))
+        entries[queue_id].append(ScheduleEntry(rid, mid, domain, next_try, size))
     return [entries[m.queue_id] for m in messages]
 
 

@@ -23,7 +23,6 @@ import os
 import random
 import secrets
 import sqlite3
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
@@ -287,7 +286,7 @@ class SqliteQueue:
                 "JOIN messages m ON m.id=r.message_id "
                 "WHERE r.state=? AND r.id>? ORDER BY r.id", (QUEUED, recipient_id))
             # Interned: 100,000 recipients share a few thousand domain strings.
-            return [ScheduleEntry(rid, mid, sys.intern(domain), next_try, size)
+            return [ScheduleEntry(rid, mid, domain, next_try, size)
                     for rid, mid, domain, next_try, size in rows]
         return await self._read(op)
 
@@ -466,7 +465,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage) -> list[ScheduleEntry
              dsn.orcpt)).lastrowid
         # Interned, as the walk's: the scheduler keeps the entry as long as the
         # mail waits, and a held site's 100,000 share a few domain strings.
-        entries.append(ScheduleEntry(rid, message_id, sys.intern(rcpt.domain), message.arrival,
+        entries.append(ScheduleEntry(rid, message_id, rcpt.domain, message.arrival,
                                      len(message.body)))
     return entries
 
